@@ -1,0 +1,44 @@
+"""Saving and loading a trained model with everything needed to use it without params.yaml."""
+
+import os
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from imgrec.errors import ImgrecError
+from imgrec.model import CNNClassifier, ModelConfig
+from imgrec.stage import atomic_file
+
+
+def save_checkpoint(
+    path: str | os.PathLike, model: CNNClassifier, class_names: list[str], img_size: int
+) -> None:
+    checkpoint = {
+        "config": asdict(model.config),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "class_names": list(class_names),
+        # The preprocessing `images.decode` + `images.to_tensor` apply at this size.
+        "preprocessing": {"img_size": img_size, "resample": "bilinear", "scale": "0..1"},
+    }
+    with atomic_file(path) as tmp:
+        torch.save(checkpoint, tmp)
+
+
+def load_checkpoint(
+    path: str | os.PathLike, device: torch.device | str = "cpu"
+) -> tuple[CNNClassifier, dict]:
+    """Rebuild the model in eval mode; return it with the checkpoint's class names and preprocessing."""
+    path = Path(path)
+    if not path.exists():
+        raise ImgrecError(f"no model at {path}; run `dvc repro` (or `dvc pull`) to produce it.")
+    try:
+        # weights_only: a checkpoint is data, never code to execute.
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        config = ModelConfig(**{**checkpoint["config"], "widths": tuple(checkpoint["config"]["widths"])})
+        model = CNNClassifier(config)
+        model.load_state_dict(checkpoint["state_dict"])
+    except Exception as error:
+        raise ImgrecError(f"{path} is not an imgrec checkpoint: {error}") from error
+    info = {"class_names": checkpoint["class_names"], "preprocessing": checkpoint["preprocessing"]}
+    return model.to(device).eval(), info

@@ -1,0 +1,197 @@
+"""The prepared dataset: images decoded once into a memory-mappable uint8 array.
+
+Layout of a prepared folder (all written by `prepare`, read by `load_prepared`):
+  images.npy      uint8 (N, S, S, 3), ready to memory-map
+  labels.npy      int64 (N,) contiguous class ids
+  row_ids.npy     int64 (N,) row of each image in the fetched parquet
+  train_index.npy, val_index.npy   int64 positions into the arrays above
+  meta.json       class names and image size
+"""
+
+import logging
+import os
+from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from sklearn.model_selection import train_test_split
+from tqdm import tqdm
+
+from imgrec import images
+from imgrec.errors import ImgrecError
+from imgrec.sources import class_names_from_metadata
+from imgrec.stage import read_json, write_json
+
+log = logging.getLogger(__name__)
+
+SKIP_REASONS = (*images.SKIP_REASONS, "null_label")
+_DECODE_BATCH_ROWS = 512  # rows handed to the worker pool at once: bounds memory
+
+
+@dataclass(frozen=True)
+class Prepared:
+    images: np.ndarray  # (N, S, S, 3) uint8, memory-mapped
+    labels: np.ndarray  # (N,) int64
+    row_ids: np.ndarray  # (N,) int64
+    train_index: np.ndarray
+    val_index: np.ndarray
+    class_names: list[str]
+    img_size: int
+
+
+def load_prepared(folder: str | os.PathLike) -> Prepared:
+    folder = Path(folder)
+    if not (folder / "meta.json").exists():
+        raise ImgrecError(f"{folder} holds no prepared dataset; run `dvc repro prepare` first.")
+    meta = read_json(folder / "meta.json")
+    return Prepared(
+        images=np.load(folder / "images.npy", mmap_mode="r"),
+        labels=np.load(folder / "labels.npy"),
+        row_ids=np.load(folder / "row_ids.npy"),
+        train_index=np.load(folder / "train_index.npy"),
+        val_index=np.load(folder / "val_index.npy"),
+        class_names=meta["class_names"],
+        img_size=meta["img_size"],
+    )
+
+
+def class_ids(labels: list, label_names: list[str] | None) -> tuple[np.ndarray, list[str]]:
+    """Map any label values (ints, gaps, strings) to contiguous ids 0..C-1 in sorted order.
+
+    Integer labels take their names from the dataset's ClassLabel names when
+    it has them; otherwise a label's name is the label itself.
+    """
+    values = sorted(set(labels))
+    lookup = {value: index for index, value in enumerate(values)}
+    ids = np.fromiter((lookup[value] for value in labels), dtype=np.int64, count=len(labels))
+
+    def name(value: object) -> str:
+        if label_names and isinstance(value, int) and 0 <= value < len(label_names):
+            return label_names[value]
+        return str(value)
+
+    return ids, [name(value) for value in values]
+
+
+def stratified_split(labels: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, ...]:
+    """A fixed stratified split; a class with a single image goes to train (it cannot be split)."""
+    counts = np.bincount(labels)
+    positions = np.arange(len(labels))
+    single = np.isin(labels, np.flatnonzero(counts == 1))
+    splittable = positions[~single]
+    n_classes = int(np.count_nonzero(counts >= 2))
+    n_val = int(np.ceil(val_fraction * len(splittable)))
+    if n_val < n_classes or len(splittable) - n_val < n_classes:
+        raise ImgrecError(
+            f"param val_fraction={val_fraction} splits {len(splittable)} images into {n_val} for "
+            f"validation, but a stratified split needs at least one per class on each side "
+            f"({n_classes} classes); change val_fraction or fetch more rows."
+        )
+    train, val = train_test_split(
+        splittable, test_size=n_val, stratify=labels[splittable], random_state=seed
+    )
+    train = np.concatenate([train, positions[single]])
+    return np.sort(train).astype(np.int64), np.sort(val).astype(np.int64)
+
+
+def _decode_or_reason(data: bytes | None, img_size: int) -> np.ndarray | str:
+    try:
+        return images.decode(data, img_size)
+    except images.SkippedImage as skipped:
+        return skipped.reason
+
+
+def prepare(
+    parquet_path: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    img_size: int,
+    val_fraction: float,
+    seed: int,
+    max_bad_fraction: float,
+    workers: int | None = None,
+) -> dict:
+    """Decode every image exactly once into `out_dir`; return the counts for metrics."""
+    parquet = pq.ParquetFile(parquet_path)
+    total = parquet.metadata.num_rows
+    out_dir = Path(out_dir)
+    # Sized for every row; trimmed afterwards if rows were skipped.
+    staging = np.lib.format.open_memmap(
+        out_dir / "staging.npy", mode="w+", dtype=np.uint8, shape=(total, img_size, img_size, 3)
+    )
+    kept_rows, kept_labels, skipped = [], [], Counter()
+    examples: dict[str, list[int]] = {}
+    row = 0
+    workers = workers or os.cpu_count() or 1
+    decode = partial(_decode_or_reason, img_size=img_size)
+    with (
+        ProcessPoolExecutor(workers) as pool,
+        tqdm(total=total, desc="prepare", unit="img") as progress,
+    ):
+        for batch in parquet.iter_batches(batch_size=_DECODE_BATCH_ROWS, columns=["image", "label"]):
+            data = pc.struct_field(batch.column("image"), "bytes").to_pylist()
+            labels = batch.column("label").to_pylist()
+            for result, label in zip(pool.map(decode, data, chunksize=32), labels, strict=True):
+                reason = "null_label" if label is None else result
+                if isinstance(reason, str):
+                    skipped[reason] += 1
+                    examples.setdefault(reason, []).append(row)
+                else:
+                    staging[len(kept_rows)] = result
+                    kept_rows.append(row)
+                    kept_labels.append(label)
+                row += 1
+            progress.update(batch.num_rows)
+
+    n_skipped = sum(skipped.values())
+    for reason, rows in examples.items():
+        log.warning("skipped %d row(s) (%s), e.g. rows %s", len(rows), reason, rows[:5])
+    if total and n_skipped / total > max_bad_fraction:
+        raise ImgrecError(
+            f"{n_skipped} of {total} rows ({n_skipped / total:.1%}) could not be used "
+            f"({dict(skipped)}), more than param max_bad_fraction={max_bad_fraction}; "
+            "check the source data."
+        )
+    if not kept_rows:
+        raise ImgrecError("no row of the fetched data holds a usable image.")
+
+    kept = len(kept_rows)
+    if kept < total:
+        trimmed = np.lib.format.open_memmap(
+            out_dir / "images.npy", mode="w+", dtype=np.uint8, shape=(kept, *staging.shape[1:])
+        )
+        trimmed[:] = staging[:kept]
+        trimmed.flush()
+        del trimmed, staging
+        (out_dir / "staging.npy").unlink()
+    else:
+        staging.flush()
+        del staging
+        os.replace(out_dir / "staging.npy", out_dir / "images.npy")
+
+    label_names = class_names_from_metadata(parquet.schema_arrow.metadata)
+    labels, class_names = class_ids(kept_labels, label_names)
+    train_index, val_index = stratified_split(labels, val_fraction, seed)
+    np.save(out_dir / "labels.npy", labels)
+    np.save(out_dir / "row_ids.npy", np.asarray(kept_rows, dtype=np.int64))
+    np.save(out_dir / "train_index.npy", train_index)
+    np.save(out_dir / "val_index.npy", val_index)
+    write_json(out_dir / "meta.json", {"class_names": class_names, "img_size": img_size})
+    log.info(
+        "prepared %d images (%d skipped), %d classes, %d train / %d val",
+        kept, n_skipped, len(class_names), len(train_index), len(val_index),
+    )  # fmt: skip
+    return {
+        "rows_read": total,
+        "rows_skipped": n_skipped,
+        "skipped_by_reason": {reason: skipped.get(reason, 0) for reason in SKIP_REASONS},
+        "images": kept,
+        "classes": len(class_names),
+        "train_images": len(train_index),
+        "val_images": len(val_index),
+    }

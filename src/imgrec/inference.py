@@ -1,0 +1,85 @@
+"""Batched forward passes over uint8 image arrays: logits and embeddings.
+
+Training, evaluate, embed and the query command all use these, so the
+catalog and a query image are embedded by the same code.
+"""
+
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from imgrec.images import to_tensor
+from imgrec.model import CNNClassifier
+
+
+def memory_format(channels_last: bool) -> torch.memory_format:
+    return torch.channels_last if channels_last else torch.contiguous_format
+
+
+def batches(
+    images: np.ndarray, index: np.ndarray | None, batch_size: int
+) -> Iterator[np.ndarray]:
+    """uint8 (B, H, W, 3) batches of `images[index]` in order (all images when index is None)."""
+    index = np.arange(len(images)) if index is None else index
+    for start in range(0, len(index), batch_size):
+        yield images[index[start : start + batch_size]]
+
+
+@torch.inference_mode()
+def _forward(
+    model: CNNClassifier,
+    images: np.ndarray,
+    index: np.ndarray | None,
+    *,
+    features: bool,
+    batch_size: int,
+    device: torch.device,
+    channels_last: bool,
+    desc: str | None,
+) -> torch.Tensor:
+    model.eval()
+    outputs = []
+    total = len(images) if index is None else len(index)
+    for batch in tqdm(batches(images, index, batch_size), desc=desc, total=-(-total // batch_size),
+                      unit="batch", disable=desc is None):  # fmt: skip
+        x = to_tensor(batch, device).contiguous(memory_format=memory_format(channels_last))
+        out = model.forward_features(x) if features else model(x)
+        outputs.append(out.float().cpu())
+    if not outputs:
+        width = model.config.embedding_dim if features else model.config.num_classes
+        return torch.empty(0, width)
+    return torch.cat(outputs)
+
+
+def predict_logits(
+    model: CNNClassifier,
+    images: np.ndarray,
+    index: np.ndarray | None = None,
+    *,
+    batch_size: int = 256,
+    device: torch.device = torch.device("cpu"),
+    channels_last: bool = True,
+    desc: str | None = None,
+) -> torch.Tensor:
+    """(N, num_classes) float32 logits for `images[index]`."""
+    return _forward(model, images, index, features=False, batch_size=batch_size, device=device,
+                    channels_last=channels_last, desc=desc)  # fmt: skip
+
+
+def embed(
+    model: CNNClassifier,
+    images: np.ndarray,
+    index: np.ndarray | None = None,
+    *,
+    batch_size: int = 256,
+    device: torch.device = torch.device("cpu"),
+    channels_last: bool = True,
+    desc: str | None = None,
+) -> np.ndarray:
+    """(N, embedding_dim) float32 L2-normalised `forward_features` embeddings."""
+    features = _forward(model, images, index, features=True, batch_size=batch_size, device=device,
+                        channels_last=channels_last, desc=desc)  # fmt: skip
+    return F.normalize(features, dim=1).numpy().astype(np.float32)

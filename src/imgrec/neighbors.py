@@ -1,0 +1,130 @@
+"""Nearest-neighbour search over L2-normalised embeddings, with scikit-learn's habits.
+
+`ExactIndex` is a blocked matrix product: memory is block x N, never N x N.
+`FaissIndex` wraps an HNSW graph from FAISS for catalogs of millions.
+"""
+
+import numpy as np
+
+from imgrec.errors import ImgrecError
+
+_BLOCK_ROWS = 1024  # queries per block: 1024 x 40k float32 scores is 160 MB
+
+
+def _top_k_rows(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per row, the k largest scores, best first; ties broken by the lower index."""
+    part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    part_scores = np.take_along_axis(scores, part, axis=1)
+    order = np.lexsort((part, -part_scores), axis=1)
+    return np.take_along_axis(part_scores, order, axis=1), np.take_along_axis(part, order, axis=1)
+
+
+class ExactIndex:
+    """Exact cosine top-k by blocked inner products (inputs must be L2-normalised)."""
+
+    def __init__(self, block_rows: int = _BLOCK_ROWS):
+        self.block_rows = block_rows
+
+    def fit(self, embeddings: np.ndarray) -> "ExactIndex":
+        self.embeddings_ = np.ascontiguousarray(embeddings, dtype=np.float32)
+        return self
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(scores, indices), each (Q, k), best first."""
+        n = len(self.embeddings_)
+        if not 0 < k <= n:
+            raise ImgrecError(f"top_k must be between 1 and the catalog size {n}, got {k}.")
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        scores_out = np.empty((len(queries), k), np.float32)
+        index_out = np.empty((len(queries), k), np.int64)
+        for start in range(0, len(queries), self.block_rows):
+            block = queries[start : start + self.block_rows] @ self.embeddings_.T  # (b, N)
+            scores_out[start : start + len(block)], index_out[start : start + len(block)] = (
+                _top_k_rows(block, k)
+            )
+        return scores_out, index_out
+
+    def search_catalog(self, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k for every catalog item against the others (self excluded)."""
+        n = len(self.embeddings_)
+        if not 0 < k < n:
+            raise ImgrecError(f"param top_k must be between 1 and {n - 1} (catalog size - 1), got {k}.")
+        scores_out = np.empty((n, k), np.float32)
+        index_out = np.empty((n, k), np.int64)
+        for start in range(0, n, self.block_rows):
+            stop = min(start + self.block_rows, n)
+            block = self.embeddings_[start:stop] @ self.embeddings_.T  # (b, N)
+            block[np.arange(stop - start), np.arange(start, stop)] = -np.inf  # never yourself
+            scores_out[start:stop], index_out[start:stop] = _top_k_rows(block, k)
+        return scores_out, index_out
+
+
+class FaissIndex:
+    """Approximate cosine top-k with a FAISS HNSW graph (inner product on unit vectors)."""
+
+    def __init__(self, neighbors_per_node: int = 32, ef_search: int = 128, ef_construction: int = 200):
+        self.neighbors_per_node = neighbors_per_node
+        self.ef_search = ef_search
+        self.ef_construction = ef_construction
+
+    def fit(self, embeddings: np.ndarray) -> "FaissIndex":
+        try:
+            import faiss
+        except ImportError as error:
+            raise ImgrecError("param index=faiss needs faiss: pip install faiss-cpu.") from error
+        embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
+        index = faiss.IndexHNSWFlat(embeddings.shape[1], self.neighbors_per_node,
+                                    faiss.METRIC_INNER_PRODUCT)  # fmt: skip
+        index.hnsw.efConstruction = self.ef_construction
+        index.hnsw.efSearch = self.ef_search
+        index.add(embeddings)
+        self.index_, self.n_items_ = index, len(embeddings)
+        return self
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        if not 0 < k <= self.n_items_:
+            raise ImgrecError(f"top_k must be between 1 and the catalog size {self.n_items_}, got {k}.")
+        scores, indices = self.index_.search(np.ascontiguousarray(queries, dtype=np.float32), k)
+        return scores, indices.astype(np.int64)
+
+    def search_catalog(self, k: int) -> tuple[np.ndarray, np.ndarray]:
+        if not 0 < k < self.n_items_:
+            raise ImgrecError(
+                f"param top_k must be between 1 and {self.n_items_ - 1} (catalog size - 1), got {k}."
+            )
+        embeddings = self.index_.reconstruct_n(0, self.n_items_)
+        scores, indices = self.search(embeddings, k + 1)
+        # Drop each item's own entry (or the last one, when the graph missed it).
+        own = indices == np.arange(self.n_items_)[:, None]
+        own[~own.any(axis=1), -1] = True
+        keep = ~own
+        return scores[keep].reshape(-1, k), indices[keep].reshape(-1, k)
+
+
+def make_index(kind: str):
+    """`exact` (default) or `faiss` (approximate, for millions of items)."""
+    if kind == "exact":
+        return ExactIndex()
+    if kind == "faiss":
+        return FaissIndex()
+    raise ImgrecError(f"param index must be exact or faiss, got {kind!r}.")
+
+
+def retrieval_metrics(neighbor_labels: np.ndarray, query_labels: np.ndarray) -> dict:
+    """precision@k and mAP@k by label agreement.
+
+    precision@k: share of the k neighbours that carry the query's label.
+    AP@k: mean of precision@i over the ranks i where a relevant item appears
+    (0 when none does); mAP@k averages it over queries.
+    """
+    relevant = neighbor_labels == query_labels[:, None]  # (Q, k)
+    k = relevant.shape[1]
+    precision_at_rank = np.cumsum(relevant, axis=1) / np.arange(1, k + 1)
+    hits = relevant.sum(axis=1)
+    average_precision = np.where(
+        hits > 0, (precision_at_rank * relevant).sum(axis=1) / np.maximum(hits, 1), 0.0
+    )
+    return {
+        "precision_at_k": float(relevant.mean()),
+        "map_at_k": float(average_precision.mean()),
+    }
