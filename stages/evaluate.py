@@ -37,13 +37,22 @@ def main() -> None:
     stage.write_json(args.metrics, metrics)
     with stage.atomic_file(args.confusion) as tmp:
         rows = confusion_rows(y_true, y_pred, names)
-        tmp.write_text("actual,predicted\n" + "".join(f"{r['actual']},{r['predicted']}\n" for r in rows))
+        tmp.write_text(
+            "actual,predicted\n" + "".join(f"{r['actual']},{r['predicted']}\n" for r in rows)
+        )
     save_png(confusion_matrix_figure(y_true, y_pred, names), args.confusion_png)
     # Evenly spaced through the validation set: a fixed, class-varied sample.
-    picks = np.linspace(0, len(data.val_index) - 1, min(SAMPLE_IMAGES, len(data.val_index))).astype(int)
-    save_png(prediction_grid_figure([data.images[data.val_index[i]] for i in picks],
-                                    [names[y_true[i]] for i in picks],
-                                    [names[y_pred[i]] for i in picks]), args.samples_png)  # fmt: skip
+    picks = np.linspace(0, len(data.val_index) - 1, min(SAMPLE_IMAGES, len(data.val_index))).astype(
+        int
+    )
+    save_png(
+        prediction_grid_figure(
+            [data.images[data.val_index[i]] for i in picks],
+            [names[y_true[i]] for i in picks],
+            [names[y_pred[i]] for i in picks],
+        ),
+        args.samples_png,
+    )
 
 
 if __name__ == "__main__":

@@ -6,7 +6,9 @@ from imgrec.sources import fetch
 
 def main() -> None:
     parser = stage.StageParser(description=__doc__)
-    parser.add_argument("--source", required=True, help="builtin:digits, a parquet path/glob, or an fsspec URL")
+    parser.add_argument(
+        "--source", required=True, help="builtin:digits, a parquet path/glob, or an fsspec URL"
+    )
     parser.add_argument("--rows", type=stage.param, required=True)
     parser.add_argument("--out", required=True, help="parquet file to write")
     parser.add_argument("--metrics", required=True)

@@ -34,9 +34,14 @@ def main() -> None:
         [catalog.images[q] for q in queries],
         [f"query #{catalog.row_ids[q]}\n{names[catalog.labels[q]]}" for q in queries],
         [[catalog.images[p] for p in positions] for positions in neighbor_positions],
-        [[f"{names[catalog.labels[p]]}  {s:.3f}" for p, s in zip(positions, scores[q], strict=True)]
-         for q, positions in zip(queries, neighbor_positions, strict=True)],
-    )  # fmt: skip
+        [
+            [
+                f"{names[catalog.labels[p]]}  {s:.3f}"
+                for p, s in zip(positions, scores[q], strict=True)
+            ]
+            for q, positions in zip(queries, neighbor_positions, strict=True)
+        ],
+    )
     save_png(fig, args.out)
 
 

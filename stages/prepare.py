@@ -20,8 +20,14 @@ def main() -> None:
     max_bad_fraction = params.closed_fraction("max_bad_fraction", args.max_bad_fraction)
 
     with stage.atomic_dir(args.out) as tmp:
-        counts = prepare(args.data, tmp, img_size=img_size, val_fraction=val_fraction, seed=seed,
-                         max_bad_fraction=max_bad_fraction)  # fmt: skip
+        counts = prepare(
+            args.data,
+            tmp,
+            img_size=img_size,
+            val_fraction=val_fraction,
+            seed=seed,
+            max_bad_fraction=max_bad_fraction,
+        )
     stage.write_json(args.metrics, counts)
 
 

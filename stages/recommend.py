@@ -15,7 +15,9 @@ def main() -> None:
     parser.add_argument("--prepared", required=True)
     parser.add_argument("--top-k", type=stage.param, required=True)
     parser.add_argument("--index", type=stage.param, required=True)
-    parser.add_argument("--out", required=True, help="parquet of (row_id, rank, neighbor_row_id, score)")
+    parser.add_argument(
+        "--out", required=True, help="parquet of (row_id, rank, neighbor_row_id, score)"
+    )
     parser.add_argument("--metrics", required=True)
     args = parser.parse_args()
     top_k = params.positive_int("top_k", args.top_k)
@@ -24,15 +26,19 @@ def main() -> None:
     catalog = load_catalog(args.embeddings, args.prepared)
     scores, neighbors = make_index(kind).fit(catalog.embeddings).search_catalog(top_k)  # (N, k)
     metrics = retrieval_metrics(catalog.labels[neighbors], catalog.labels)
-    print(f"precision@{top_k} {metrics['precision_at_k']:.4f}, mAP@{top_k} {metrics['map_at_k']:.4f}")
+    print(
+        f"precision@{top_k} {metrics['precision_at_k']:.4f}, mAP@{top_k} {metrics['map_at_k']:.4f}"
+    )
 
     n = len(catalog.row_ids)
-    table = pa.table({
-        "row_id": np.repeat(catalog.row_ids, top_k),
-        "rank": np.tile(np.arange(1, top_k + 1, dtype=np.int32), n),
-        "neighbor_row_id": catalog.row_ids[neighbors].ravel(),
-        "score": scores.ravel(),
-    })  # fmt: skip
+    table = pa.table(
+        {
+            "row_id": np.repeat(catalog.row_ids, top_k),
+            "rank": np.tile(np.arange(1, top_k + 1, dtype=np.int32), n),
+            "neighbor_row_id": catalog.row_ids[neighbors].ravel(),
+            "score": scores.ravel(),
+        }
+    )
     with stage.atomic_file(args.out) as tmp:
         pq.write_table(table, tmp)
     stage.write_json(args.metrics, {"top_k": top_k, "index": kind, **metrics})

@@ -16,10 +16,25 @@ log = logging.getLogger("train")
 def main() -> None:
     parser = stage.StageParser(description=__doc__)
     parser.add_argument("--prepared", required=True)
-    for name in ("batch-size", "epochs", "lr", "patience", "lr-factor", "lr-patience", "dropout",
-                 "augment", "seed", "device", "num-threads", "channels-last", "precision"):  # fmt: skip
+    for name in (
+        "batch-size",
+        "epochs",
+        "lr",
+        "patience",
+        "lr-factor",
+        "lr-patience",
+        "dropout",
+        "augment",
+        "seed",
+        "device",
+        "num-threads",
+        "channels-last",
+        "precision",
+    ):
         parser.add_argument(f"--{name}", type=stage.param, required=True)
-    parser.add_argument("--max-batches", type=int, default=None, help="cap batches per epoch (smoke tests)")
+    parser.add_argument(
+        "--max-batches", type=int, default=None, help="cap batches per epoch (smoke tests)"
+    )
     parser.add_argument("--model", required=True, help="checkpoint to write")
     parser.add_argument("--live-dir", required=True, help="dvclive folder for per-epoch curves")
     parser.add_argument("--metrics", required=True)
@@ -42,8 +57,10 @@ def main() -> None:
     generator = runtime.seed_everything(seed)
 
     data = load_prepared(args.prepared)
-    print(f"dataset: {len(data.train_index)} train / {len(data.val_index)} val images, "
-          f"{len(data.class_names)} classes, {data.img_size} px; device: {device}")  # fmt: skip
+    print(
+        f"dataset: {len(data.train_index)} train / {len(data.val_index)} val images, "
+        f"{len(data.class_names)} classes, {data.img_size} px; device: {device}"
+    )
     model = CNNClassifier(ModelConfig(num_classes=len(data.class_names), dropout=dropout))
 
     with Live(args.live_dir, save_dvc_exp=False, dvcyaml=None, report=None) as live:
@@ -55,19 +72,31 @@ def main() -> None:
             live.log_metric("lr", record["lr"])
             live.make_summary()
 
-        result = train(model, data.images, data.labels, data.train_index, data.val_index,
-                       generator=generator, device=device, max_batches=args.max_batches,
-                       on_epoch=log_epoch, **hyper)  # fmt: skip
+        result = train(
+            model,
+            data.images,
+            data.labels,
+            data.train_index,
+            data.val_index,
+            generator=generator,
+            device=device,
+            max_batches=args.max_batches,
+            on_epoch=log_epoch,
+            **hyper,
+        )
 
     save_checkpoint(args.model, model.cpu(), data.class_names, data.img_size)
     best = result.history[result.best_epoch - 1] if result.best_epoch else {}
-    stage.write_json(args.metrics, {
-        "best_epoch": result.best_epoch,
-        "epochs_run": result.epochs_run,
-        "stopped_early": result.stopped_early,
-        "best_val_loss": best.get("val_loss"),
-        "best_val_acc": best.get("val_acc"),
-    })  # fmt: skip
+    stage.write_json(
+        args.metrics,
+        {
+            "best_epoch": result.best_epoch,
+            "epochs_run": result.epochs_run,
+            "stopped_early": result.stopped_early,
+            "best_val_loss": best.get("val_loss"),
+            "best_val_acc": best.get("val_acc"),
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -28,14 +28,16 @@ def save_checkpoint(
 def load_checkpoint(
     path: str | os.PathLike, device: torch.device | str = "cpu"
 ) -> tuple[CNNClassifier, dict]:
-    """Rebuild the model in eval mode; return it with the checkpoint's class names and preprocessing."""
+    """Rebuild the model in eval mode, with its class names and preprocessing."""
     path = Path(path)
     if not path.exists():
         raise ImgrecError(f"no model at {path}; run `dvc repro` (or `dvc pull`) to produce it.")
     try:
         # weights_only: a checkpoint is data, never code to execute.
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-        config = ModelConfig(**{**checkpoint["config"], "widths": tuple(checkpoint["config"]["widths"])})
+        config = ModelConfig(
+            **{**checkpoint["config"], "widths": tuple(checkpoint["config"]["widths"])}
+        )
         model = CNNClassifier(config)
         model.load_state_dict(checkpoint["state_dict"])
     except Exception as error:

@@ -86,7 +86,8 @@ def stratified_split(labels: np.ndarray, val_fraction: float, seed: int) -> tupl
     splittable = positions[~single]
     n_classes = int(np.count_nonzero(counts >= 2))
     n_val = int(np.ceil(val_fraction * len(splittable)))
-    if n_val < n_classes or len(splittable) - n_val < n_classes:
+    # max(..., 1): with no class of two images, nothing can go to validation at all.
+    if n_val < max(n_classes, 1) or len(splittable) - n_val < n_classes:
         raise ImgrecError(
             f"param val_fraction={val_fraction} splits {len(splittable)} images into {n_val} for "
             f"validation, but a stratified split needs at least one per class on each side "
@@ -133,7 +134,9 @@ def prepare(
         ProcessPoolExecutor(workers) as pool,
         tqdm(total=total, desc="prepare", unit="img") as progress,
     ):
-        for batch in parquet.iter_batches(batch_size=_DECODE_BATCH_ROWS, columns=["image", "label"]):
+        for batch in parquet.iter_batches(
+            batch_size=_DECODE_BATCH_ROWS, columns=["image", "label"]
+        ):
             data = pc.struct_field(batch.column("image"), "bytes").to_pylist()
             labels = batch.column("label").to_pylist()
             for result, label in zip(pool.map(decode, data, chunksize=32), labels, strict=True):
@@ -184,8 +187,12 @@ def prepare(
     write_json(out_dir / "meta.json", {"class_names": class_names, "img_size": img_size})
     log.info(
         "prepared %d images (%d skipped), %d classes, %d train / %d val",
-        kept, n_skipped, len(class_names), len(train_index), len(val_index),
-    )  # fmt: skip
+        kept,
+        n_skipped,
+        len(class_names),
+        len(train_index),
+        len(val_index),
+    )
     return {
         "rows_read": total,
         "rows_skipped": n_skipped,

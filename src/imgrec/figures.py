@@ -30,9 +30,15 @@ def confusion_matrix_figure(
     size = max(6.0, 0.45 * len(class_names))
     fig, ax = plt.subplots(figsize=(size, size))
     ConfusionMatrixDisplay.from_predictions(
-        y_true, y_pred, labels=np.arange(len(class_names)), display_labels=class_names,
-        ax=ax, colorbar=False, cmap="Blues", xticks_rotation="vertical",
-    )  # fmt: skip
+        y_true,
+        y_pred,
+        labels=np.arange(len(class_names)),
+        display_labels=class_names,
+        ax=ax,
+        colorbar=False,
+        cmap="Blues",
+        xticks_rotation="vertical",
+    )
     ax.set_title(f"Validation confusion matrix ({len(y_true)} images)")
     fig.tight_layout()
     return fig
@@ -46,11 +52,15 @@ def prediction_grid_figure(
     fig, axes = plt.subplots(2, columns, figsize=(2.2 * columns, 5), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
-    for ax, image, true, predicted in zip(axes.flat, images, true_names, predicted_names,
-                                          strict=False):  # fmt: skip
+    for ax, image, true, predicted in zip(
+        axes.flat, images, true_names, predicted_names, strict=False
+    ):
         ax.imshow(image)
-        ax.set_title(f"true: {true}\npred: {predicted}", fontsize=9,
-                     color="black" if true == predicted else "red")  # fmt: skip
+        ax.set_title(
+            f"true: {true}\npred: {predicted}",
+            fontsize=9,
+            color="black" if true == predicted else "red",
+        )
     fig.suptitle("Validation samples")
     fig.tight_layout()
     return fig
@@ -71,8 +81,9 @@ def recommendation_figure(
     for r in range(rows):
         axes[r, 0].imshow(query_images[r])
         axes[r, 0].set_title(query_titles[r], fontsize=8, fontweight="bold")
-        for c, (image, title) in enumerate(zip(neighbor_images[r], neighbor_titles[r],
-                                               strict=True), start=1):  # fmt: skip
+        for c, (image, title) in enumerate(
+            zip(neighbor_images[r], neighbor_titles[r], strict=True), start=1
+        ):
             axes[r, c].imshow(image)
             axes[r, c].set_title(title, fontsize=8)
     fig.suptitle("Query (left) and its most similar items")

@@ -19,9 +19,7 @@ def memory_format(channels_last: bool) -> torch.memory_format:
     return torch.channels_last if channels_last else torch.contiguous_format
 
 
-def batches(
-    images: np.ndarray, index: np.ndarray | None, batch_size: int
-) -> Iterator[np.ndarray]:
+def batches(images: np.ndarray, index: np.ndarray | None, batch_size: int) -> Iterator[np.ndarray]:
     """uint8 (B, H, W, 3) batches of `images[index]` in order (all images when index is None)."""
     index = np.arange(len(images)) if index is None else index
     for start in range(0, len(index), batch_size):
@@ -43,8 +41,13 @@ def _forward(
     model.eval()
     outputs = []
     total = len(images) if index is None else len(index)
-    for batch in tqdm(batches(images, index, batch_size), desc=desc, total=-(-total // batch_size),
-                      unit="batch", disable=desc is None):  # fmt: skip
+    for batch in tqdm(
+        batches(images, index, batch_size),
+        desc=desc,
+        total=-(-total // batch_size),
+        unit="batch",
+        disable=desc is None,
+    ):
         x = to_tensor(batch, device).contiguous(memory_format=memory_format(channels_last))
         out = model.forward_features(x) if features else model(x)
         outputs.append(out.float().cpu())
@@ -60,13 +63,21 @@ def predict_logits(
     index: np.ndarray | None = None,
     *,
     batch_size: int = 256,
-    device: torch.device = torch.device("cpu"),
+    device: torch.device | str = "cpu",
     channels_last: bool = True,
     desc: str | None = None,
 ) -> torch.Tensor:
     """(N, num_classes) float32 logits for `images[index]`."""
-    return _forward(model, images, index, features=False, batch_size=batch_size, device=device,
-                    channels_last=channels_last, desc=desc)  # fmt: skip
+    return _forward(
+        model,
+        images,
+        index,
+        features=False,
+        batch_size=batch_size,
+        device=device,
+        channels_last=channels_last,
+        desc=desc,
+    )
 
 
 def embed(
@@ -75,11 +86,19 @@ def embed(
     index: np.ndarray | None = None,
     *,
     batch_size: int = 256,
-    device: torch.device = torch.device("cpu"),
+    device: torch.device | str = "cpu",
     channels_last: bool = True,
     desc: str | None = None,
 ) -> np.ndarray:
     """(N, embedding_dim) float32 L2-normalised `forward_features` embeddings."""
-    features = _forward(model, images, index, features=True, batch_size=batch_size, device=device,
-                        channels_last=channels_last, desc=desc)  # fmt: skip
+    features = _forward(
+        model,
+        images,
+        index,
+        features=True,
+        batch_size=batch_size,
+        device=device,
+        channels_last=channels_last,
+        desc=desc,
+    )
     return F.normalize(features, dim=1).numpy().astype(np.float32)

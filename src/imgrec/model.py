@@ -1,5 +1,6 @@
 """The seed's CNN. No I/O here: checkpoints live in `checkpoint.py`."""
 
+import itertools
 from dataclasses import dataclass
 
 import torch
@@ -33,7 +34,7 @@ class CNNClassifier(nn.Module):
         self.config = config
         channels = (config.in_channels, *config.widths)
         self.features = nn.Sequential(
-            *(conv_block(c_in, c_out) for c_in, c_out in zip(channels, channels[1:], strict=False)),
+            *(conv_block(c_in, c_out) for c_in, c_out in itertools.pairwise(channels)),
             nn.AdaptiveAvgPool2d(config.pooled_size),
             nn.Flatten(),
         )

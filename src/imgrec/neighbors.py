@@ -15,6 +15,12 @@ def _top_k_rows(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Per row, the k largest scores, best first; ties broken by the lower index."""
     part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
     part_scores = np.take_along_axis(scores, part, axis=1)
+    # argpartition picks arbitrarily among items tied with the k-th score (duplicate images
+    # do tie); redo those few rows with a stable sort so the lower index wins there too.
+    kth_score = part_scores.min(axis=1, keepdims=True)
+    for row in np.flatnonzero((scores >= kth_score).sum(axis=1) > k):
+        part[row] = np.argsort(-scores[row], kind="stable")[:k]
+        part_scores[row] = scores[row, part[row]]
     order = np.lexsort((part, -part_scores), axis=1)
     return np.take_along_axis(part_scores, order, axis=1), np.take_along_axis(part, order, axis=1)
 
@@ -48,7 +54,9 @@ class ExactIndex:
         """Top-k for every catalog item against the others (self excluded)."""
         n = len(self.embeddings_)
         if not 0 < k < n:
-            raise ImgrecError(f"param top_k must be between 1 and {n - 1} (catalog size - 1), got {k}.")
+            raise ImgrecError(
+                f"param top_k must be between 1 and {n - 1} (catalog size - 1), got {k}."
+            )
         scores_out = np.empty((n, k), np.float32)
         index_out = np.empty((n, k), np.int64)
         for start in range(0, n, self.block_rows):
@@ -62,7 +70,9 @@ class ExactIndex:
 class FaissIndex:
     """Approximate cosine top-k with a FAISS HNSW graph (inner product on unit vectors)."""
 
-    def __init__(self, neighbors_per_node: int = 32, ef_search: int = 128, ef_construction: int = 200):
+    def __init__(
+        self, neighbors_per_node: int = 32, ef_search: int = 128, ef_construction: int = 200
+    ):
         self.neighbors_per_node = neighbors_per_node
         self.ef_search = ef_search
         self.ef_construction = ef_construction
@@ -73,8 +83,9 @@ class FaissIndex:
         except ImportError as error:
             raise ImgrecError("param index=faiss needs faiss: pip install faiss-cpu.") from error
         embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
-        index = faiss.IndexHNSWFlat(embeddings.shape[1], self.neighbors_per_node,
-                                    faiss.METRIC_INNER_PRODUCT)  # fmt: skip
+        index = faiss.IndexHNSWFlat(
+            embeddings.shape[1], self.neighbors_per_node, faiss.METRIC_INNER_PRODUCT
+        )
         index.hnsw.efConstruction = self.ef_construction
         index.hnsw.efSearch = self.ef_search
         index.add(embeddings)
@@ -83,14 +94,16 @@ class FaissIndex:
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         if not 0 < k <= self.n_items_:
-            raise ImgrecError(f"top_k must be between 1 and the catalog size {self.n_items_}, got {k}.")
+            raise ImgrecError(
+                f"top_k must be between 1 and the catalog size {self.n_items_}, got {k}."
+            )
         scores, indices = self.index_.search(np.ascontiguousarray(queries, dtype=np.float32), k)
         return scores, indices.astype(np.int64)
 
     def search_catalog(self, k: int) -> tuple[np.ndarray, np.ndarray]:
         if not 0 < k < self.n_items_:
             raise ImgrecError(
-                f"param top_k must be between 1 and {self.n_items_ - 1} (catalog size - 1), got {k}."
+                f"param top_k must be from 1 to {self.n_items_ - 1} (catalog size - 1), got {k}."
             )
         embeddings = self.index_.reconstruct_n(0, self.n_items_)
         scores, indices = self.search(embeddings, k + 1)

@@ -15,7 +15,7 @@ log = logging.getLogger(__name__)
 def seed_everything(seed: int) -> torch.Generator:
     """Seed Python, NumPy and torch; return a torch generator for data order and augmentation."""
     random.seed(seed)
-    np.random.seed(seed)
+    np.random.seed(seed)  # noqa: NPY002 - seeds legacy global-RNG users, e.g. in libraries
     torch.manual_seed(seed)
     return torch.Generator().manual_seed(seed)
 

@@ -95,6 +95,9 @@ def list_parquet_files(source: str) -> tuple[fsspec.AbstractFileSystem, list[str
                 files += [p for p in fs.find(path) if p.endswith(".parquet")]
             elif fs.exists(path):
                 files.append(path)
+            elif any(char in path for char in "?["):
+                # get_fs_token_paths expands only `*` globs; `?` and `[...]` are globs too.
+                files += [p for p in fs.glob(path) if fs.isfile(p)]
     except ValueError as error:
         if "protocol" in str(error).lower():
             scheme = url.split("://")[0]
@@ -200,6 +203,8 @@ def fetch(source: str, rows: int, out_path: str | Path) -> FetchResult:
                     break
                 part = frame.get_partition(index).compute()
                 part = part.iloc[: rows - written]
+                if part.empty:  # an empty row group would leave an empty file behind on error
+                    continue
                 batch = to_hf_schema(pa.Table.from_pandas(part, preserve_index=False))
                 if writer is None:
                     out_schema = batch.schema.with_metadata(metadata)

@@ -106,8 +106,9 @@ def train(
         model.train()
         seen, loss_sum, correct = 0, 0.0, 0
         n_batches = len(loader) if max_batches is None else min(len(loader), max_batches)
-        progress = tqdm(loader, total=n_batches, desc=f"epoch {epoch}/{epochs}", unit="batch",
-                        leave=False)  # fmt: skip
+        progress = tqdm(
+            loader, total=n_batches, desc=f"epoch {epoch}/{epochs}", unit="batch", leave=False
+        )
         for step, (pixels, targets) in enumerate(progress):
             if step == n_batches:
                 break
@@ -127,8 +128,14 @@ def train(
             correct += (logits.argmax(1) == targets).sum().item()
             progress.set_postfix(loss=f"{loss_sum / seen:.4f}")
 
-        val_logits = predict_logits(model, images, val_index, batch_size=max(batch_size, 256),
-                                    device=device, channels_last=channels_last)  # fmt: skip
+        val_logits = predict_logits(
+            model,
+            images,
+            val_index,
+            batch_size=max(batch_size, 256),
+            device=device,
+            channels_last=channels_last,
+        )
         val_loss = F.cross_entropy(val_logits, val_labels).item()
         val_acc = (val_logits.argmax(1) == val_labels).float().mean().item()
         record = {
@@ -142,9 +149,14 @@ def train(
         result.history.append(record)
         log.info(
             "epoch %d/%d  train loss %.4f acc %.4f  val loss %.4f acc %.4f  lr %.2g",
-            epoch, epochs, record["train_loss"], record["train_acc"], val_loss, val_acc,
+            epoch,
+            epochs,
+            record["train_loss"],
+            record["train_acc"],
+            val_loss,
+            val_acc,
             record["lr"],
-        )  # fmt: skip
+        )
         if on_epoch is not None:
             on_epoch(record)
         scheduler.step(val_loss)
@@ -159,8 +171,11 @@ def train(
                 result.stopped_early = True
                 log.info(
                     "early stopping at epoch %d: val loss has not improved for %d epochs; "
-                    "restoring the weights of epoch %d", epoch, patience, result.best_epoch,
-                )  # fmt: skip
+                    "restoring the weights of epoch %d",
+                    epoch,
+                    patience,
+                    result.best_epoch,
+                )
                 break
 
     if best_state is not None:

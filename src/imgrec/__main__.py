@@ -1,0 +1,7 @@
+"""`python -m imgrec`: the query command (see `imgrec.cli`)."""
+
+import sys
+
+from imgrec.cli import main
+
+sys.exit(main())

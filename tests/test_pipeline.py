@@ -1,0 +1,148 @@
+"""The whole pipeline, tiny, through real `dvc repro` in a temporary copy of the project."""
+
+import hashlib
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = {"rows": 200, "img_size": 32, "epochs": 2, "batch_size": 16}
+
+pytestmark = pytest.mark.slow
+
+
+def dvc(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    # The venv's dvc, so the stage scripts run with this interpreter's packages.
+    dvc_bin = Path(sys.executable).with_name("dvc")
+    result = subprocess.run([str(dvc_bin), *args], cwd=cwd, capture_output=True, text=True)
+    assert result.returncode == 0, f"dvc {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
+    return result
+
+
+def declared_outputs(dvc_yaml: dict) -> list[str]:
+    paths = []
+    for stage in dvc_yaml["stages"].values():
+        for kind in ("outs", "metrics", "plots"):
+            for entry in stage.get(kind, []):
+                paths.append(next(iter(entry)) if isinstance(entry, dict) else entry)
+    return paths
+
+
+def check_parses(path: Path) -> None:
+    """Open each output with the library that reads its format."""
+    if path.is_dir():
+        files = [p for p in path.rglob("*") if p.is_file()]
+        assert files, f"{path} is empty"
+        for file in files:
+            check_parses(file)
+    elif path.suffix == ".json":
+        assert json.loads(path.read_text())
+    elif path.suffix in (".csv", ".tsv"):
+        lines = path.read_text().splitlines()
+        assert len(lines) > 1 and all(line.strip() for line in lines), path
+    elif path.suffix == ".png":
+        with Image.open(path) as image:
+            image.load()
+            assert image.width > 100 and image.height > 100
+    elif path.suffix == ".parquet":
+        assert pq.read_table(path).num_rows > 0
+    elif path.suffix == ".npy":
+        assert np.load(path).size > 0
+    elif path.suffix == ".pt":
+        assert "state_dict" in torch.load(path, weights_only=True)
+    else:
+        raise AssertionError(f"no check for output {path}")
+
+
+def digest(folder: Path, paths: list[str]) -> dict[str, str]:
+    hashes = {}
+    for name in paths:
+        target = folder / name
+        for file in sorted([target] if target.is_file() else target.rglob("*")):
+            if file.is_file():
+                hashes[str(file.relative_to(folder))] = hashlib.md5(file.read_bytes()).hexdigest()
+    return hashes
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> Path:
+    """A copy of the project with tiny params, reproduced once."""
+    folder = tmp_path_factory.mktemp("project")
+    for name in ("dvc.yaml", ".dvcignore"):
+        shutil.copy(ROOT / name, folder / name)
+    shutil.copytree(
+        ROOT / "stages", folder / "stages", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    shutil.copytree(ROOT / "src", folder / "src", ignore=shutil.ignore_patterns("__pycache__"))
+    params = yaml.safe_load((ROOT / "params.yaml").read_text()) | TINY
+    (folder / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    dvc("init", "--no-scm", "-q", cwd=folder)
+    dvc("repro", cwd=folder)
+    return folder
+
+
+def test_every_declared_output_exists_and_parses(project):
+    outputs = declared_outputs(yaml.safe_load((project / "dvc.yaml").read_text()))
+    assert len(outputs) >= 14
+    for name in outputs:
+        assert (project / name).exists(), f"{name} was not produced"
+        check_parses(project / name)
+
+
+def test_metrics_hold_what_users_read(project):
+    fetch = json.loads((project / "metrics/fetch.json").read_text())
+    prepare = json.loads((project / "metrics/prepare.json").read_text())
+    train = json.loads((project / "metrics/train.json").read_text())
+    evaluate = json.loads((project / "metrics/evaluate.json").read_text())
+    recommend = json.loads((project / "metrics/recommend.json").read_text())
+    assert fetch["rows_fetched"] == TINY["rows"]
+    assert prepare["rows_skipped"] == 0 and prepare["images"] == TINY["rows"]
+    assert train["epochs_run"] == TINY["epochs"] and 1 <= train["best_epoch"] <= TINY["epochs"]
+    assert set(evaluate["per_class"]) == {str(d) for d in range(10)}
+    assert 0.0 <= evaluate["accuracy"] <= 1.0
+    assert {"precision_at_k", "map_at_k"} <= set(recommend) and recommend["top_k"] == 5
+    rows = (project / "dvclive/plots/metrics/val/loss.tsv").read_text().splitlines()
+    assert rows[0].split("\t") == ["step", "loss"] and len(rows) == 1 + TINY["epochs"]
+
+
+def test_nothing_changed_means_nothing_to_do(project):
+    assert "up to date" in dvc("status", cwd=project).stdout
+
+
+@pytest.mark.parametrize(
+    ("param", "value", "expected_runs"),
+    [
+        ("top_k", 3, {"recommend", "figure"}),
+        ("batch_size", 8, {"train", "evaluate", "embed", "recommend", "figure"}),
+    ],
+)
+def test_a_param_change_reruns_only_what_depends_on_it(project, param, value, expected_runs):
+    params_file = project / "params.yaml"
+    original = params_file.read_text()
+    try:
+        params_file.write_text(yaml.safe_dump(yaml.safe_load(original) | {param: value}))
+        output = dvc("repro", cwd=project).stdout
+        ran = set(re.findall(r"Running stage '(\w+)'", output))
+        assert ran == expected_runs
+    finally:
+        params_file.write_text(original)
+        dvc("repro", cwd=project)  # back to the fixture's state (from DVC's run cache)
+
+
+def test_forced_rerun_rewrites_identical_bytes(project):
+    outputs = declared_outputs(yaml.safe_load((project / "dvc.yaml").read_text()))
+    before = digest(project, outputs)
+    lock_before = (project / "dvc.lock").read_text()
+    dvc("repro", "--force", cwd=project)
+    assert digest(project, outputs) == before
+    assert (project / "dvc.lock").read_text() == lock_before
