@@ -1,5 +1,7 @@
 """Stage evaluate: validation accuracy, precision/recall/F1, confusion matrix, sample grid."""
 
+import csv
+
 import numpy as np
 
 from imgrec import params, runtime, stage
@@ -35,11 +37,10 @@ def main() -> None:
     print(f"validation accuracy {metrics['accuracy']:.4f}, macro F1 {metrics['macro']['f1']:.4f}")
 
     stage.write_json(args.metrics, metrics)
-    with stage.atomic_file(args.confusion) as tmp:
-        rows = confusion_rows(y_true, y_pred, names)
-        tmp.write_text(
-            "actual,predicted\n" + "".join(f"{r['actual']},{r['predicted']}\n" for r in rows)
-        )
+    with stage.atomic_file(args.confusion) as tmp, open(tmp, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["actual", "predicted"], lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(confusion_rows(y_true, y_pred, names))
     save_png(confusion_matrix_figure(y_true, y_pred, names), args.confusion_png)
     # Evenly spaced through the validation set: a fixed, class-varied sample.
     picks = np.linspace(0, len(data.val_index) - 1, min(SAMPLE_IMAGES, len(data.val_index))).astype(

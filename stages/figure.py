@@ -5,7 +5,7 @@ import pyarrow.parquet as pq
 
 from imgrec import stage
 from imgrec.catalog import load_catalog
-from imgrec.figures import recommendation_figure, save_png
+from imgrec.figures import neighbor_title, recommendation_figure, save_png
 
 QUERIES = 6
 
@@ -36,7 +36,7 @@ def main() -> None:
         [[catalog.images[p] for p in positions] for positions in neighbor_positions],
         [
             [
-                f"{names[catalog.labels[p]]}  {s:.3f}"
+                neighbor_title(names[catalog.labels[p]], s)
                 for p, s in zip(positions, scores[q], strict=True)
             ]
             for q, positions in zip(queries, neighbor_positions, strict=True)

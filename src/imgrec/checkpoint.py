@@ -18,7 +18,7 @@ def save_checkpoint(
         "config": asdict(model.config),
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "class_names": list(class_names),
-        # The preprocessing `images.decode` + `images.to_tensor` apply at this size.
+        # The preprocessing `images.decode` + `inference.to_tensor` apply at this size.
         "preprocessing": {"img_size": img_size, "resample": "bilinear", "scale": "0..1"},
     }
     with atomic_file(path) as tmp:

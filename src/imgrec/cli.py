@@ -9,6 +9,8 @@ Queries go through the pipeline's own code: `images.decode` (as prepare),
 finds itself first with score 1.0.
 """
 
+from __future__ import annotations
+
 import argparse
 import json
 import logging
@@ -16,8 +18,18 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from imgrec.errors import ImgrecError
+
+# torch, dask, scikit-learn and matplotlib load inside the commands that need them,
+# so `--help` and argument errors answer at once instead of after seconds of imports.
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+
+    from imgrec.catalog import Catalog
+    from imgrec.model import CNNClassifier
 
 # Relative to the repository root (the folder holding dvc.yaml): where dvc.yaml writes them.
 DEFAULT_MODEL = "models/model.pt"
@@ -52,11 +64,14 @@ def read_image(source: str) -> bytes:
     try:
         with fsspec.open(source, "rb") as handle:
             return handle.read()
-    except (OSError, ValueError, ImportError) as error:
-        raise ImgrecError(f"cannot read {source}: {error}") from error
+    except FileNotFoundError as error:
+        raise ImgrecError(f"cannot read {source}: not found.") from error
+    except Exception as error:
+        # Each fsspec backend raises its own types (aiohttp, botocore, huggingface_hub, ...).
+        raise ImgrecError(f"cannot read {source}: {error or type(error).__name__}") from error
 
 
-def load_images(sources: Sequence[str], img_size: int):
+def load_images(sources: Sequence[str], img_size: int) -> np.ndarray:
     """(Q, img_size, img_size, 3) uint8: each source decoded exactly as prepare decodes."""
     import numpy as np
 
@@ -72,8 +87,13 @@ def load_images(sources: Sequence[str], img_size: int):
 
 
 def query_embeddings(
-    model, sources: Sequence[str], img_size: int, *, device="cpu", batch_size: int = 256
-):
+    model: CNNClassifier,
+    sources: Sequence[str],
+    img_size: int,
+    *,
+    device: torch.device | str = "cpu",
+    batch_size: int = 256,
+) -> tuple[np.ndarray, np.ndarray]:
     """(decoded images, L2-normalised embeddings) of the queries, made as the embed stage does."""
     from imgrec.inference import embed
 
@@ -81,7 +101,9 @@ def query_embeddings(
     return images, embed(model, images, batch_size=batch_size, device=device)
 
 
-def check_catalog(model, catalog, img_size: int, device) -> None:
+def check_catalog(
+    model: CNNClassifier, catalog: Catalog, img_size: int, device: torch.device
+) -> None:
     """Refuse a catalog that was not embedded by this model at this image size."""
     import numpy as np
 
@@ -99,7 +121,7 @@ def check_catalog(model, catalog, img_size: int, device) -> None:
         )
 
 
-def search(catalog, queries, top_k: int) -> list[list[Neighbor]]:
+def search(catalog: Catalog, queries: np.ndarray, top_k: int) -> list[list[Neighbor]]:
     """The top-k catalog items for each query embedding, best first."""
     from imgrec.neighbors import ExactIndex
 
@@ -110,7 +132,7 @@ def search(catalog, queries, top_k: int) -> list[list[Neighbor]]:
                 rank=rank,
                 row_id=int(catalog.row_ids[p]),
                 label=catalog.class_names[catalog.labels[p]],
-                score=float(s),
+                score=round(float(s), 6),  # float32 holds about 7 digits
             )
             for rank, (p, s) in enumerate(zip(row_positions, row_scores, strict=True), start=1)
         ]
@@ -118,24 +140,23 @@ def search(catalog, queries, top_k: int) -> list[list[Neighbor]]:
     ]
 
 
-def format_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    """Columns aligned to their widest cell; the first column left, the others right."""
-    widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows, strict=True)]
-
-    def line(cells: Sequence[str]) -> str:
-        first, *rest = cells
-        return "  ".join(
-            [first.ljust(widths[0]), *(c.rjust(w) for c, w in zip(rest, widths[1:], strict=True))]
+def format_table(header: Sequence[str], rows: Sequence[Sequence[str]], align: str) -> str:
+    """Columns padded to their widest cell; `align` has one `l` or `r` per column."""
+    widths = [max(len(cell) for cell in column) for column in zip(header, *rows, strict=True)]
+    return "\n".join(
+        "  ".join(
+            cell.ljust(width) if side == "l" else cell.rjust(width)
+            for cell, width, side in zip(cells, widths, align, strict=True)
         ).rstrip()
-
-    return "\n".join(line([str(c) for c in cells]) for cells in (header, *rows))
+        for cells in (header, *rows)
+    )
 
 
 def _source_name(source: str) -> str:
     return source.rstrip("/").rsplit("/", 1)[-1] or source
 
 
-def _load_model(args: argparse.Namespace):
+def _load_model(args: argparse.Namespace) -> tuple[CNNClassifier, dict, torch.device]:
     from imgrec.checkpoint import load_checkpoint
     from imgrec.runtime import pick_device
 
@@ -157,14 +178,17 @@ def cmd_recommend(args: argparse.Namespace) -> None:
     results = search(catalog, queries, args.top_k)
 
     if args.out:
-        from imgrec.figures import recommendation_figure, save_png
+        import numpy as np
 
+        from imgrec.figures import neighbor_title, recommendation_figure, save_png
+
+        positions = [catalog.positions(np.array([n.row_id for n in r])) for r in results]
         save_png(
             recommendation_figure(
                 list(images),
                 [f"query\n{_source_name(s)}" for s in args.images],
-                [[catalog.images[catalog.positions([n.row_id])[0]] for n in r] for r in results],
-                [[f"{n.label}  {n.score:.3f}" for n in r] for r in results],
+                [[catalog.images[p] for p in row] for row in positions],
+                [[neighbor_title(n.label, n.score) for n in r] for r in results],
             ),
             args.out,
         )
@@ -184,7 +208,7 @@ def cmd_recommend(args: argparse.Namespace) -> None:
             print()
         print(f"{source}: top {args.top_k} of {len(catalog.row_ids)} catalog items")
         rows = [(str(n.rank), str(n.row_id), n.label, f"{n.score:.4f}") for n in neighbors]
-        print(format_table(("rank", "row_id", "label", "score"), rows))
+        print(format_table(("rank", "row_id", "label", "score"), rows, align="rrlr"))
     if args.out:
         print(f"figure: {args.out}")
 
@@ -197,14 +221,14 @@ def cmd_classify(args: argparse.Namespace) -> None:
     logits = predict_logits(model, images, batch_size=args.batch_size, device=device)
     probabilities, classes = logits.softmax(dim=1).max(dim=1)
     predictions = [
-        {"image": source, "label": info["class_names"][c], "probability": float(p)}
+        {"image": source, "label": info["class_names"][c], "probability": round(p, 6)}
         for source, c, p in zip(args.images, classes.tolist(), probabilities.tolist(), strict=True)
     ]
     if args.json:
         print(json.dumps(predictions, indent=2))
         return
     rows = [(p["image"], p["label"], f"{p['probability']:.4f}") for p in predictions]
-    print(format_table(("image", "label", "probability"), rows))
+    print(format_table(("image", "label", "probability"), rows, align="llr"))
 
 
 def _positive_int(text: str) -> int:

@@ -19,7 +19,6 @@ from pathlib import Path
 import numpy as np
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from sklearn.model_selection import train_test_split
 from tqdm import tqdm
 
 from imgrec import images
@@ -93,6 +92,8 @@ def stratified_split(labels: np.ndarray, val_fraction: float, seed: int) -> tupl
             f"validation, but a stratified split needs at least one per class on each side "
             f"({n_classes} classes); change val_fraction or fetch more rows."
         )
+    from sklearn.model_selection import train_test_split  # slow import; only needed here
+
     train, val = train_test_split(
         splittable, test_size=n_val, stratify=labels[splittable], random_state=seed
     )

@@ -66,6 +66,11 @@ def prediction_grid_figure(
     return fig
 
 
+def neighbor_title(label: str, score: float) -> str:
+    """The caption of one recommended item: its label and cosine score."""
+    return f"{label}  {score:.3f}"
+
+
 def recommendation_figure(
     query_images: Sequence[np.ndarray],
     query_titles: Sequence[str],

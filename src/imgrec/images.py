@@ -8,7 +8,6 @@ import io
 import warnings
 
 import numpy as np
-import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 # What `decode` raises, mapped to the reason counted in prepare's metrics.
@@ -63,9 +62,3 @@ def to_rgb(image: Image.Image) -> Image.Image:
         background = Image.new("RGBA", image.size, (255, 255, 255, 255))
         image = Image.alpha_composite(background, image)
     return image.convert("RGB")
-
-
-def to_tensor(batch: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
-    """uint8 (B, H, W, 3) -> float32 (B, 3, H, W) in [0, 1], as torchvision's ToTensor."""
-    pixels = torch.from_numpy(np.ascontiguousarray(batch)).to(device, non_blocking=True)
-    return pixels.permute(0, 3, 1, 2).float().div_(255.0)

@@ -11,8 +11,13 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from imgrec.images import to_tensor
 from imgrec.model import CNNClassifier
+
+
+def to_tensor(batch: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
+    """uint8 (B, H, W, 3) -> float32 (B, 3, H, W) in [0, 1], as torchvision's ToTensor."""
+    pixels = torch.from_numpy(np.ascontiguousarray(batch)).to(device, non_blocking=True)
+    return pixels.permute(0, 3, 1, 2).float().div_(255.0)
 
 
 def memory_format(channels_last: bool) -> torch.memory_format:

@@ -16,10 +16,12 @@ def _top_k_rows(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
     part_scores = np.take_along_axis(scores, part, axis=1)
     # argpartition picks arbitrarily among items tied with the k-th score (duplicate images
-    # do tie); redo those few rows with a stable sort so the lower index wins there too.
+    # do tie); in those rows take the tied items with the lowest indices instead.
     kth_score = part_scores.min(axis=1, keepdims=True)
     for row in np.flatnonzero((scores >= kth_score).sum(axis=1) > k):
-        part[row] = np.argsort(-scores[row], kind="stable")[:k]
+        above = np.flatnonzero(scores[row] > kth_score[row])
+        tied = np.flatnonzero(scores[row] == kth_score[row])[: k - len(above)]
+        part[row] = np.concatenate((above, tied))
         part_scores[row] = scores[row, part[row]]
     order = np.lexsort((part, -part_scores), axis=1)
     return np.take_along_axis(part_scores, order, axis=1), np.take_along_axis(part, order, axis=1)

@@ -13,7 +13,6 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-import dask.dataframe as dd
 import fsspec
 import numpy as np
 import pyarrow as pa
@@ -179,6 +178,8 @@ def fetch(source: str, rows: int, out_path: str | Path) -> FetchResult:
             builtin = Path(tmp) / "digits.parquet"
             pq.write_table(digits_table(), builtin, row_group_size=500)
             return fetch(str(builtin), rows, out_path)
+
+    import dask.dataframe as dd  # here, not at the top: prepare and the CLI import this module
 
     fs, files = list_parquet_files(source)
     with fs.open(files[0], "rb") as handle:

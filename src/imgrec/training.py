@@ -12,8 +12,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, RandomSampler
 from tqdm import tqdm
 
-from imgrec.images import to_tensor
-from imgrec.inference import memory_format, predict_logits
+from imgrec.inference import memory_format, predict_logits, to_tensor
 from imgrec.model import CNNClassifier
 
 log = logging.getLogger(__name__)

@@ -1,0 +1,90 @@
+"""Shared fixtures and builders: tiny images and parquet files made inside tmp_path."""
+
+import io
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+IMAGE_TYPE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+
+
+def image_bytes(
+    size: tuple[int, int] = (8, 8),
+    color: tuple[int, ...] | int = (200, 30, 60),
+    mode: str = "RGB",
+    fmt: str = "PNG",
+    **save_kwargs,
+) -> bytes:
+    """A solid-colour image of `size` (width, height) encoded in `fmt`."""
+    buffer = io.BytesIO()
+    Image.new(mode, size, color).save(buffer, format=fmt, **save_kwargs)
+    return buffer.getvalue()
+
+
+def png_bytes(size: tuple[int, int] = (8, 8), color=(200, 30, 60), mode: str = "RGB") -> bytes:
+    return image_bytes(size, color, mode, "PNG")
+
+
+def jpeg_bytes(size: tuple[int, int] = (8, 8), color=(200, 30, 60)) -> bytes:
+    return image_bytes(size, color, "RGB", "JPEG")
+
+
+def hf_metadata(names: Sequence[str]) -> dict[str, str]:
+    """The `huggingface` schema metadata that `datasets` writes for an Image + ClassLabel."""
+    features = {"image": {"_type": "Image"}, "label": {"_type": "ClassLabel", "names": list(names)}}
+    return {"huggingface": json.dumps({"info": {"features": features}})}
+
+
+def make_parquet(
+    path: str | Path,
+    images_bytes: Sequence[bytes | None],
+    labels: Sequence,
+    row_group_size: int | None = None,
+    metadata: dict | None = None,
+    *,
+    image_struct: bool = True,
+    null_images: Sequence[int] = (),
+) -> Path:
+    """Write images and labels as parquet in the HF Image schema (or plain binary images).
+
+    Each image's `path` is `img/<index>.png` so a row can be traced after a round trip;
+    rows listed in `null_images` get a null image struct rather than null bytes.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if image_struct:
+        values = [
+            None if index in null_images else {"bytes": data, "path": f"img/{index}.png"}
+            for index, data in enumerate(images_bytes)
+        ]
+        image = pa.array(values, type=IMAGE_TYPE)
+    else:
+        image = pa.array(list(images_bytes), type=pa.binary())
+    table = pa.table({"image": image, "label": pa.array(list(labels))})
+    if metadata is not None:
+        table = table.replace_schema_metadata(metadata)
+    pq.write_table(table, path, row_group_size=row_group_size)
+    return path
+
+
+def tagged_images(count: int, start: int = 0) -> list[bytes]:
+    """`count` distinct tiny PNGs: image i is a 2x2 grey of value (start + i) % 256."""
+    return [png_bytes((2, 2), ((start + i) % 256,) * 3) for i in range(count)]
+
+
+@pytest.fixture
+def tmp_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """tmp_path, made the working directory for the test (as dvclive's fixture does)."""
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(0)

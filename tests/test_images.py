@@ -1,0 +1,246 @@
+"""decode: every mode and format PIL writes becomes (S, S, 3) uint8; bad bytes are skipped."""
+
+import io
+
+import numpy as np
+import pytest
+import torch
+from conftest import image_bytes, jpeg_bytes, png_bytes
+from PIL import Image
+
+from imgrec.images import SKIP_REASONS, SkippedImage, decode
+from imgrec.inference import to_tensor
+
+SIZE = 6
+WHITE = (255, 255, 255)
+
+# (mode, format): every pairing PIL can write, each a solid image of a mid colour.
+MODES_AND_FORMATS = [
+    ("RGB", "JPEG"),
+    ("RGB", "PNG"),
+    ("RGB", "WEBP"),
+    ("RGB", "GIF"),
+    ("RGB", "BMP"),
+    ("RGB", "TIFF"),
+    ("L", "JPEG"),
+    ("L", "PNG"),
+    ("L", "WEBP"),
+    ("L", "GIF"),
+    ("L", "BMP"),
+    ("L", "TIFF"),
+    ("LA", "PNG"),
+    ("LA", "TIFF"),
+    ("P", "PNG"),
+    ("P", "GIF"),
+    ("P", "BMP"),
+    ("P", "TIFF"),
+    ("RGBA", "PNG"),
+    ("RGBA", "WEBP"),
+    ("RGBA", "TIFF"),
+    ("RGBA", "GIF"),
+    ("CMYK", "JPEG"),
+    ("CMYK", "TIFF"),
+    ("I;16", "PNG"),
+    ("I;16", "TIFF"),
+    ("I", "TIFF"),
+    ("F", "TIFF"),
+    ("1", "PNG"),
+    ("1", "BMP"),
+    ("1", "GIF"),
+    ("1", "TIFF"),
+]
+
+
+def _encode(image: Image.Image, fmt: str, **kwargs) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **kwargs)
+    return buffer.getvalue()
+
+
+def _solid(mode: str) -> Image.Image:
+    colour = {
+        "RGB": (10, 120, 230),
+        "RGBA": (10, 120, 230, 255),
+        "L": 120,
+        "LA": (120, 255),
+        "P": 7,
+        "CMYK": (0, 128, 255, 0),
+        "I;16": 30000,
+        "I": 30000,
+        "F": 0.5,
+        "1": 1,
+    }[mode]
+    return Image.new(mode, (5, 3), colour)
+
+
+@pytest.mark.parametrize(
+    ("mode", "fmt"), MODES_AND_FORMATS, ids=[f"{m}-{f}" for m, f in MODES_AND_FORMATS]
+)
+def test_decode_any_mode_and_format_to_rgb_uint8(mode, fmt):
+    data = _encode(_solid(mode), fmt)
+    # Check the test itself: the file really is in that format.
+    assert Image.open(io.BytesIO(data)).format == fmt
+    pixels = decode(data, SIZE)
+    assert pixels.shape == (SIZE, SIZE, 3)
+    assert pixels.dtype == np.uint8
+
+
+@pytest.mark.parametrize(
+    ("mode", "fmt", "expected"),
+    [
+        ("RGB", "PNG", (10, 120, 230)),
+        ("RGBA", "PNG", (10, 120, 230)),
+        ("L", "PNG", (120, 120, 120)),
+        ("LA", "PNG", (120, 120, 120)),
+        ("1", "PNG", (255, 255, 255)),
+        ("CMYK", "TIFF", (255, 127, 0)),
+    ],
+)
+def test_decode_keeps_colours(mode, fmt, expected):
+    pixels = decode(_encode(_solid(mode), fmt), SIZE)
+    np.testing.assert_allclose(pixels.reshape(-1, 3), [expected] * SIZE * SIZE, atol=1)
+
+
+@pytest.mark.parametrize(("mode", "fmt"), [("I;16", "PNG"), ("I;16", "TIFF"), ("F", "TIFF")])
+def test_decode_scales_high_bit_depth_to_full_8_bit_range(mode, fmt):
+    dtype = np.float32 if mode == "F" else np.uint16
+    ramp = np.linspace(100, 60000, 16, dtype=np.float64).reshape(4, 4).astype(dtype)
+    image = Image.fromarray(ramp)
+    assert image.mode == mode
+    data = _encode(image, fmt)
+    pixels = decode(data, 4)
+    assert pixels.min() == 0
+    assert pixels.max() == 255
+    # Grey stays grey, and the ramp still rises left to right.
+    assert (pixels[..., 0] == pixels[..., 2]).all()
+    assert (np.diff(pixels[..., 0].astype(int), axis=1) >= 0).all()
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "WEBP", "TIFF", "GIF"])
+def test_transparent_rgba_becomes_white(fmt):
+    data = _encode(Image.new("RGBA", (4, 4), (0, 0, 0, 0)), fmt)
+    assert (decode(data, SIZE) == 255).all()
+
+
+def test_transparent_la_becomes_white():
+    data = _encode(Image.new("LA", (4, 4), (0, 0)), "PNG")
+    assert (decode(data, SIZE) == 255).all()
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "GIF"])
+def test_palette_with_transparent_index_becomes_white(fmt):
+    image = Image.new("P", (4, 4), 0)
+    image.putpalette([0, 0, 0] * 256)  # every entry black: only transparency can make white
+    data = _encode(image, fmt, transparency=0)
+    assert "transparency" in Image.open(io.BytesIO(data)).info
+    assert (decode(data, SIZE) == 255).all()
+
+
+def test_half_transparent_pixels_blend_onto_white():
+    data = _encode(Image.new("RGBA", (2, 2), (0, 0, 0, 128)), "PNG")
+    pixels = decode(data, 2)
+    assert np.all((pixels >= 125) & (pixels <= 128))
+
+
+@pytest.mark.parametrize("size", [(1, 1), (4000, 2), (2, 4000), (3, 1)])
+def test_tiny_and_extremely_wide_images(size):
+    data = png_bytes(size, (40, 50, 60))
+    pixels = decode(data, 16)
+    assert pixels.shape == (16, 16, 3)
+    assert (pixels == (40, 50, 60)).all()
+
+
+def test_large_jpeg_is_decoded_to_size():
+    # draft() decodes big JPEGs at a reduced scale; the result must still be exactly S x S.
+    pixels = decode(jpeg_bytes((800, 600), (200, 30, 60)), 7)
+    assert pixels.shape == (7, 7, 3)
+    np.testing.assert_allclose(pixels.reshape(-1, 3).mean(axis=0), (200, 30, 60), atol=4)
+
+
+def test_exif_orientation_is_applied():
+    image = Image.new("RGB", (8, 4), (255, 0, 0))
+    image.paste((0, 0, 255), (4, 0, 8, 4))  # left half red, right half blue
+    exif = Image.Exif()
+    exif[0x0112] = 6  # shown rotated 90 degrees clockwise: left half ends on top
+    pixels = decode(_encode(image, "PNG", exif=exif), 8)
+    assert tuple(pixels[0, 4]) == (255, 0, 0)
+    assert tuple(pixels[7, 4]) == (0, 0, 255)
+
+
+def test_output_is_deterministic():
+    data = jpeg_bytes((37, 23), (90, 180, 20))
+    assert np.array_equal(decode(data, 9), decode(data, 9))
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (None, "null_image"),
+        (b"", "null_image"),
+        (b"this is not an image at all", "undecodable"),
+        (bytes(range(256)) * 4, "undecodable"),
+        (png_bytes((32, 32))[:60], "undecodable"),
+        (jpeg_bytes((64, 64))[:200], "undecodable"),
+        (b"\x89PNG\r\n\x1a\n", "undecodable"),  # a PNG signature and nothing else
+    ],
+    ids=["none", "empty", "text", "garbage", "truncated-png", "truncated-jpeg", "png-signature"],
+)
+def test_bad_bytes_are_skipped_with_reason(data, reason):
+    with pytest.raises(SkippedImage) as info:
+        decode(data, SIZE)
+    assert info.value.reason == reason
+    assert info.value.reason in SKIP_REASONS
+
+
+@pytest.mark.parametrize("pixels", [(20, 20), (15, 10)], ids=["over-2x-limit", "over-1x-limit"])
+def test_decompression_bomb_is_refused_without_decoding(monkeypatch, pixels):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
+    full = png_bytes(pixels)
+    # Cut the file where the pixel data starts: its size is known, its pixels are not.
+    # Had decode got as far as the pixels it would report "undecodable", not "too_large".
+    header_only = full[: full.index(b"IDAT") + 4]
+    for data in (full, header_only):
+        with pytest.raises(SkippedImage) as info:
+            decode(data, SIZE)
+        assert info.value.reason == "too_large"
+
+
+def test_image_under_the_limit_is_decoded(monkeypatch):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
+    assert decode(png_bytes((10, 10)), SIZE).shape == (SIZE, SIZE, 3)
+
+
+def test_header_only_image_is_undecodable_when_under_the_limit():
+    # The control for the bomb test: the same cut file, with the default limit.
+    full = png_bytes((20, 20))
+    with pytest.raises(SkippedImage) as info:
+        decode(full[: full.index(b"IDAT") + 4], SIZE)
+    assert info.value.reason == "undecodable"
+
+
+def test_to_tensor_layout_dtype_and_range(rng):
+    batch = rng.integers(0, 256, size=(2, 5, 7, 3), dtype=np.uint8)  # (B, H, W, 3)
+    batch[0, 0, 0] = (0, 128, 255)
+    tensor = to_tensor(batch)
+    assert tensor.shape == (2, 3, 5, 7)
+    assert tensor.dtype == torch.float32
+    assert tensor.min() >= 0.0
+    assert tensor.max() <= 1.0
+    assert tensor[0, :, 0, 0].tolist() == pytest.approx([0.0, 128 / 255, 1.0])
+    np.testing.assert_allclose(tensor.permute(0, 2, 3, 1).numpy() * 255, batch, atol=1e-4)
+
+
+def test_to_tensor_accepts_non_contiguous_and_memmapped_input(tmp_path):
+    array = np.lib.format.open_memmap(
+        tmp_path / "x.npy", mode="w+", dtype=np.uint8, shape=(3, 4, 4, 3)
+    )
+    array[:] = 255
+    tensor = to_tensor(array[::2])  # a strided view of a memory map
+    assert tensor.shape == (2, 3, 4, 4)
+    assert torch.all(tensor == 1.0)
+
+
+def test_image_bytes_helper_makes_the_requested_format():
+    data = image_bytes((3, 2), (1, 2, 3), "RGB", "BMP")
+    with Image.open(io.BytesIO(data)) as image:
+        assert (image.format, image.size, image.mode) == ("BMP", (3, 2), "RGB")

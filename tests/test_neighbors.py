@@ -1,0 +1,142 @@
+"""Nearest-neighbour search: exact against brute force, FAISS against exact, retrieval metrics."""
+
+import numpy as np
+import pytest
+
+from imgrec.errors import ImgrecError
+from imgrec.neighbors import ExactIndex, FaissIndex, make_index, retrieval_metrics
+
+
+def unit_vectors(n: int, dim: int, seed: int = 0) -> np.ndarray:
+    vectors = np.random.default_rng(seed).standard_normal((n, dim)).astype(np.float32)
+    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+
+def tied_unit_vectors(n: int, seed: int = 0) -> np.ndarray:
+    """Unit vectors with four entries of 0.5 in 8 dims: every dot product is exact, many tie."""
+    rng = np.random.default_rng(seed)
+    vectors = np.zeros((n, 8), np.float32)
+    for row in vectors:
+        row[rng.choice(8, size=4, replace=False)] = 0.5
+    return vectors
+
+
+def brute_force_catalog(embeddings: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Full N x N scores, self excluded, sorted by score then by lower index."""
+    n = len(embeddings)
+    scores = embeddings @ embeddings.T
+    np.fill_diagonal(scores, -np.inf)
+    order = np.array([np.lexsort((np.arange(n), -row))[:k] for row in scores])
+    return np.take_along_axis(scores, order, axis=1), order
+
+
+@pytest.mark.parametrize(
+    "embeddings", [unit_vectors(120, 16), tied_unit_vectors(120)], ids=["random", "tied"]
+)
+@pytest.mark.parametrize("block_rows", [1024, 7])
+def test_exact_search_catalog_equals_brute_force(embeddings, block_rows):
+    scores, indices = ExactIndex(block_rows=block_rows).fit(embeddings).search_catalog(5)
+    expected_scores, expected_indices = brute_force_catalog(embeddings, 5)
+    assert indices.shape == scores.shape == (120, 5)
+    np.testing.assert_array_equal(indices, expected_indices)
+    np.testing.assert_allclose(scores, expected_scores, atol=1e-6)
+    assert not (indices == np.arange(120)[:, None]).any()
+
+
+def test_ties_break_by_lower_index():
+    # Items 1, 2 and 3 are identical, so every query scores them equally.
+    embeddings = np.array([[1, 0], [0, 1], [0, 1], [0, 1], [-1, 0]], np.float32)
+    _, indices = ExactIndex().fit(embeddings).search_catalog(3)
+    assert indices[0].tolist() == [1, 2, 3]
+    assert indices[2].tolist() == [1, 3, 0]
+    assert indices[4].tolist() == [1, 2, 3]
+
+
+def test_block_rows_do_not_change_results():
+    embeddings = unit_vectors(50, 8, seed=1)
+    whole = ExactIndex().fit(embeddings).search_catalog(4)
+    for block_rows in (1, 3, 49):
+        blocked = ExactIndex(block_rows=block_rows).fit(embeddings).search_catalog(4)
+        np.testing.assert_array_equal(blocked[1], whole[1])
+        np.testing.assert_allclose(blocked[0], whole[0], atol=1e-6)
+
+
+def test_search_finds_a_catalog_item_first():
+    embeddings = unit_vectors(60, 16)
+    index = ExactIndex(block_rows=4).fit(embeddings)
+    scores, indices = index.search(embeddings[[3, 41, 59]], 4)
+    assert indices[:, 0].tolist() == [3, 41, 59]
+    np.testing.assert_allclose(scores[:, 0], 1.0, atol=1e-5)
+    assert (np.diff(scores, axis=1) <= 0).all()
+
+
+@pytest.mark.parametrize("k", [0, 10, 11])
+def test_search_catalog_rejects_top_k_outside_catalog(k):
+    index = ExactIndex().fit(unit_vectors(10, 4))
+    with pytest.raises(ImgrecError, match="top_k"):
+        index.search_catalog(k)
+
+
+def test_search_rejects_top_k_over_catalog_size():
+    index = ExactIndex().fit(unit_vectors(10, 4))
+    assert index.search(unit_vectors(2, 4), 10)[1].shape == (2, 10)
+    with pytest.raises(ImgrecError, match="top_k"):
+        index.search(unit_vectors(2, 4), 11)
+
+
+@pytest.fixture(scope="module")
+def faiss_catalog() -> tuple[np.ndarray, np.ndarray]:
+    pytest.importorskip("faiss")
+    embeddings = unit_vectors(2000, 32, seed=2)
+    _, exact = ExactIndex().fit(embeddings).search_catalog(10)
+    _, approximate = FaissIndex().fit(embeddings).search_catalog(10)
+    return exact, approximate
+
+
+def test_faiss_recall_against_exact(faiss_catalog):
+    exact, approximate = faiss_catalog
+    assert approximate.shape == exact.shape == (2000, 10)
+    found = sum(len(np.intersect1d(a, e)) for a, e in zip(approximate, exact, strict=True))
+    assert found / exact.size >= 0.9
+
+
+def test_faiss_search_catalog_never_returns_the_item_itself(faiss_catalog):
+    _, approximate = faiss_catalog
+    assert not (approximate == np.arange(2000)[:, None]).any()
+    assert ((approximate >= 0) & (approximate < 2000)).all()
+
+
+def test_faiss_search_catalog_with_duplicates_excludes_self():
+    pytest.importorskip("faiss")
+    embeddings = np.repeat(unit_vectors(20, 8, seed=3), 3, axis=0)  # every vector three times
+    scores, indices = FaissIndex().fit(embeddings).search_catalog(2)
+    assert not (indices == np.arange(60)[:, None]).any()
+    assert (indices // 3 == np.arange(60)[:, None] // 3).all()  # its two copies
+    np.testing.assert_allclose(scores, 1.0, atol=1e-5)
+
+
+def test_faiss_rejects_top_k_outside_catalog():
+    pytest.importorskip("faiss")
+    index = FaissIndex().fit(unit_vectors(10, 4))
+    with pytest.raises(ImgrecError, match="top_k"):
+        index.search_catalog(10)
+    with pytest.raises(ImgrecError, match="top_k"):
+        index.search(unit_vectors(1, 4), 11)
+
+
+def test_make_index():
+    assert isinstance(make_index("exact"), ExactIndex)
+    assert isinstance(make_index("faiss"), FaissIndex)
+    with pytest.raises(ImgrecError, match="'annoy'"):
+        make_index("annoy")
+
+
+def test_retrieval_metrics_by_hand():
+    neighbor_labels = np.array([[1, 0, 1], [2, 2, 2], [0, 0, 0], [0, 3, 3]])
+    query_labels = np.array([1, 2, 1, 3])
+    # precision@3 per query: 2/3, 1, 0, 2/3
+    # AP@3 per query: (1/1 + 2/3) / 2 = 5/6; 1; 0; (1/2 + 2/3) / 2 = 7/12
+    metrics = retrieval_metrics(neighbor_labels, query_labels)
+    assert metrics["precision_at_k"] == pytest.approx((2 / 3 + 1 + 0 + 2 / 3) / 4)
+    assert metrics["map_at_k"] == pytest.approx((5 / 6 + 1 + 0 + 7 / 12) / 4)
+    assert set(metrics) == {"precision_at_k", "map_at_k"}

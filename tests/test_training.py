@@ -1,0 +1,192 @@
+"""The training loop, run tiny on CPU: history, early stopping, LR schedule, determinism."""
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from imgrec import runtime
+from imgrec.model import CNNClassifier, ModelConfig
+from imgrec.training import augment_batch, train
+
+IMG_SIZE, N_IMAGES, N_CLASSES = 16, 40, 4
+
+
+@pytest.fixture(autouse=True)
+def deterministic_torch():
+    """make_deterministic changes process-wide torch state: put it back after each test."""
+    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    runtime.make_deterministic(2)
+    yield
+    torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(deterministic)
+
+
+@pytest.fixture(scope="module")
+def data() -> dict:
+    rng = np.random.default_rng(0)
+    return {
+        "images": rng.integers(0, 256, (N_IMAGES, IMG_SIZE, IMG_SIZE, 3), dtype=np.uint8),
+        "labels": np.arange(N_IMAGES, dtype=np.int64) % N_CLASSES,
+        "train_index": np.arange(32),
+        "val_index": np.arange(32, N_IMAGES),
+    }
+
+
+def run(data: dict, seed: int = 0, **overrides) -> tuple[CNNClassifier, object]:
+    """Seed, build the model and train it as the train stage does; return (model, result)."""
+    generator = runtime.seed_everything(seed)
+    model = CNNClassifier(ModelConfig(num_classes=N_CLASSES))
+    settings = {
+        "batch_size": 8,
+        "epochs": 2,
+        "lr": 1e-3,
+        "patience": 5,
+        "lr_factor": 0.1,
+        "lr_patience": 3,
+        "augment": False,
+        "generator": generator,
+        "device": torch.device("cpu"),
+        **overrides,
+    }
+    result = train(
+        model, data["images"], data["labels"], data["train_index"], data["val_index"], **settings
+    )
+    return model, result
+
+
+def test_history_has_one_record_per_epoch(data):
+    seen = []
+    _, result = run(data, epochs=2, on_epoch=seen.append)
+    assert result.epochs_run == 2
+    assert [r["epoch"] for r in result.history] == [1, 2]
+    assert seen == result.history
+    for record in result.history:
+        assert {"train_loss", "train_acc", "val_loss", "val_acc", "lr"} <= record.keys()
+        assert np.isfinite(record["train_loss"]) and record["train_loss"] > 0
+        assert np.isfinite(record["val_loss"]) and record["val_loss"] > 0
+        assert 0.0 <= record["train_acc"] <= 1.0
+        assert 0.0 <= record["val_acc"] <= 1.0
+        assert record["lr"] == pytest.approx(1e-3)
+    best = min(range(2), key=lambda i: result.history[i]["val_loss"])
+    assert result.best_epoch == best + 1
+    assert result.best_val_loss == result.history[best]["val_loss"]
+
+
+def test_early_stopping_restores_the_best_epochs_weights(data):
+    states = {}
+
+    def remember(record: dict) -> None:  # the weights at the end of each epoch
+        states[record["epoch"]] = copy.deepcopy(model.state_dict())
+
+    generator = runtime.seed_everything(1)
+    model = CNNClassifier(ModelConfig(num_classes=N_CLASSES))
+    # Labels carry no signal, so validation loss stops improving within a few epochs.
+    result = train(
+        model,
+        data["images"],
+        data["labels"],
+        data["train_index"],
+        data["val_index"],
+        batch_size=8,
+        epochs=8,
+        lr=1e-4,
+        patience=1,
+        lr_factor=0.1,
+        lr_patience=10,
+        augment=False,
+        generator=generator,
+        device=torch.device("cpu"),
+        max_batches=2,
+        on_epoch=remember,
+    )
+
+    assert result.stopped_early
+    assert result.epochs_run < 8
+    # patience=1: training stops at the first epoch that fails to improve.
+    assert result.best_epoch == result.epochs_run - 1
+    assert result.best_val_loss == min(r["val_loss"] for r in result.history)
+    final = model.state_dict()
+    for key, value in states[result.best_epoch].items():
+        assert torch.equal(final[key], value), key
+    last = states[result.epochs_run]
+    assert any(not torch.equal(final[key], last[key]) for key in final)
+
+
+def test_reduce_lr_on_plateau_lowers_lr(data):
+    # lr_patience=0: the first epoch without improvement cuts lr for the next one.
+    _, result = run(
+        data, epochs=8, lr=1e-3, lr_factor=0.1, lr_patience=0, patience=2, max_batches=2
+    )
+    lrs = [r["lr"] for r in result.history]
+    assert lrs[0] == pytest.approx(1e-3)
+    assert min(lrs) == pytest.approx(1e-4)
+    assert lrs == sorted(lrs, reverse=True)
+    val_losses = [r["val_loss"] for r in result.history]
+    first_worse = next(i for i in range(1, len(lrs)) if val_losses[i] >= min(val_losses[:i]))
+    assert lrs[first_worse + 1] == pytest.approx(lrs[first_worse] * 0.1)
+
+
+def test_max_batches_caps_batches_per_epoch(data):
+    training_calls = []
+
+    def count(module, inputs):
+        if module.training:
+            training_calls.append(inputs[0].shape[0])
+
+    generator = runtime.seed_everything(0)
+    model = CNNClassifier(ModelConfig(num_classes=N_CLASSES))
+    model.register_forward_pre_hook(count)
+    train(
+        model,
+        data["images"],
+        data["labels"],
+        data["train_index"],
+        data["val_index"],
+        batch_size=8,
+        epochs=2,
+        lr=1e-3,
+        patience=5,
+        lr_factor=0.1,
+        lr_patience=3,
+        augment=False,
+        generator=generator,
+        device=torch.device("cpu"),
+        max_batches=2,
+    )
+    assert training_calls == [8, 8, 8, 8]  # 2 epochs x 2 batches, not 2 x 4
+
+
+def test_augment_runs(data):
+    _, plain = run(data, epochs=1, max_batches=2)
+    _, augmented = run(data, epochs=1, augment=True, max_batches=2)
+    assert augmented.epochs_run == 1
+    assert np.isfinite(augmented.history[0]["train_loss"])
+    assert augmented.history[0]["train_loss"] != plain.history[0]["train_loss"]
+
+
+def test_augment_batch_keeps_shape_and_is_repeatable():
+    x = torch.rand(6, 3, IMG_SIZE, IMG_SIZE)
+    first = augment_batch(x, torch.Generator().manual_seed(3))
+    again = augment_batch(x, torch.Generator().manual_seed(3))
+    other = augment_batch(x, torch.Generator().manual_seed(4))
+    assert first.shape == x.shape
+    assert first.dtype == x.dtype
+    assert torch.equal(first, again)
+    assert not torch.equal(first, other)
+    assert not torch.equal(first, x)
+    # Border padding and bilinear sampling never leave the input's value range.
+    assert first.min() >= x.min() - 1e-6 and first.max() <= x.max() + 1e-6
+
+
+def test_same_seed_gives_bit_identical_weights(data):
+    first, first_result = run(data, seed=7, augment=True, max_batches=2)
+    second, second_result = run(data, seed=7, augment=True, max_batches=2)
+    other, _ = run(data, seed=8, augment=True, max_batches=2)
+    assert first_result.history == second_result.history
+    for key, value in first.state_dict().items():
+        assert torch.equal(second.state_dict()[key], value), key
+    assert any(
+        not torch.equal(other.state_dict()[key], value) for key, value in first.state_dict().items()
+    )
