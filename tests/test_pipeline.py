@@ -2,10 +2,13 @@
 
 import hashlib
 import json
+import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -21,10 +24,20 @@ TINY = {"rows": 200, "img_size": 32, "epochs": 2, "batch_size": 16}
 pytestmark = pytest.mark.slow
 
 
+def dvc_env(project: Path) -> dict[str, str]:
+    """This interpreter's venv first on PATH (stage commands say `python`), the copy's package."""
+    bin_dir = str(Path(sys.executable).parent)
+    return os.environ | {
+        "PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""),
+        "PYTHONPATH": str(project / "src"),
+    }
+
+
 def dvc(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    # The venv's dvc, so the stage scripts run with this interpreter's packages.
     dvc_bin = Path(sys.executable).with_name("dvc")
-    result = subprocess.run([str(dvc_bin), *args], cwd=cwd, capture_output=True, text=True)
+    result = subprocess.run(
+        [str(dvc_bin), *args], cwd=cwd, capture_output=True, text=True, env=dvc_env(cwd)
+    )
     assert result.returncode == 0, f"dvc {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
     return result
 
@@ -146,3 +159,49 @@ def test_forced_rerun_rewrites_identical_bytes(project):
     dvc("repro", "--force", cwd=project)
     assert digest(project, outputs) == before
     assert (project / "dvc.lock").read_text() == lock_before
+
+
+@pytest.mark.parametrize(
+    ("stage", "marker"),
+    [
+        ("fetch", "data/.raw.parquet.tmp"),
+        ("prepare", "data/.prepared.tmp/staging.npy"),
+        ("train", "dvclive/plots/metrics/train/loss.tsv"),
+    ],
+)
+def test_a_killed_stage_leaves_nothing_a_later_stage_accepts(project, tmp_path, stage, marker):
+    """SIGKILL `dvc repro` while `stage` writes; the next `dvc repro` gives the same results."""
+    copy = tmp_path / "project"
+    shutil.copytree(
+        project,
+        copy,
+        ignore=shutil.ignore_patterns("data", "models", "dvclive", "metrics", "plots", "dvc.lock"),
+    )
+    shutil.rmtree(copy / ".dvc" / "cache", ignore_errors=True)  # no run cache: really rerun
+    dvc_bin = Path(sys.executable).with_name("dvc")
+    log = (copy / "repro.log").open("w")
+    process = subprocess.Popen(
+        [str(dvc_bin), "repro"],
+        cwd=copy,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        env=dvc_env(copy),
+    )
+    started = None
+    while process.poll() is None:
+        running = f"Running stage '{stage}'" in (copy / "repro.log").read_text()
+        started = started or (time.monotonic() if running else None)
+        # Mid-write if we catch the partial file; else at least mid-stage.
+        if (copy / marker).exists() or (started and time.monotonic() - started > 1.5):
+            os.killpg(process.pid, signal.SIGKILL)
+            break
+        time.sleep(0.005)
+    process.wait()
+    log.close()
+    assert process.returncode == -signal.SIGKILL, f"dvc repro ended before {stage} was killed"
+
+    assert stage in json.loads(dvc("status", "--json", cwd=copy).stdout)
+    dvc("repro", cwd=copy)
+    outputs = declared_outputs(yaml.safe_load((project / "dvc.yaml").read_text()))
+    assert digest(copy, outputs) == digest(project, outputs)

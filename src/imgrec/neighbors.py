@@ -27,6 +27,14 @@ def _top_k_rows(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     return np.take_along_axis(part_scores, order, axis=1), np.take_along_axis(part, order, axis=1)
 
 
+def _check_catalog_k(k: int, n_items: int) -> None:
+    """Each item's neighbours are the other n_items - 1 items."""
+    if not 0 < k < n_items:
+        raise ImgrecError(
+            f"param top_k must be between 1 and {n_items - 1} (catalog size - 1), got {k}."
+        )
+
+
 class ExactIndex:
     """Exact cosine top-k by blocked inner products (inputs must be L2-normalised)."""
 
@@ -55,10 +63,7 @@ class ExactIndex:
     def search_catalog(self, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Top-k for every catalog item against the others (self excluded)."""
         n = len(self.embeddings_)
-        if not 0 < k < n:
-            raise ImgrecError(
-                f"param top_k must be between 1 and {n - 1} (catalog size - 1), got {k}."
-            )
+        _check_catalog_k(k, n)
         scores_out = np.empty((n, k), np.float32)
         index_out = np.empty((n, k), np.int64)
         for start in range(0, n, self.block_rows):
@@ -103,10 +108,7 @@ class FaissIndex:
         return scores, indices.astype(np.int64)
 
     def search_catalog(self, k: int) -> tuple[np.ndarray, np.ndarray]:
-        if not 0 < k < self.n_items_:
-            raise ImgrecError(
-                f"param top_k must be from 1 to {self.n_items_ - 1} (catalog size - 1), got {k}."
-            )
+        _check_catalog_k(k, self.n_items_)
         embeddings = self.index_.reconstruct_n(0, self.n_items_)
         scores, indices = self.search(embeddings, k + 1)
         # Drop each item's own entry (or the last one, when the graph missed it).
