@@ -49,7 +49,7 @@ def prediction_grid_figure(
 ) -> plt.Figure:
     """Images in two rows with true and predicted labels; wrong predictions in red."""
     columns = max(1, (len(images) + 1) // 2)
-    fig, axes = plt.subplots(2, columns, figsize=(2.2 * columns, 5), squeeze=False)
+    fig, axes = plt.subplots(2, columns, figsize=(2.2 * columns, 6), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for ax, image, true, predicted in zip(
