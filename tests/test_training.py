@@ -34,10 +34,15 @@ def data() -> dict:
     }
 
 
-def run(data: dict, seed: int = 0, **overrides) -> tuple[CNNClassifier, object]:
-    """Seed, build the model and train it as the train stage does; return (model, result)."""
+def run(data: dict, seed: int = 0, setup=None, **overrides) -> tuple[CNNClassifier, object]:
+    """Seed, build the model and train it as the train stage does; return (model, result).
+
+    `setup(model)` runs between building the model and training it.
+    """
     generator = runtime.seed_everything(seed)
     model = CNNClassifier(ModelConfig(num_classes=N_CLASSES))
+    if setup is not None:
+        setup(model)
     settings = {
         "batch_size": 8,
         "epochs": 2,
@@ -75,29 +80,20 @@ def test_history_has_one_record_per_epoch(data):
 
 
 def test_early_stopping_restores_the_best_epochs_weights(data):
-    states = {}
+    states, models = {}, []
 
     def remember(record: dict) -> None:  # the weights at the end of each epoch
-        states[record["epoch"]] = copy.deepcopy(model.state_dict())
+        states[record["epoch"]] = copy.deepcopy(models[0].state_dict())
 
-    generator = runtime.seed_everything(1)
-    model = CNNClassifier(ModelConfig(num_classes=N_CLASSES))
     # Labels carry no signal, so validation loss stops improving within a few epochs.
-    result = train(
-        model,
-        data["images"],
-        data["labels"],
-        data["train_index"],
-        data["val_index"],
-        batch_size=8,
+    model, result = run(
+        data,
+        seed=1,
+        setup=models.append,
         epochs=8,
         lr=1e-4,
         patience=1,
-        lr_factor=0.1,
         lr_patience=10,
-        augment=False,
-        generator=generator,
-        device=torch.device("cpu"),
         max_batches=2,
         on_epoch=remember,
     )
@@ -135,26 +131,7 @@ def test_max_batches_caps_batches_per_epoch(data):
         if module.training:
             training_calls.append(inputs[0].shape[0])
 
-    generator = runtime.seed_everything(0)
-    model = CNNClassifier(ModelConfig(num_classes=N_CLASSES))
-    model.register_forward_pre_hook(count)
-    train(
-        model,
-        data["images"],
-        data["labels"],
-        data["train_index"],
-        data["val_index"],
-        batch_size=8,
-        epochs=2,
-        lr=1e-3,
-        patience=5,
-        lr_factor=0.1,
-        lr_patience=3,
-        augment=False,
-        generator=generator,
-        device=torch.device("cpu"),
-        max_batches=2,
-    )
+    run(data, setup=lambda model: model.register_forward_pre_hook(count), epochs=2, max_batches=2)
     assert training_calls == [8, 8, 8, 8]  # 2 epochs x 2 batches, not 2 x 4
 
 
