@@ -1,7 +1,5 @@
 """Stage train: fit the seed's CNN on the prepared arrays; log curves with dvclive."""
 
-import logging
-
 from dvclive import Live
 
 from imgrec import params, runtime, stage
@@ -9,8 +7,6 @@ from imgrec.checkpoint import save_checkpoint
 from imgrec.dataset import load_prepared
 from imgrec.model import CNNClassifier, ModelConfig
 from imgrec.training import train
-
-log = logging.getLogger("train")
 
 
 def main() -> None:
