@@ -29,7 +29,7 @@ from imgrec.stage import read_json, write_json
 log = logging.getLogger(__name__)
 
 SKIP_REASONS = (*images.SKIP_REASONS, "null_label")
-_DECODE_BATCH_ROWS = 512  # rows handed to the worker pool at once: bounds memory
+_COMPACT_ROWS = 1024  # images copied at once when skipped rows are squeezed out
 
 
 @dataclass(frozen=True)
@@ -101,11 +101,38 @@ def stratified_split(labels: np.ndarray, val_fraction: float, seed: int) -> tupl
     return np.sort(train).astype(np.int64), np.sort(val).astype(np.int64)
 
 
-def _decode_or_reason(data: bytes | None, img_size: int) -> np.ndarray | str:
-    try:
-        return images.decode(data, img_size)
-    except images.SkippedImage as skipped:
-        return skipped.reason
+# Each worker process opens the fetched parquet and the staging array once.
+_worker: dict = {}
+
+
+def _open_worker(parquet_path: str, staging_path: str) -> None:
+    _worker["parquet"] = pq.ParquetFile(parquet_path)
+    _worker["staging"] = np.load(staging_path, mmap_mode="r+")
+
+
+def _decode_row_group(task: tuple[int, int], img_size: int) -> tuple[list, list[str | None]]:
+    """Decode one row group straight into the staging array at its row positions.
+
+    Workers read their own bytes and write their own pixels, so the parent
+    neither pickles ~100 KB of JPEG in nor ~50 KB of pixels out per image.
+    Returns the group's labels and each row's skip reason (None: kept).
+    """
+    group, first_row = task
+    table = _worker["parquet"].read_row_group(group, columns=["image", "label"])
+    data = pc.struct_field(table.column("image").combine_chunks(), "bytes").to_pylist()
+    labels = table.column("label").to_pylist()
+    staging = _worker["staging"]
+    reasons: list[str | None] = []
+    for offset, (blob, label) in enumerate(zip(data, labels, strict=True)):
+        if label is None:
+            reasons.append("null_label")
+            continue
+        try:
+            staging[first_row + offset] = images.decode(blob, img_size)
+            reasons.append(None)
+        except images.SkippedImage as skipped:
+            reasons.append(skipped.reason)
+    return labels, reasons
 
 
 def prepare(
@@ -121,36 +148,36 @@ def prepare(
     """Decode every image exactly once into `out_dir`; return the counts for metrics."""
     parquet = pq.ParquetFile(parquet_path)
     total = parquet.metadata.num_rows
+    sizes = [parquet.metadata.row_group(group).num_rows for group in range(parquet.num_row_groups)]
+    firsts = np.cumsum(sizes, dtype=np.int64) - sizes  # each group's first row
+    tasks = list(enumerate(firsts.tolist()))
     out_dir = Path(out_dir)
-    # Sized for every row; trimmed afterwards if rows were skipped.
+    staging_path = out_dir / "staging.npy"
+    # One slot per row, filled at the row's position; compacted afterwards if rows were skipped.
     staging = np.lib.format.open_memmap(
-        out_dir / "staging.npy", mode="w+", dtype=np.uint8, shape=(total, img_size, img_size, 3)
+        staging_path, mode="w+", dtype=np.uint8, shape=(total, img_size, img_size, 3)
     )
     kept_rows, kept_labels, skipped = [], [], Counter()
     examples: dict[str, list[int]] = {}
-    row = 0
-    workers = workers or os.cpu_count() or 1
-    decode = partial(_decode_or_reason, img_size=img_size)
+    workers = min(workers or os.cpu_count() or 1, max(len(tasks), 1))
     with (
-        ProcessPoolExecutor(workers) as pool,
+        ProcessPoolExecutor(
+            workers, initializer=_open_worker, initargs=(str(parquet_path), str(staging_path))
+        ) as pool,
         tqdm(total=total, desc="prepare", unit="img") as progress,
     ):
-        for batch in parquet.iter_batches(
-            batch_size=_DECODE_BATCH_ROWS, columns=["image", "label"]
-        ):
-            data = pc.struct_field(batch.column("image"), "bytes").to_pylist()
-            labels = batch.column("label").to_pylist()
-            for result, label in zip(pool.map(decode, data, chunksize=32), labels, strict=True):
-                reason = "null_label" if label is None else result
-                if isinstance(reason, str):
-                    skipped[reason] += 1
-                    examples.setdefault(reason, []).append(row)
-                else:
-                    staging[len(kept_rows)] = result
+        decoded = pool.map(partial(_decode_row_group, img_size=img_size), tasks)
+        for (_, first_row), (labels, reasons) in zip(tasks, decoded, strict=True):
+            for row, label, reason in zip(
+                range(first_row, first_row + len(labels)), labels, reasons, strict=True
+            ):
+                if reason is None:
                     kept_rows.append(row)
                     kept_labels.append(label)
-                row += 1
-            progress.update(batch.num_rows)
+                else:
+                    skipped[reason] += 1
+                    examples.setdefault(reason, []).append(row)
+            progress.update(len(labels))
 
     n_skipped = sum(skipped.values())
     for reason, rows in examples.items():
@@ -166,17 +193,19 @@ def prepare(
 
     kept = len(kept_rows)
     if kept < total:
-        trimmed = np.lib.format.open_memmap(
+        images_out = np.lib.format.open_memmap(
             out_dir / "images.npy", mode="w+", dtype=np.uint8, shape=(kept, *staging.shape[1:])
         )
-        trimmed[:] = staging[:kept]
-        trimmed.flush()
-        del trimmed, staging
-        (out_dir / "staging.npy").unlink()
+        for start in range(0, kept, _COMPACT_ROWS):
+            rows = kept_rows[start : start + _COMPACT_ROWS]
+            images_out[start : start + len(rows)] = staging[rows]
+        images_out.flush()
+        del images_out, staging
+        staging_path.unlink()
     else:
         staging.flush()
         del staging
-        os.replace(out_dir / "staging.npy", out_dir / "images.npy")
+        os.replace(staging_path, out_dir / "images.npy")
 
     label_names = class_names_from_metadata(parquet.schema_arrow.metadata)
     labels, class_names = class_ids(kept_labels, label_names)

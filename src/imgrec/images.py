@@ -38,7 +38,7 @@ def decode(data: bytes | None, img_size: int) -> np.ndarray:
             with Image.open(io.BytesIO(data)) as image:
                 # JPEG can decode straight at a reduced scale: same result class, far less work.
                 image.draft("RGB", (img_size, img_size))
-                image = ImageOps.exif_transpose(image)
+                ImageOps.exif_transpose(image, in_place=True)  # in place: no copy per image
                 rgb = to_rgb(image)
                 rgb = rgb.resize((img_size, img_size), Image.Resampling.BILINEAR)
                 return np.asarray(rgb, dtype=np.uint8)
@@ -50,6 +50,8 @@ def decode(data: bytes | None, img_size: int) -> np.ndarray:
 
 def to_rgb(image: Image.Image) -> Image.Image:
     """Any PIL mode to RGB: 16-bit and float scaled to 8 bits, alpha composited on white."""
+    if image.mode == "RGB":
+        return image  # most photos: convert() would only copy
     if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         pixels = np.asarray(image, dtype=np.float64)
         low, high = float(pixels.min()), float(pixels.max())
