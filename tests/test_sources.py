@@ -7,6 +7,7 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import hf_metadata, make_parquet, png_bytes, tagged_images
 
+from imgrec import sources
 from imgrec.errors import ImgrecError
 from imgrec.sources import (
     BUILTIN_DIGITS,
@@ -61,6 +62,17 @@ def test_fetch_takes_first_rows_in_order_across_files_and_row_groups(
     assert result.files_read == 3
     assert table.num_rows == expected
     assert table.column("label").to_pylist() == list(range(expected))
+
+
+def test_fetch_caps_the_rows_per_written_row_group(three_files, tmp_path, monkeypatch):
+    monkeypatch.setattr(sources, "OUT_ROW_GROUP_ROWS", 2)
+    out = tmp_path / "out.parquet"
+    fetch(str(three_files), 15, out)
+    metadata = pq.ParquetFile(out).metadata
+    sizes = [metadata.row_group(group).num_rows for group in range(metadata.num_row_groups)]
+    assert max(sizes) == 2
+    assert sum(sizes) == 15
+    assert pq.read_table(out).column("label").to_pylist() == list(range(15))
 
 
 def test_fetch_rows_match_the_source_bytes(three_files, tmp_path):

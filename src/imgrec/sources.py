@@ -28,6 +28,9 @@ BUILTIN_DIGITS = "builtin:digits"
 IMAGE_TYPE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
 # The Hugging Face parquet export of a dataset lives on this revision.
 HF_PARQUET_REVISION = "refs%2Fconvert%2Fparquet"
+# Rows per row group in the fetched file: prepare hands one group to a worker at a time,
+# so this bounds a worker's memory (~25 MB of photo JPEGs) whatever the source's groups.
+OUT_ROW_GROUP_ROWS = 256
 _HF_DATASET_ROOT = re.compile(r"^hf://datasets/(?P<repo>[^/@]+/[^/@]+)(?:@(?P<rev>[^/]+))?/?$")
 
 
@@ -210,7 +213,7 @@ def fetch(source: str, rows: int, out_path: str | Path) -> FetchResult:
                 if writer is None:
                     out_schema = batch.schema.with_metadata(metadata)
                     writer = pq.ParquetWriter(out_path, out_schema)
-                writer.write_table(batch.cast(out_schema))
+                writer.write_table(batch.cast(out_schema), row_group_size=OUT_ROW_GROUP_ROWS)
                 written += batch.num_rows
                 progress.update(batch.num_rows)
         finally:
