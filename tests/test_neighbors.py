@@ -70,6 +70,32 @@ def test_search_finds_a_catalog_item_first():
     assert (np.diff(scores, axis=1) <= 0).all()
 
 
+def test_dimensions_zero_for_every_item_are_left_out_exactly():
+    # ReLU embeddings: dims 3..7 are zero across the catalog; a query may still use them.
+    embeddings = np.abs(unit_vectors(40, 8, seed=3))
+    embeddings[:, 3:] = 0
+    embeddings /= np.linalg.norm(embeddings, axis=1, keepdims=True)
+    queries = unit_vectors(5, 8, seed=4)
+    index = ExactIndex().fit(embeddings)
+    assert index.active_dims_.tolist() == [0, 1, 2]
+    scores, indices = index.search(queries, 6)
+    full = queries @ embeddings.T
+    np.testing.assert_allclose(scores, np.take_along_axis(full, indices, axis=1), atol=1e-6)
+    np.testing.assert_array_equal(indices, np.argsort(-full, axis=1, kind="stable")[:, :6])
+    catalog_scores, catalog_indices = index.search_catalog(4)
+    expected_scores, expected_indices = brute_force_catalog(embeddings, 4)
+    np.testing.assert_array_equal(catalog_indices, expected_indices)
+    np.testing.assert_allclose(catalog_scores, expected_scores, atol=1e-6)
+
+
+def test_tie_crossing_the_cut_in_a_larger_block():
+    # Forty identical items: every query's top 5 cuts through the tie; lowest indices win.
+    embeddings = np.tile(np.array([[0.6, 0.8]], np.float32), (40, 1))
+    _, indices = ExactIndex().fit(embeddings).search_catalog(5)
+    assert indices[0].tolist() == [1, 2, 3, 4, 5]
+    assert indices[39].tolist() == [0, 1, 2, 3, 4]
+
+
 @pytest.mark.parametrize("k", [0, 10, 11])
 def test_search_catalog_rejects_top_k_outside_catalog(k):
     index = ExactIndex().fit(unit_vectors(10, 4))
