@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import image_bytes, jpeg_bytes, png_bytes
-from PIL import Image
+from PIL import Image, ImageOps
 
 from imgrec.images import SKIP_REASONS, SkippedImage, decode
 from imgrec.inference import to_tensor
@@ -157,14 +157,32 @@ def test_large_jpeg_is_decoded_to_size():
     np.testing.assert_allclose(pixels.reshape(-1, 3).mean(axis=0), (200, 30, 60), atol=4)
 
 
-def test_exif_orientation_is_applied():
-    image = Image.new("RGB", (8, 4), (255, 0, 0))
-    image.paste((0, 0, 255), (4, 0, 8, 4))  # left half red, right half blue
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG"])
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_exif_orientation_is_applied_as_pil_does(fmt, orientation):
+    # Left quarter red, the rest blue, top rows green: every transpose looks different.
+    image = Image.new("RGB", (64, 32), (0, 0, 255))
+    image.paste((255, 0, 0), (0, 0, 16, 32))
+    image.paste((0, 255, 0), (16, 0, 64, 8))
     exif = Image.Exif()
-    exif[0x0112] = 6  # shown rotated 90 degrees clockwise: left half ends on top
-    pixels = decode(_encode(image, "PNG", exif=exif), 8)
-    assert tuple(pixels[0, 4]) == (255, 0, 0)
-    assert tuple(pixels[7, 4]) == (0, 0, 255)
+    exif[0x0112] = orientation
+    data = _encode(image, fmt, exif=exif, **({"quality": 95} if fmt == "JPEG" else {}))
+    expected = ImageOps.exif_transpose(Image.open(io.BytesIO(data)).convert("RGB"))
+    expected = np.asarray(expected.resize((16, 16), Image.Resampling.BILINEAR), dtype=int)
+    # JPEG decodes at a reduced DCT scale (a few levels off at these sharp edges); a wrong
+    # orientation would put blue on red over a quarter of the image (mean difference > 40).
+    assert np.abs(decode(data, 16).astype(int) - expected).mean() < 10
+
+
+def test_large_jpeg_matches_a_full_decode_and_resize():
+    # Decoded at a reduced DCT scale, then resized: close to decoding every pixel.
+    rng = np.random.default_rng(0)
+    gradient = np.linspace(0, 255, 460)[None, :, None] * np.ones((410, 1, 3))
+    noisy = np.clip(gradient + rng.normal(0, 8, gradient.shape), 0, 255).astype(np.uint8)
+    data = _encode(Image.fromarray(noisy), "JPEG", quality=90)
+    full = Image.open(io.BytesIO(data)).convert("RGB").resize((128, 128), Image.Resampling.BILINEAR)
+    difference = np.abs(decode(data, 128).astype(int) - np.asarray(full, dtype=int))
+    assert difference.mean() < 2.0
 
 
 def test_output_is_deterministic():
