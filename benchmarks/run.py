@@ -51,11 +51,12 @@ def _tree_memory_kb(pid: int) -> tuple[int, int]:
     return rss, anon
 
 
-def run_worker(name: str, config_path: Path, work: Path) -> dict:
+def run_worker(name: str, config_path: Path, work: Path, label: str | None = None) -> dict:
     """Run one stage in a fresh interpreter; return its result with wall time and peak memory."""
+    label = label or name
     result_path = work / "results" / f"{name}.json"
     result_path.unlink(missing_ok=True)
-    log_path = work / "logs" / f"{name}.log"
+    log_path = work / "logs" / f"{label}.log"
     command = [sys.executable, str(HERE / "run.py"), "--worker", name, "--config", str(config_path)]
     peak = {"rss": 0, "anon": 0}
     done = threading.Event()
@@ -84,7 +85,7 @@ def run_worker(name: str, config_path: Path, work: Path) -> dict:
     peak_rss_kb = max(peak["rss"], usage.ru_maxrss)
     result.update(wall_s=wall, peak_rss_mb=peak_rss_kb / 1024, peak_anon_mb=peak["anon"] / 1024)
     print(
-        f"  {name:<20} {result.get('seconds', wall):8.1f} s   "
+        f"  {label:<26} {result.get('seconds', wall):8.1f} s   "
         f"peak RSS {result['peak_rss_mb']:7.0f} MB   (process wall {wall:.0f} s)",
         flush=True,
     )
@@ -170,6 +171,31 @@ def forward_flops(model, img_size: int) -> int:
     for hook in hooks:
         hook.remove()
     return flops
+
+
+def fp32_matmul_gflops(seconds: float = 1.5) -> float:
+    """torch.matmul rate on 2048 x 2048 fp32 now, with this process's threads."""
+    import torch
+
+    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    a @ b  # warm-up
+    reps, tic = 0, _clock()
+    while reps < 2 or _clock() - tic < seconds:
+        a @ b
+        reps += 1
+    return 2 * 2048**3 * reps / (_clock() - tic) / 1e9
+
+
+class PeakAround:
+    """The fp32 matmul rate just before and just after a block, averaged: the load on a
+    shared machine changes, so a share of peak compares with the peak of the moment."""
+
+    def __enter__(self) -> "PeakAround":
+        self.before = fp32_matmul_gflops()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.gflops = (self.before + fp32_matmul_gflops()) / 2
 
 
 def _epoch_rates(stamps: list[float], marks: list[int], batch_size: int) -> list[float]:
@@ -305,7 +331,7 @@ def worker_train_imgrec(cfg: dict) -> dict:
     stamps: list[float] = []
     marks: list[int] = []
     hook = register_optimizer_step_post_hook(lambda *_: stamps.append(_clock()))
-    with Stopwatch() as watch:
+    with PeakAround() as peak, Stopwatch() as watch:
         result = train(
             model,
             data.images,
@@ -327,10 +353,12 @@ def worker_train_imgrec(cfg: dict) -> dict:
             on_epoch=lambda record: marks.append(len(stamps)),
         )
     hook.remove()
-    save_checkpoint(cfg["imgrec_model"], model.cpu(), data.class_names, data.img_size)
+    if cfg.get("save_outputs", True):
+        save_checkpoint(cfg["imgrec_model"], model.cpu(), data.class_names, data.img_size)
     rates = _epoch_rates(stamps, marks, cfg["batch_size"])
     return {
         **watch.result(),
+        "peak_gflops_now": peak.gflops,
         "images": len(stamps) * cfg["batch_size"],
         "images_per_s": sum(rates) / len(rates),
         "epoch_rates": rates,
@@ -393,7 +421,7 @@ def worker_train_baseline(cfg: dict) -> dict:
     stamps: list[float] = []
     marks: list[int] = []
     val_acc, val_loss = [], []
-    with Stopwatch() as watch:
+    with PeakAround() as peak, Stopwatch() as watch:
         for _ in range(cfg["epochs"]):
             baseline.train_epoch(
                 model,
@@ -409,10 +437,12 @@ def worker_train_baseline(cfg: dict) -> dict:
             scheduler.step(loss)
             val_acc.append(acc)
             val_loss.append(loss)
-    torch.save(model.state_dict(), cfg["baseline_model"])
+    if cfg.get("save_outputs", True):
+        torch.save(model.state_dict(), cfg["baseline_model"])
     rates = _epoch_rates(stamps, marks, baseline.BATCH_SIZE)
     return {
         **watch.result(),
+        "peak_gflops_now": peak.gflops,
         "images": len(stamps) * baseline.BATCH_SIZE,
         "images_per_s": sum(rates) / len(rates),
         "epoch_rates": rates,
@@ -434,10 +464,10 @@ def worker_embed_imgrec(cfg: dict) -> dict:
     data = load_prepared(cfg["prepared"])
     model, _ = load_checkpoint(cfg["imgrec_model"], device)
     index = np.arange(min(cfg["embed_images"] or len(data.labels), len(data.labels)))
-    with Stopwatch() as watch:
+    with PeakAround() as peak, Stopwatch() as watch:
         embeddings = embed(model, data.images, index, device=device)  # (N, 512)
     np.save(cfg["embeddings"], embeddings)
-    return watch.result(images=len(embeddings))
+    return watch.result(images=len(embeddings), peak_gflops_now=peak.gflops)
 
 
 def worker_embed_baseline(cfg: dict) -> dict:
@@ -450,17 +480,19 @@ def worker_embed_baseline(cfg: dict) -> dict:
     model = baseline.CNN_Classifier(num_classes=cfg["num_classes"])
     model.load_state_dict(torch.load(cfg["baseline_model"], weights_only=True))
     loader = DataLoader(baseline.ImageDataset(frame.iloc[:count]), batch_size=baseline.BATCH_SIZE)
-    with Stopwatch() as watch:
+    with PeakAround() as peak, Stopwatch() as watch:
         embeddings = baseline.extract_embeddings(model, loader, torch.device("cpu"))
-    return watch.result(images=len(embeddings))
+    return watch.result(images=len(embeddings), peak_gflops_now=peak.gflops)
 
 
 def _catalog_embeddings(cfg: dict):
     """The catalog both sides search: imgrec's embeddings and their labels.
 
     When imgrec embedded fewer images than the catalog holds (to keep the run
-    short), the rest are stand-ins: a real embedding plus small noise,
-    re-normalised. Search cost depends on the matrix size, not its values.
+    short), the rest are stand-ins: a real embedding with each entry scaled by
+    1 + N(0, 0.05), re-normalised. Scaling keeps the ReLU's zeros where they
+    are, so the stand-ins use the same dimensions as real embeddings do; search
+    cost depends on the matrix's size and live dimensions, not its values.
     """
     import numpy as np
 
@@ -473,9 +505,8 @@ def _catalog_embeddings(cfg: dict):
     if missing > 0:
         rng = np.random.default_rng(0)
         source = rng.integers(0, real, missing)
-        extra = embeddings[source] + rng.normal(0, 0.01, (missing, embeddings.shape[1])).astype(
-            np.float32
-        )
+        noise = rng.normal(1.0, 0.05, (missing, embeddings.shape[1])).astype(np.float32)
+        extra = embeddings[source] * noise
         extra /= np.linalg.norm(extra, axis=1, keepdims=True)
         embeddings = np.concatenate([embeddings, extra])
         labels = np.concatenate([labels[:real], labels[source]])
@@ -509,6 +540,7 @@ def worker_recommend_imgrec(cfg: dict) -> dict:
     return watch.result(
         images=len(embeddings),
         real_embeddings=real,
+        live_dims=len(index.active_dims_),
         query_ms=latency,
         **retrieval_metrics(labels[neighbors], labels),
     )
@@ -698,6 +730,11 @@ def report(cfg: dict, machine: dict, peak: dict, results: dict, dvc: dict) -> st
     def rate(r):
         return r.get("images_per_s") or (r["images"] / r["seconds"] if r.get("seconds") else None)
 
+    def speed(stage, b, i) -> str:
+        if stage == "train" and rounds:
+            return f"{train_speedup(results):.2f}x"
+        return _ratio(rate(i), rate(b))
+
     lines = []
     add = lines.append
     add("## Machine\n")
@@ -734,14 +771,23 @@ def report(cfg: dict, machine: dict, peak: dict, results: dict, dvc: dict) -> st
         "embed": "embed",
         "recommend": f"recommend top-{cfg['top_k']} for every item",
     }
+    rounds = results.get("train-rounds")
+    if rounds:
+        labels["train"] = (
+            f"train (seconds: the accuracy run below; images/s: median of {len(rounds)} "
+            f"alternating runs of {cfg['round_batches']} batches, speed: median of their ratios)"
+        )
     for stage, label in labels.items():
         b, i = results.get(f"{stage}-baseline"), results.get(f"{stage}-imgrec")
         if not b or not i:
             continue
+        if stage == "train" and rounds:
+            b = {**b, "images_per_s": _median([r["baseline"] for r in rounds])}
+            i = {**i, "images_per_s": _median([r["imgrec"] for r in rounds])}
         add(
             f"| {label} | {b['images']} / {i['images']} | {b['seconds']:.1f} / {i['seconds']:.1f} "
             f"| {b['cpu_s']:.1f} / {i['cpu_s']:.1f} "
-            f"| {rate(b):.1f} / {rate(i):.1f} | {_ratio(rate(i), rate(b))} "
+            f"| {rate(b):.1f} / {rate(i):.1f} | {speed(stage, b, i)} "
             f"| {b['peak_rss_mb']:.0f} ({b['peak_anon_mb']:.0f}) "
             f"/ {i['peak_rss_mb']:.0f} ({i['peak_anon_mb']:.0f}) "
             f"| {_ratio(i['peak_rss_mb'], b['peak_rss_mb'])} |"
@@ -777,11 +823,14 @@ def report(cfg: dict, machine: dict, peak: dict, results: dict, dvc: dict) -> st
             f"Recommend: both sides search the same {ri['images']} x 512 matrix of imgrec "
             f"embeddings ({ri['real_embeddings']} real"
             + (
-                ", the rest real ones plus small noise, as search cost depends on the shape only"
+                ", the rest real ones with each entry scaled by 1 + N(0, 0.05), which keeps "
+                "their zeros"
                 if ri["real_embeddings"] < ri["images"]
                 else ""
             )
-            + f"); precision@{cfg['top_k']} baseline {rb['precision_at_k']:.4f}, imgrec "
+            + f"; {ri['live_dims']} of 512 dimensions are non-zero somewhere in the catalog, "
+            "and imgrec's exact search reads only those); "
+            f"precision@{cfg['top_k']} baseline {rb['precision_at_k']:.4f}, imgrec "
             f"{ri['precision_at_k']:.4f}; the two return the same neighbour set for "
             f"{rb['same_neighbours_as_imgrec']:.1%} of items (ties aside)."
         )
@@ -804,6 +853,20 @@ def report(cfg: dict, machine: dict, peak: dict, results: dict, dvc: dict) -> st
             f"channels_last {cfg['channels_last']}, deterministic algorithms on"
         )
         add("")
+        if rounds:
+            add(
+                f"Throughput in {len(rounds)} alternating short runs ({cfg['round_batches']} "
+                "batches each, first step excluded), so both sides share the machine's load:\n"
+            )
+            add("| run | images/s baseline | images/s imgrec | imgrec/baseline |")
+            add("|---|---|---|---|")
+            for number, r in enumerate(rounds, 1):
+                add(
+                    f"| {number} | {r['baseline']:.1f} | {r['imgrec']:.1f} "
+                    f"| {r['imgrec'] / r['baseline']:.2f}x |"
+                )
+            add("")
+            add("The accuracy run (its rates are exposed to load changes between the two runs):\n")
         add("| epoch | images/s baseline | images/s imgrec | val acc baseline | val acc imgrec |")
         add("|---|---|---|---|---|")
         for e in range(cfg["epochs"]):
@@ -820,28 +883,44 @@ def report(cfg: dict, machine: dict, peak: dict, results: dict, dvc: dict) -> st
             f"Compute: {flops / 1e9:.3f} GFLOP per image forward (convolutions + linear layers), "
             "training taken as 3x forward.\n"
         )
+        best_fp32 = best_fp32_peak(results)
         if bf16 < fp32:
             add(
                 f"bf16 has no hardware support here (no avx512_bf16/amx): its matmul runs at "
                 f"{bf16 / fp32:.1%} of fp32, so the fp32 peak is the machine's peak.\n"
             )
-        add("| work | images/s | achieved GFLOP/s | share of fp32 peak | share of bf16 peak |")
-        add("|---|---|---|---|---|")
-        rows = [
-            ("train, baseline", tb["images_per_s"], 3),
-            ("train, imgrec", ti["images_per_s"], 3),
-        ]
+        train_b, train_i = tb["images_per_s"], ti["images_per_s"]
+        peak_b, peak_i = tb["peak_gflops_now"], ti["peak_gflops_now"]
+        if rounds:
+            train_b = _median([r["baseline"] for r in rounds])
+            train_i = _median([r["imgrec"] for r in rounds])
+            peak_b = _median([r["baseline_peak"] for r in rounds])
+            peak_i = _median([r["imgrec_peak"] for r in rounds])
+        rows = [("train, baseline", train_b, 3, peak_b), ("train, imgrec", train_i, 3, peak_i)]
         eb, ei = results.get("embed-baseline"), results.get("embed-imgrec")
         if eb and ei:
-            rows += [("embed, baseline", rate(eb), 1), ("embed, imgrec", rate(ei), 1)]
-        for name, images_per_s, factor in rows:
+            rows += [
+                ("embed, baseline", rate(eb), 1, eb["peak_gflops_now"]),
+                ("embed, imgrec", rate(ei), 1, ei["peak_gflops_now"]),
+            ]
+        add(
+            "| work | images/s | achieved GFLOP/s | fp32 matmul GFLOP/s around it "
+            "| share of that fp32 peak | share of the best fp32 peak | share of bf16 peak |"
+        )
+        add("|---|---|---|---|---|---|---|")
+        for name, images_per_s, factor, peak_now in rows:
             achieved = images_per_s * flops * factor / 1e9
             bf16_share = f"{achieved / bf16:.0%}" if bf16 >= fp32 else "n/a (bf16 slower)"
             add(
-                f"| {name} | {images_per_s:.1f} | {achieved:.1f} | {achieved / fp32:.0%} "
-                f"| {bf16_share} |"
+                f"| {name} | {images_per_s:.1f} | {achieved:.1f} | {peak_now:.0f} "
+                f"| {achieved / peak_now:.0%} | {achieved / best_fp32:.0%} | {bf16_share} |"
             )
         add("")
+        add(
+            "The fp32 peak moves with the load of other jobs; each row's own is timed (2048 x "
+            "2048 torch.matmul) just before and after its work. The best is the highest rate "
+            "this run measured anywhere.\n"
+        )
 
     fa = results.get("faiss")
     if fa:
@@ -881,6 +960,29 @@ def report(cfg: dict, machine: dict, peak: dict, results: dict, dvc: dict) -> st
     return "\n".join(lines) + "\n"
 
 
+def _median(values: list[float]) -> float:
+    import statistics
+
+    return statistics.median(values)
+
+
+def best_fp32_peak(results: dict) -> float:
+    """The highest fp32 matmul rate measured anywhere in the run."""
+    mm = results["machine"]["matmul"]
+    rates = [mm["fp32"]["gflops"], mm["fp32_numpy"]["gflops"]]
+    rates += [r["peak_gflops_now"] for r in results.values() if "peak_gflops_now" in r]
+    for r in results.get("train-rounds", []):
+        rates += [r["baseline_peak"], r["imgrec_peak"]]
+    return max(rates)
+
+
+def train_speedup(results: dict) -> float:
+    """imgrec/baseline training images/s: from the alternating runs when there are some."""
+    if results.get("train-rounds"):
+        return _median([r["imgrec"] / r["baseline"] for r in results["train-rounds"]])
+    return results["train-imgrec"]["images_per_s"] / results["train-baseline"]["images_per_s"]
+
+
 def _get(values: list, index: int):
     return values[index] if index < len(values) else None
 
@@ -907,14 +1009,17 @@ def bars(cfg: dict, results: dict, dvc: dict) -> list[str]:
         )
     if "train-imgrec" in r and "train-baseline" in r:
         ti, tb = r["train-imgrec"], r["train-baseline"]
-        speed = ti["images_per_s"] / tb["images_per_s"]
+        speed = train_speedup(r)
         bar(speed >= 2.5, f"train {speed:.2f}x the baseline's images/s (>= 2.5x)")
         acc_i, acc_b = ti["val_acc"][-1], tb["val_acc"][-1]
         bar(
             # Half an image of slack: imgrec's accuracy is a float32 mean.
             acc_i + 0.5 / cfg["val_images"] >= acc_b and ti["init_digest"] == tb["init_digest"],
             f"val accuracy after {cfg['epochs']} epochs from the same weights: imgrec {acc_i:.4f}"
-            f" vs baseline {acc_b:.4f} (not worse)",
+            f" vs baseline {acc_b:.4f} (not worse): "
+            f"{round((acc_i - acc_b) * cfg['val_images']):+d} of {cfg['val_images']} images; "
+            f"one accuracy's standard error here is "
+            f"{(acc_b * (1 - acc_b) / cfg['val_images']) ** 0.5:.4f}",
         )
     if "embed-imgrec" in r:
         e = r["embed-imgrec"]
@@ -922,8 +1027,11 @@ def bars(cfg: dict, results: dict, dvc: dict) -> list[str]:
         text = f"embed {ips:.0f} images/s at {cfg['img_size']} px (>= 500)"
         if "train-imgrec" in r:
             needed = 500 * r["train-imgrec"]["forward_flops"] / 1e9
-            peak = max(r["machine"]["matmul"][key]["gflops"] for key in ("fp32", "fp32_numpy"))
-            text += f"; 500 images/s needs {needed:.0f} GFLOP/s, {needed / peak:.1f}x the fp32 peak"
+            peak = best_fp32_peak(r)
+            text += (
+                f"; 500 images/s needs {needed:.0f} GFLOP/s, {needed / peak:.1f}x the best fp32 "
+                "matmul rate measured in this run"
+            )
         bar(ips >= 500, text)
     if "recommend-imgrec" in r:
         ri = r["recommend-imgrec"]
@@ -952,6 +1060,31 @@ def bars(cfg: dict, results: dict, dvc: dict) -> list[str]:
 
 
 # --------------------------------------------------------------------------- main
+
+
+def train_rounds(cfg: dict, work: Path, rounds: int, batches: int) -> list[dict]:
+    """Training throughput in short alternating runs, so both sides share the same load.
+
+    On a shared machine the load can change between two long runs; adjacent short
+    runs, in alternating order, see nearly the same conditions.
+    """
+    round_cfg = {**cfg, "epochs": 1, "train_batches": batches, "val_images": 32}
+    round_cfg["save_outputs"] = False
+    path = work / "config-rounds.json"
+    path.write_text(json.dumps(round_cfg, indent=2))
+    out = []
+    for number in range(rounds):
+        # imgrec first in round 1: it writes the initial weights both sides load.
+        sides = ("imgrec", "baseline") if number % 2 == 0 else ("baseline", "imgrec")
+        rates = {}
+        for side in sides:
+            result = run_worker(
+                f"train-{side}", path, work, label=f"train-{side}-round{number + 1}"
+            )
+            rates[side] = result["images_per_s"]
+            rates[f"{side}_peak"] = result["peak_gflops_now"]
+        out.append(rates)
+    return out
 
 
 def _portable(arg: str) -> str:
@@ -983,6 +1116,13 @@ def main() -> None:
         help="batches per epoch on both sides (default: full epochs)",
     )
     parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument(
+        "--train-rounds",
+        type=int,
+        default=3,
+        help="alternating short runs per side for training throughput (0: none)",
+    )
+    parser.add_argument("--round-batches", type=int, default=15, help="batches per round")
     parser.add_argument("--val-images", type=int, default=1000, help="validation images per epoch")
     parser.add_argument(
         "--decode-images", type=int, default=2000, help="images the baseline decode pass reads"
@@ -1040,6 +1180,7 @@ def main() -> None:
         "train_batches": args.train_batches,
         "epochs": args.epochs,
         "val_images": args.val_images,
+        "round_batches": args.round_batches,
         "decode_images": args.decode_images,
         "embed_images": args.embed_images,
         "baseline_embed_images": args.baseline_embed_images,
@@ -1091,6 +1232,8 @@ def main() -> None:
     for stage, names in order:
         if stage in skip:
             continue
+        if stage == "train" and args.train_rounds:
+            results["train-rounds"] = train_rounds(cfg, work, args.train_rounds, args.round_batches)
         for name in names:
             results[name] = run_worker(name, config_path, work)
     dvc = {"measured": False, "why": "skipped"} if "dvc" in skip else dvc_noop(ROOT)
