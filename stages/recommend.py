@@ -15,6 +15,9 @@ def main() -> None:
     parser.add_argument("--prepared", required=True)
     parser.add_argument("--top-k", type=stage.param, required=True)
     parser.add_argument("--index", type=stage.param, required=True)
+    parser.add_argument("--hnsw-m", type=stage.param, required=True)
+    parser.add_argument("--hnsw-ef-construction", type=stage.param, required=True)
+    parser.add_argument("--hnsw-ef-search", type=stage.param, required=True)
     parser.add_argument(
         "--out", required=True, help="parquet of (row_id, rank, neighbor_row_id, score)"
     )
@@ -22,9 +25,15 @@ def main() -> None:
     args = parser.parse_args()
     top_k = params.positive_int("top_k", args.top_k)
     kind = params.choice("index", args.index, ("exact", "faiss"))
+    hnsw = {
+        "neighbors_per_node": params.positive_int("hnsw_m", args.hnsw_m),
+        "ef_construction": params.positive_int("hnsw_ef_construction", args.hnsw_ef_construction),
+        "ef_search": params.positive_int("hnsw_ef_search", args.hnsw_ef_search),
+    }
 
     catalog = load_catalog(args.embeddings, args.prepared)
-    scores, neighbors = make_index(kind).fit(catalog.embeddings).search_catalog(top_k)  # (N, k)
+    index = make_index(kind, **hnsw).fit(catalog.embeddings)
+    scores, neighbors = index.search_catalog(top_k)  # (N, k)
     metrics = retrieval_metrics(catalog.labels[neighbors], catalog.labels)
     print(
         f"precision@{top_k} {metrics['precision_at_k']:.4f}, mAP@{top_k} {metrics['map_at_k']:.4f}"

@@ -153,6 +153,8 @@ def test_faiss_rejects_top_k_outside_catalog():
 def test_make_index():
     assert isinstance(make_index("exact"), ExactIndex)
     assert isinstance(make_index("faiss"), FaissIndex)
+    tuned = make_index("faiss", neighbors_per_node=8, ef_construction=20, ef_search=16)
+    assert (tuned.neighbors_per_node, tuned.ef_construction, tuned.ef_search) == (8, 20, 16)
     with pytest.raises(ImgrecError, match="'annoy'"):
         make_index("annoy")
 

@@ -43,6 +43,15 @@ def _prepare_args(tmp_path, data, img_size="8", val_fraction="0.25"):
             "--metrics", f"{out}/prepare.json"]  # fmt: skip
 
 
+def _recommend_args(tmp_path, hnsw_m="32"):
+    out = tmp_path / "out"
+    return ["--embeddings", f"{tmp_path}/embeddings", "--prepared", f"{tmp_path}/prepared",
+            "--top-k", "5", "--index", "faiss", "--hnsw-m", hnsw_m,
+            "--hnsw-ef-construction", "200", "--hnsw-ef-search", "128",
+            "--out", f"{out}/recommendations.parquet",
+            "--metrics", f"{out}/recommend.json"]  # fmt: skip
+
+
 # (script, args, what the error line must say): checked before any work, so the error is
 # all that reaches stderr.
 CASES = {
@@ -68,6 +77,11 @@ CASES = {
         "prepare",
         lambda tmp, raw: _prepare_args(tmp, raw, val_fraction="1.5"),
         "param val_fraction",
+    ),
+    "recommend-hnsw-m-0": (
+        "recommend",
+        lambda tmp, raw: _recommend_args(tmp, hnsw_m="0"),
+        "param hnsw_m",
     ),
 }
 

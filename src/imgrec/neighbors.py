@@ -129,12 +129,16 @@ class FaissIndex:
         return scores[keep].reshape(-1, k), indices[keep].reshape(-1, k)
 
 
-def make_index(kind: str):
-    """`exact` (default) or `faiss` (approximate, for millions of items)."""
+def make_index(kind: str, **hnsw: int):
+    """`exact` (default) or `faiss` (approximate, for millions of items).
+
+    `hnsw` (neighbors_per_node, ef_construction, ef_search) tunes the FAISS
+    graph and is ignored by `exact`.
+    """
     if kind == "exact":
         return ExactIndex()
     if kind == "faiss":
-        return FaissIndex()
+        return FaissIndex(**hnsw)
     raise ImgrecError(f"param index must be exact or faiss, got {kind!r}.")
 
 
