@@ -294,7 +294,7 @@ def worker_prepare_baseline(cfg: dict) -> dict:
 
 
 def worker_prepare_imgrec(cfg: dict) -> dict:
-    from imgrec.dataset import prepare
+    from imgrec.preparation import prepare
 
     out = Path(cfg["prepared"])
     shutil.rmtree(out, ignore_errors=True)
@@ -314,8 +314,8 @@ def worker_prepare_imgrec(cfg: dict) -> dict:
 def worker_train_imgrec(cfg: dict) -> dict:
     from imgrec import runtime
     from imgrec.checkpoint import save_checkpoint
-    from imgrec.dataset import load_prepared
     from imgrec.model import CNNClassifier, ModelConfig
+    from imgrec.prepared import load_prepared
     from imgrec.training import train
 
     device, torch = _imgrec_runtime(cfg)
@@ -377,7 +377,7 @@ def worker_train_baseline(cfg: dict) -> dict:
     import torch
     from torch.utils.data import DataLoader, RandomSampler
 
-    from imgrec.dataset import load_prepared
+    from imgrec.prepared import load_prepared
 
     torch.manual_seed(cfg["seed"])
     frame = _frame(cfg)
@@ -457,8 +457,8 @@ def worker_embed_imgrec(cfg: dict) -> dict:
     import numpy as np
 
     from imgrec.checkpoint import load_checkpoint
-    from imgrec.dataset import load_prepared
     from imgrec.inference import embed
+    from imgrec.prepared import load_prepared
 
     device, _ = _imgrec_runtime(cfg)
     data = load_prepared(cfg["prepared"])
@@ -496,7 +496,7 @@ def _catalog_embeddings(cfg: dict):
     """
     import numpy as np
 
-    from imgrec.dataset import load_prepared
+    from imgrec.prepared import load_prepared
 
     embeddings = np.load(cfg["embeddings"])
     labels = load_prepared(cfg["prepared"]).labels
@@ -618,9 +618,9 @@ def worker_faiss(cfg: dict) -> dict:
                 f"imgrec FaissIndex (HNSW, M={cfg['hnsw_m']}, "
                 f"efConstruction={cfg['hnsw_ef_construction']})",
                 FaissIndex(
-                    neighbors_per_node=cfg["hnsw_m"],
-                    ef_search=cfg["hnsw_ef_search"],
-                    ef_construction=cfg["hnsw_ef_construction"],
+                    hnsw_m=cfg["hnsw_m"],
+                    hnsw_ef_construction=cfg["hnsw_ef_construction"],
+                    hnsw_ef_search=cfg["hnsw_ef_search"],
                 ),
                 "efSearch",
                 cfg["hnsw_ef_sweep"],

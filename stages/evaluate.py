@@ -1,33 +1,17 @@
 """Stage evaluate: validation accuracy, precision/recall/F1, confusion matrix, sample grid."""
 
-import csv
-
-import numpy as np
-
-from imgrec import params, runtime, stage
+from imgrec import runtime, stage
 from imgrec.checkpoint import load_checkpoint
-from imgrec.dataset import load_prepared
-from imgrec.evaluation import classification_metrics, confusion_rows
-from imgrec.figures import confusion_matrix_figure, prediction_grid_figure, save_png
+from imgrec.config import EvaluateConfig
+from imgrec.evaluation import classification_metrics, save_confusion_rows
+from imgrec.figures import confusion_matrix_figure, save_figure, validation_samples_figure
+from imgrec.files import write_json
 from imgrec.inference import predict_logits
+from imgrec.prepared import load_prepared
 
-SAMPLE_IMAGES = 10
 
-
-def main() -> None:
-    parser = stage.StageParser(description=__doc__)
-    parser.add_argument("--prepared", required=True)
-    parser.add_argument("--model", required=True)
-    parser.add_argument("--device", type=stage.param, required=True)
-    parser.add_argument("--num-threads", type=stage.param, required=True)
-    parser.add_argument("--metrics", required=True)
-    parser.add_argument("--confusion", required=True, help="CSV rows for DVC's confusion template")
-    parser.add_argument("--confusion-png", required=True)
-    parser.add_argument("--samples-png", required=True)
-    args = parser.parse_args()
-    runtime.make_deterministic(params.positive_int("num_threads", args.num_threads))
-    device = runtime.pick_device(str(args.device))
-
+def main(args, config: EvaluateConfig) -> None:
+    device = runtime.start(config)
     data = load_prepared(args.prepared)
     model, info = load_checkpoint(args.model, device)
     names = info["class_names"]
@@ -36,25 +20,11 @@ def main() -> None:
     metrics = classification_metrics(y_true, y_pred, names)
     print(f"validation accuracy {metrics['accuracy']:.4f}, macro F1 {metrics['macro']['f1']:.4f}")
 
-    stage.write_json(args.metrics, metrics)
-    with stage.atomic_file(args.confusion) as tmp, open(tmp, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=["actual", "predicted"], lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(confusion_rows(y_true, y_pred, names))
-    save_png(confusion_matrix_figure(y_true, y_pred, names), args.confusion_png)
-    # Evenly spaced through the validation set: a fixed, class-varied sample.
-    picks = np.linspace(0, len(data.val_index) - 1, min(SAMPLE_IMAGES, len(data.val_index))).astype(
-        int
-    )
-    save_png(
-        prediction_grid_figure(
-            [data.images[data.val_index[i]] for i in picks],
-            [names[y_true[i]] for i in picks],
-            [names[y_pred[i]] for i in picks],
-        ),
-        args.samples_png,
-    )
+    write_json(args.metrics, metrics)
+    save_confusion_rows(args.confusion, y_true, y_pred, names)
+    save_figure(confusion_matrix_figure(y_true, y_pred, names), args.confusion_png)
+    save_figure(validation_samples_figure(data, y_pred, names), args.samples_png)
 
 
 if __name__ == "__main__":
-    stage.run(main)
+    stage.run(main, ["prepared", "model", "metrics", "confusion", "confusion_png", "samples_png"])

@@ -2,62 +2,24 @@
 
 from dvclive import Live
 
-from imgrec import params, runtime, stage
+from imgrec import runtime, stage
 from imgrec.checkpoint import save_checkpoint
-from imgrec.dataset import load_prepared
+from imgrec.config import TrainConfig
+from imgrec.files import write_json
 from imgrec.model import CNNClassifier, ModelConfig
+from imgrec.prepared import load_prepared
 from imgrec.training import train
 
 
-def main() -> None:
-    parser = stage.StageParser(description=__doc__)
-    parser.add_argument("--prepared", required=True)
-    for name in (
-        "batch-size",
-        "epochs",
-        "lr",
-        "patience",
-        "lr-factor",
-        "lr-patience",
-        "dropout",
-        "augment",
-        "seed",
-        "device",
-        "num-threads",
-        "channels-last",
-        "precision",
-    ):
-        parser.add_argument(f"--{name}", type=stage.param, required=True)
-    parser.add_argument(
-        "--max-batches", type=int, default=None, help="cap batches per epoch (smoke tests)"
-    )
-    parser.add_argument("--model", required=True, help="checkpoint to write")
-    parser.add_argument("--live-dir", required=True, help="dvclive folder for per-epoch curves")
-    parser.add_argument("--metrics", required=True)
-    args = parser.parse_args()
-    hyper = {
-        "batch_size": params.positive_int("batch_size", args.batch_size),
-        "epochs": params.positive_int("epochs", args.epochs),
-        "lr": params.positive_float("lr", args.lr),
-        "patience": params.positive_int("patience", args.patience),
-        "lr_factor": params.open_fraction("lr_factor", args.lr_factor),
-        "lr_patience": params.non_negative_int("lr_patience", args.lr_patience),
-        "augment": params.boolean("augment", args.augment),
-        "channels_last": params.boolean("channels_last", args.channels_last),
-        "precision": params.choice("precision", args.precision, ("fp32", "bf16")),
-    }
-    dropout = params.closed_fraction("dropout", args.dropout)
-    seed = params.non_negative_int("seed", args.seed)
-    runtime.make_deterministic(params.positive_int("num_threads", args.num_threads))
-    device = runtime.pick_device(str(args.device))
-    generator = runtime.seed_everything(seed)
-
+def main(args, config: TrainConfig) -> None:
+    device = runtime.start(config)
+    generator = runtime.seed_everything(config.seed)
     data = load_prepared(args.prepared)
     print(
         f"dataset: {len(data.train_index)} train / {len(data.val_index)} val images, "
-        f"{len(data.class_names)} classes, {data.img_size} px; device: {device}"
+        f"{len(data.class_names)} classes, {data.img_size} px"
     )
-    model = CNNClassifier(ModelConfig(num_classes=len(data.class_names), dropout=dropout))
+    model = CNNClassifier(ModelConfig(num_classes=len(data.class_names), dropout=config.dropout))
 
     with Live(args.live_dir, save_dvc_exp=False, dvcyaml=None, report=None) as live:
 
@@ -69,21 +31,13 @@ def main() -> None:
             live.make_summary()
 
         result = train(
-            model,
-            data.images,
-            data.labels,
-            data.train_index,
-            data.val_index,
-            generator=generator,
-            device=device,
-            max_batches=args.max_batches,
-            on_epoch=log_epoch,
-            **hyper,
-        )
+            model, data, config, generator=generator, device=device,
+            max_batches=args.max_batches, on_epoch=log_epoch,
+        )  # fmt: skip
 
     save_checkpoint(args.model, model.cpu(), data.class_names, data.img_size)
     best = result.history[result.best_epoch - 1] if result.best_epoch else {}
-    stage.write_json(
+    write_json(
         args.metrics,
         {
             "best_epoch": result.best_epoch,
@@ -95,5 +49,9 @@ def main() -> None:
     )
 
 
+def options(parser) -> None:
+    parser.add_argument("--max-batches", type=int, help="cap batches per epoch (smoke tests)")
+
+
 if __name__ == "__main__":
-    stage.run(main)
+    stage.run(main, ["prepared", "model", "live_dir", "metrics"], options=options)

@@ -12,11 +12,13 @@ import pytest
 import torch
 
 from imgrec import cli
-from imgrec.catalog import load_catalog
-from imgrec.checkpoint import load_checkpoint, save_checkpoint
-from imgrec.dataset import load_prepared, prepare
+from imgrec.catalog import load_catalog, save_catalog
+from imgrec.checkpoint import checkpoint_md5, load_checkpoint, save_checkpoint
+from imgrec.config import PrepareConfig, TrainConfig
 from imgrec.inference import embed
 from imgrec.model import CNNClassifier, ModelConfig
+from imgrec.preparation import prepare
+from imgrec.prepared import load_prepared
 from imgrec.runtime import seed_everything
 from imgrec.sources import BUILTIN_DIGITS, fetch
 from imgrec.training import train
@@ -56,38 +58,17 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory) -> Pipeline:
     raw, prepared, embeddings = root / "raw.parquet", root / "prepared", root / "embeddings"
     fetch(BUILTIN_DIGITS, 120, raw)
     prepared.mkdir()
-    prepare(
-        raw,
-        prepared,
-        img_size=IMG_SIZE,
-        val_fraction=0.2,
-        seed=0,
-        max_bad_fraction=0.0,
-        workers=1,
-    )
+    config = PrepareConfig(img_size=IMG_SIZE, val_fraction=0.2, seed=0, max_bad_fraction=0.0)
+    prepare(raw, prepared, config, workers=1)
     data = load_prepared(prepared)
     model = CNNClassifier(ModelConfig(num_classes=len(data.class_names)))
-    train(
-        model,
-        data.images,
-        data.labels,
-        data.train_index,
-        data.val_index,
-        batch_size=32,
-        epochs=1,
-        lr=1e-3,
-        patience=1,
-        lr_factor=0.1,
-        lr_patience=1,
-        augment=False,
-        generator=seed_everything(0),
-        device=torch.device("cpu"),
-    )
+    config = TrainConfig(epochs=1, patience=1, lr_patience=1)
+    train(model, data, config, generator=seed_everything(0), device=torch.device("cpu"))
     save_checkpoint(root / "model.pt", model.cpu(), data.class_names, IMG_SIZE)
     model, _ = load_checkpoint(root / "model.pt")
-    embeddings.mkdir()
-    np.save(embeddings / "embeddings.npy", embed(model, data.images))
-    np.save(embeddings / "row_ids.npy", data.row_ids)
+    save_catalog(
+        embeddings, embed(model, data.images), data.row_ids, checkpoint_md5(root / "model.pt")
+    )
     return Pipeline(raw, prepared, root / "model.pt", embeddings)
 
 

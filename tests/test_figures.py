@@ -11,7 +11,7 @@ from imgrec.figures import (
     confusion_matrix_figure,
     prediction_grid_figure,
     recommendation_figure,
-    save_png,
+    save_figure,
 )
 
 NAMES = ["ant", "bee", "cow"]
@@ -44,7 +44,7 @@ FIGURES = {"confusion": confusion, "prediction_grid": prediction_grid, "recommen
 @pytest.mark.parametrize("make", FIGURES.values(), ids=FIGURES.keys())
 def test_figure_saves_a_readable_png(tmp_path, make):
     path = tmp_path / "plots" / "figure.png"
-    save_png(make(), path)
+    save_figure(make(), path)
     assert path.stat().st_size > 0
     with Image.open(path) as image:
         assert image.format == "PNG"
@@ -58,8 +58,8 @@ def test_figure_saves_a_readable_png(tmp_path, make):
 @pytest.mark.parametrize("make", FIGURES.values(), ids=FIGURES.keys())
 def test_same_data_gives_identical_bytes_without_metadata(tmp_path, make):
     first, second = tmp_path / "first.png", tmp_path / "second.png"
-    save_png(make(), first)
-    save_png(make(), second)
+    save_figure(make(), first)
+    save_figure(make(), second)
     assert first.read_bytes() == second.read_bytes()
     with Image.open(first) as image:
         keys = {key.lower() for key in image.info}
@@ -68,8 +68,8 @@ def test_same_data_gives_identical_bytes_without_metadata(tmp_path, make):
 
 
 def test_dpi_sets_pixel_size(tmp_path):
-    save_png(confusion(), tmp_path / "low.png", dpi=50)
-    save_png(confusion(), tmp_path / "high.png", dpi=100)
+    save_figure(confusion(), tmp_path / "low.png", dpi=50)
+    save_figure(confusion(), tmp_path / "high.png", dpi=100)
     with Image.open(tmp_path / "low.png") as low, Image.open(tmp_path / "high.png") as high:
         assert high.size[0] == pytest.approx(2 * low.size[0], abs=2)
 
@@ -91,5 +91,5 @@ def test_recommendation_figure_has_one_row_per_query():
 
 def test_saved_figures_are_closed(tmp_path):
     before = len(plt.get_fignums())
-    save_png(confusion(), Path(tmp_path) / "figure.png")
+    save_figure(confusion(), Path(tmp_path) / "figure.png")
     assert len(plt.get_fignums()) == before

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from imgrec.config import RecommendConfig
 from imgrec.errors import ImgrecError
 from imgrec.neighbors import ExactIndex, FaissIndex, make_index, retrieval_metrics
 
@@ -150,13 +151,15 @@ def test_faiss_rejects_top_k_outside_catalog():
         index.search(unit_vectors(1, 4), 11)
 
 
-def test_make_index():
-    assert isinstance(make_index("exact"), ExactIndex)
-    assert isinstance(make_index("faiss"), FaissIndex)
-    tuned = make_index("faiss", neighbors_per_node=8, ef_construction=20, ef_search=16)
-    assert (tuned.neighbors_per_node, tuned.ef_construction, tuned.ef_search) == (8, 20, 16)
+def test_make_index_follows_the_config():
+    assert isinstance(make_index(RecommendConfig(index="exact")), ExactIndex)
+    tuned = make_index(
+        RecommendConfig(index="faiss", hnsw_m=8, hnsw_ef_construction=20, hnsw_ef_search=16)
+    )
+    assert isinstance(tuned, FaissIndex)
+    assert (tuned.hnsw_m, tuned.hnsw_ef_construction, tuned.hnsw_ef_search) == (8, 20, 16)
     with pytest.raises(ImgrecError, match="'annoy'"):
-        make_index("annoy")
+        RecommendConfig(index="annoy")
 
 
 def test_retrieval_metrics_by_hand():

@@ -1,19 +1,32 @@
 """Stage scripts stop on bad input with one `error:` line, exit status 1 and no output."""
 
+import dataclasses
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import yaml
 from conftest import make_parquet, tagged_images
 
+from imgrec.config import STAGE_CONFIGS
+
 ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_PARAMS = {
+    field.name: field.default
+    for config in STAGE_CONFIGS.values()
+    for field in dataclasses.fields(config)
+}
 
 
-def _run_stage(script: str, *args: str) -> subprocess.CompletedProcess:
+def _run_stage(script: str, tmp_path: Path, params: dict, *args: str):
+    """Run a stage script as DVC does: in the project folder, beside its params.yaml."""
+    project = tmp_path / "project"
+    project.mkdir(exist_ok=True)
+    (project / "params.yaml").write_text(yaml.safe_dump(DEFAULT_PARAMS | params))
     return subprocess.run(
-        [sys.executable, f"stages/{script}.py", *args],
-        cwd=ROOT,
+        [sys.executable, str(ROOT / "stages" / f"{script}.py"), *args],
+        cwd=project,
         capture_output=True,
         text=True,
         timeout=120,
@@ -30,59 +43,50 @@ def raw_parquet(tmp_path):
     return make_parquet(tmp_path / "in" / "raw.parquet", tagged_images(8), [0, 1] * 4)
 
 
-def _fetch_args(tmp_path, source, rows):
+def _fetch_args(tmp_path):
     out = tmp_path / "out"
-    return ["--source", source, "--rows", rows, "--out", f"{out}/raw.parquet",
-            "--metrics", f"{out}/fetch.json"]  # fmt: skip
+    return ["--out", f"{out}/raw.parquet", "--metrics", f"{out}/fetch.json"]
 
 
-def _prepare_args(tmp_path, data, img_size="8", val_fraction="0.25"):
+def _prepare_args(tmp_path, data):
     out = tmp_path / "out"
-    return ["--data", str(data), "--img-size", img_size, "--val-fraction", val_fraction,
-            "--seed", "0", "--max-bad-fraction", "0.1", "--out", f"{out}/prepared",
-            "--metrics", f"{out}/prepare.json"]  # fmt: skip
+    return ["--data", str(data), "--out", f"{out}/prepared", "--metrics", f"{out}/prepare.json"]
 
 
-def _recommend_args(tmp_path, hnsw_m="32"):
+def _recommend_args(tmp_path):
     out = tmp_path / "out"
     return ["--embeddings", f"{tmp_path}/embeddings", "--prepared", f"{tmp_path}/prepared",
-            "--top-k", "5", "--index", "faiss", "--hnsw-m", hnsw_m,
-            "--hnsw-ef-construction", "200", "--hnsw-ef-search", "128",
             "--out", f"{out}/recommendations.parquet",
             "--metrics", f"{out}/recommend.json"]  # fmt: skip
 
 
-# (script, args, what the error line must say): checked before any work, so the error is
-# all that reaches stderr.
+# (script, params, args, what the error line must say): checked before any work, so the
+# error is all that reaches stderr.
 CASES = {
-    "fetch-rows-0": ("fetch", lambda tmp, raw: _fetch_args(tmp, str(raw), "0"), "param rows"),
-    "fetch-rows-abc": ("fetch", lambda tmp, raw: _fetch_args(tmp, str(raw), "abc"), "param rows"),
-    "fetch-unknown-scheme": (
-        "fetch",
-        lambda tmp, raw: _fetch_args(tmp, "foo://x", "10"),
-        "unknown scheme 'foo'",
-    ),
+    "fetch-rows-0": ("fetch", {"rows": 0}, _fetch_args, "param rows"),
+    "fetch-rows-abc": ("fetch", {"rows": "abc"}, _fetch_args, "param rows"),
+    "fetch-unknown-scheme": ("fetch", {"source": "foo://x"}, _fetch_args, "unknown scheme 'foo'"),
     "fetch-missing-path": (
         "fetch",
-        lambda tmp, raw: _fetch_args(tmp, str(tmp / "missing.parquet"), "10"),
+        {"source": "/nowhere/missing.parquet"},
+        _fetch_args,
         "matches no parquet file",
     ),
-    "fetch-missing-argument": ("fetch", lambda tmp, raw: ["--rows", "10"], "required"),
+    "fetch-missing-argument": ("fetch", {}, lambda tmp: ["--out", "x"], "required"),
     "prepare-img-size-0": (
         "prepare",
-        lambda tmp, raw: _prepare_args(tmp, raw, img_size="0"),
+        {"img_size": 0},
+        lambda tmp: _prepare_args(tmp, tmp / "in" / "raw.parquet"),
         "param img_size",
     ),
     "prepare-val-fraction-1.5": (
         "prepare",
-        lambda tmp, raw: _prepare_args(tmp, raw, val_fraction="1.5"),
+        {"val_fraction": 1.5},
+        lambda tmp: _prepare_args(tmp, tmp / "in" / "raw.parquet"),
         "param val_fraction",
     ),
-    "recommend-hnsw-m-0": (
-        "recommend",
-        lambda tmp, raw: _recommend_args(tmp, hnsw_m="0"),
-        "param hnsw_m",
-    ),
+    "recommend-hnsw-m-0": ("recommend", {"hnsw_m": 0}, _recommend_args, "param hnsw_m"),
+    "recommend-no-param": ("recommend", {"top_k": None}, _recommend_args, "param top_k"),
 }
 
 
@@ -98,12 +102,15 @@ def _assert_failed_cleanly(result, expected, tmp_path, before):
     return lines
 
 
-@pytest.mark.parametrize(("script", "make_args", "expected"), CASES.values(), ids=CASES.keys())
+@pytest.mark.parametrize(
+    ("script", "params", "make_args", "expected"), CASES.values(), ids=CASES.keys()
+)
 def test_stage_error_is_one_line_and_leaves_nothing(
-    tmp_path, raw_parquet, script, make_args, expected
+    tmp_path, raw_parquet, script, params, make_args, expected
 ):
-    before = _files(tmp_path)
-    result = _run_stage(script, *make_args(tmp_path, raw_parquet))
+    (tmp_path / "project").mkdir()
+    before = _files(tmp_path) | {Path("project/params.yaml")}
+    result = _run_stage(script, tmp_path, params, *make_args(tmp_path))
     lines = _assert_failed_cleanly(result, expected, tmp_path, before)
     assert len(lines) == 1, result.stderr
 
@@ -111,14 +118,18 @@ def test_stage_error_is_one_line_and_leaves_nothing(
 def test_fetch_empty_source_fails_cleanly(tmp_path, raw_parquet):
     # Found only once reading has begun, so a progress bar may precede the error line.
     empty = make_parquet(tmp_path / "in" / "empty.parquet", [], [])
-    before = _files(tmp_path)
-    result = _run_stage("fetch", *_fetch_args(tmp_path, str(empty), "5"))
+    (tmp_path / "project").mkdir()
+    before = _files(tmp_path) | {Path("project/params.yaml")}
+    result = _run_stage(
+        "fetch", tmp_path, {"source": str(empty), "rows": 5}, *_fetch_args(tmp_path)
+    )
     _assert_failed_cleanly(result, "has no rows", tmp_path, before)
 
 
 def test_stages_succeed_on_good_input(tmp_path, raw_parquet):
     # The control for the error cases: the same arguments with good values do write outputs.
-    fetched = _run_stage("fetch", *_fetch_args(tmp_path, str(raw_parquet), "6"))
+    params = {"source": str(raw_parquet), "rows": 6}
+    fetched = _run_stage("fetch", tmp_path, params, *_fetch_args(tmp_path))
     assert fetched.returncode == 0, fetched.stderr
     assert "error:" not in fetched.stderr
     assert (tmp_path / "out" / "raw.parquet").is_file()

@@ -7,7 +7,9 @@ import pytest
 import torch
 
 from imgrec import runtime
+from imgrec.config import TrainConfig
 from imgrec.model import CNNClassifier, ModelConfig
+from imgrec.prepared import Prepared
 from imgrec.training import augment_batch, train
 
 IMG_SIZE, N_IMAGES, N_CLASSES = 16, 40, 4
@@ -24,39 +26,40 @@ def deterministic_torch():
 
 
 @pytest.fixture(scope="module")
-def data() -> dict:
+def data() -> Prepared:
     rng = np.random.default_rng(0)
-    return {
-        "images": rng.integers(0, 256, (N_IMAGES, IMG_SIZE, IMG_SIZE, 3), dtype=np.uint8),
-        "labels": np.arange(N_IMAGES, dtype=np.int64) % N_CLASSES,
-        "train_index": np.arange(32),
-        "val_index": np.arange(32, N_IMAGES),
-    }
+    return Prepared(
+        images=rng.integers(0, 256, (N_IMAGES, IMG_SIZE, IMG_SIZE, 3), dtype=np.uint8),
+        labels=np.arange(N_IMAGES, dtype=np.int64) % N_CLASSES,
+        row_ids=np.arange(N_IMAGES, dtype=np.int64),
+        train_index=np.arange(32),
+        val_index=np.arange(32, N_IMAGES),
+        class_names=[str(c) for c in range(N_CLASSES)],
+        img_size=IMG_SIZE,
+    )
 
 
-def run(data: dict, seed: int = 0, setup=None, **overrides) -> tuple[CNNClassifier, object]:
+def run(
+    data: Prepared, seed: int = 0, setup=None, max_batches=None, on_epoch=None, **overrides
+) -> tuple[CNNClassifier, object]:
     """Seed, build the model and train it as the train stage does; return (model, result).
 
-    `setup(model)` runs between building the model and training it.
+    `setup(model)` runs between building the model and training it; `overrides` are
+    TrainConfig fields.
     """
     generator = runtime.seed_everything(seed)
     model = CNNClassifier(ModelConfig(num_classes=N_CLASSES))
     if setup is not None:
         setup(model)
-    settings = {
-        "batch_size": 8,
-        "epochs": 2,
-        "lr": 1e-3,
-        "patience": 5,
-        "lr_factor": 0.1,
-        "lr_patience": 3,
-        "augment": False,
-        "generator": generator,
-        "device": torch.device("cpu"),
-        **overrides,
-    }
+    config = TrainConfig(**{"batch_size": 8, "epochs": 2, **overrides})
     result = train(
-        model, data["images"], data["labels"], data["train_index"], data["val_index"], **settings
+        model,
+        data,
+        config,
+        generator=generator,
+        device=torch.device("cpu"),
+        max_batches=max_batches,
+        on_epoch=on_epoch,
     )
     return model, result
 

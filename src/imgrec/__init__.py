@@ -1,6 +1,11 @@
 """imgrec: an image classifier and a "more like this" recommender as a DVC pipeline."""
 
-from imgrec.errors import ImgrecError
+# First, before any module below loads numpy or torch: their kernels are chosen at load.
+from imgrec import kernels
+
+kernels.apply_from_environment()
+
+from imgrec.errors import ImgrecError  # noqa: E402 - after the kernels on purpose
 
 __all__ = ["ImgrecError"]
 __version__ = "0.1.0"

@@ -1,5 +1,6 @@
 """Saving and loading a trained model with everything needed to use it without params.yaml."""
 
+import hashlib
 import os
 from dataclasses import asdict
 from pathlib import Path
@@ -7,8 +8,8 @@ from pathlib import Path
 import torch
 
 from imgrec.errors import ImgrecError
+from imgrec.files import atomic_file
 from imgrec.model import CNNClassifier, ModelConfig
-from imgrec.stage import atomic_file
 
 
 def save_checkpoint(
@@ -44,3 +45,9 @@ def load_checkpoint(
         raise ImgrecError(f"{path} is not an imgrec checkpoint: {error}") from error
     info = {"class_names": checkpoint["class_names"], "preprocessing": checkpoint["preprocessing"]}
     return model.to(device).eval(), info
+
+
+def checkpoint_md5(path: str | os.PathLike) -> str:
+    """The checkpoint file's md5: the catalog records it so a stale catalog is found exactly."""
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "md5").hexdigest()

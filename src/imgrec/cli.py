@@ -35,9 +35,6 @@ if TYPE_CHECKING:
 DEFAULT_MODEL = "models/model.pt"
 DEFAULT_CATALOG = "data/embeddings"
 DEFAULT_PREPARED = "data/prepared"
-# A stale catalog embeds its own first image far from the stored vector; a fresh one
-# differs only in the last float bits (batch size, threads, device).
-_STALE_CATALOG_SCORE = 0.99
 
 
 @dataclass(frozen=True)
@@ -101,21 +98,11 @@ def query_embeddings(
     return images, embed(model, images, batch_size=batch_size, device=device)
 
 
-def check_catalog(
-    model: CNNClassifier, catalog: Catalog, img_size: int, device: torch.device
-) -> None:
-    """Refuse a catalog that was not embedded by this model at this image size."""
-    import numpy as np
+def check_catalog(model_path: Path, catalog: Catalog) -> None:
+    """Refuse a catalog that was not embedded by this very checkpoint file."""
+    from imgrec.checkpoint import checkpoint_md5
 
-    from imgrec.inference import embed
-
-    stale = catalog.images.shape[1] != img_size or (
-        catalog.embeddings.shape[1] != model.config.embedding_dim
-    )
-    if not stale:
-        again = embed(model, catalog.images, np.array([0]), device=device)[0]
-        stale = float(again @ catalog.embeddings[0]) < _STALE_CATALOG_SCORE
-    if stale:
+    if catalog.model_md5 != checkpoint_md5(model_path):
         raise ImgrecError(
             "the catalog was not made by this model; run `dvc repro` to bring them in step."
         )
@@ -171,7 +158,7 @@ def cmd_recommend(args: argparse.Namespace) -> None:
     model, info, device = _load_model(args)
     img_size = info["preprocessing"]["img_size"]
     catalog = load_catalog(args.catalog, args.prepared)
-    check_catalog(model, catalog, img_size, device)
+    check_catalog(args.model, catalog)
     images, queries = query_embeddings(
         model, args.images, img_size, device=device, batch_size=args.batch_size
     )
@@ -180,10 +167,10 @@ def cmd_recommend(args: argparse.Namespace) -> None:
     if args.out:
         import numpy as np
 
-        from imgrec.figures import neighbor_title, recommendation_figure, save_png
+        from imgrec.figures import neighbor_title, recommendation_figure, save_figure
 
         positions = [catalog.positions(np.array([n.row_id for n in r])) for r in results]
-        save_png(
+        save_figure(
             recommendation_figure(
                 list(images),
                 [f"query\n{_source_name(s)}" for s in args.images],

@@ -1,7 +1,12 @@
 """Classification metrics from scikit-learn, shaped for `dvc metrics` and `dvc plots`."""
 
+import csv
+import os
+
 import numpy as np
 from sklearn.metrics import accuracy_score, precision_recall_fscore_support
+
+from imgrec.files import atomic_file
 
 
 def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, class_names: list[str]) -> dict:
@@ -35,3 +40,13 @@ def confusion_rows(y_true: np.ndarray, y_pred: np.ndarray, class_names: list[str
         {"actual": class_names[t], "predicted": class_names[p]}
         for t, p in zip(y_true.tolist(), y_pred.tolist(), strict=True)
     ]
+
+
+def save_confusion_rows(
+    path: str | os.PathLike, y_true: np.ndarray, y_pred: np.ndarray, class_names: list[str]
+) -> None:
+    """The CSV DVC's `confusion` template reads: a header, then one row per image."""
+    with atomic_file(path) as tmp, open(tmp, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["actual", "predicted"], lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(confusion_rows(y_true, y_pred, class_names))

@@ -4,8 +4,11 @@ PNGs are written without the Software/date metadata matplotlib would add,
 so the same inputs give the same bytes.
 """
 
+from __future__ import annotations
+
 import os
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import matplotlib
 
@@ -15,12 +18,29 @@ import matplotlib.pyplot as plt
 import numpy as np
 from sklearn.metrics import ConfusionMatrixDisplay
 
-from imgrec.stage import atomic_file
+from imgrec.files import atomic_file
+from imgrec.prepared import Prepared
+
+if TYPE_CHECKING:  # type only: evaluate, which draws no recommendations, need not load it
+    from imgrec.recommendations import Recommendations
 
 
-def save_png(fig: plt.Figure, path: str | os.PathLike, dpi: int = 100) -> None:
+# Per format, the metadata matplotlib would stamp (tool version, date): left out.
+_NO_STAMPS = {
+    "png": {"Software": None},
+    "pdf": {"Creator": None, "Producer": None, "CreationDate": None},
+    "svg": {"Creator": None, "Date": None},
+    "jpg": None,
+    "jpeg": None,
+}
+
+
+def save_figure(fig: plt.Figure, path: str | os.PathLike, dpi: int = 100) -> None:
+    """Write `fig` in the format its extension names (PNG when it names none we know)."""
+    suffix = os.path.splitext(path)[1].lstrip(".").lower()
+    fmt = suffix if suffix in _NO_STAMPS else "png"
     with atomic_file(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=dpi, metadata={"Software": None})
+        fig.savefig(tmp, format=fmt, dpi=dpi, metadata=_NO_STAMPS[fmt])
     plt.close(fig)
 
 
@@ -66,6 +86,19 @@ def prediction_grid_figure(
     return fig
 
 
+def validation_samples_figure(
+    data: Prepared, y_pred: np.ndarray, class_names: list[str], count: int = 10
+) -> plt.Figure:
+    """`count` validation images evenly spaced through the split: fixed and class-varied."""
+    picks = np.linspace(0, len(data.val_index) - 1, min(count, len(data.val_index))).astype(int)
+    y_true = data.labels[data.val_index]
+    return prediction_grid_figure(
+        [data.images[data.val_index[i]] for i in picks],
+        [class_names[y_true[i]] for i in picks],
+        [class_names[y_pred[i]] for i in picks],
+    )
+
+
 def neighbor_title(label: str, score: float) -> str:
     """The caption of one recommended item: its label and cosine score."""
     return f"{label}  {score:.3f}"
@@ -94,3 +127,27 @@ def recommendation_figure(
     fig.suptitle("Query (left) and its most similar items")
     fig.tight_layout()
     return fig
+
+
+def catalog_recommendations_figure(
+    data: Prepared, recommendations: Recommendations, queries: int = 6
+) -> plt.Figure:
+    """The first validation image of each of the first `queries` classes, and its top-k."""
+    val_labels = data.labels[data.val_index]
+    classes = np.unique(val_labels)[:queries]
+    positions = [int(data.val_index[np.argmax(val_labels == c)]) for c in classes]
+    names = data.class_names
+    neighbor_positions, neighbor_titles = [], []
+    for position in positions:
+        neighbor_rows, scores = recommendations.of(int(data.row_ids[position]))
+        found = data.positions(neighbor_rows)
+        neighbor_positions.append(found)
+        neighbor_titles.append(
+            [neighbor_title(names[data.labels[p]], s) for p, s in zip(found, scores, strict=True)]
+        )
+    return recommendation_figure(
+        [data.images[p] for p in positions],
+        [f"query #{data.row_ids[p]}\n{names[data.labels[p]]}" for p in positions],
+        [[data.images[p] for p in found] for found in neighbor_positions],
+        neighbor_titles,
+    )

@@ -7,6 +7,7 @@
 import numpy as np
 import torch
 
+from imgrec.config import RecommendConfig
 from imgrec.errors import ImgrecError
 
 _BLOCK_ROWS = 1024  # queries per block: 1024 x 40k float32 scores is 160 MB
@@ -89,11 +90,11 @@ class FaissIndex:
     """Approximate cosine top-k with a FAISS HNSW graph (inner product on unit vectors)."""
 
     def __init__(
-        self, neighbors_per_node: int = 32, ef_search: int = 128, ef_construction: int = 200
+        self, hnsw_m: int = 32, hnsw_ef_construction: int = 200, hnsw_ef_search: int = 128
     ):
-        self.neighbors_per_node = neighbors_per_node
-        self.ef_search = ef_search
-        self.ef_construction = ef_construction
+        self.hnsw_m = hnsw_m  # graph neighbours per node
+        self.hnsw_ef_construction = hnsw_ef_construction
+        self.hnsw_ef_search = hnsw_ef_search
 
     def fit(self, embeddings: np.ndarray) -> "FaissIndex":
         try:
@@ -101,11 +102,9 @@ class FaissIndex:
         except ImportError as error:
             raise ImgrecError("param index=faiss needs faiss: pip install faiss-cpu.") from error
         embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
-        index = faiss.IndexHNSWFlat(
-            embeddings.shape[1], self.neighbors_per_node, faiss.METRIC_INNER_PRODUCT
-        )
-        index.hnsw.efConstruction = self.ef_construction
-        index.hnsw.efSearch = self.ef_search
+        index = faiss.IndexHNSWFlat(embeddings.shape[1], self.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = self.hnsw_ef_construction
+        index.hnsw.efSearch = self.hnsw_ef_search
         index.add(embeddings)
         self.index_, self.n_items_ = index, len(embeddings)
         return self
@@ -129,17 +128,11 @@ class FaissIndex:
         return scores[keep].reshape(-1, k), indices[keep].reshape(-1, k)
 
 
-def make_index(kind: str, **hnsw: int):
-    """`exact` (default) or `faiss` (approximate, for millions of items).
-
-    `hnsw` (neighbors_per_node, ef_construction, ef_search) tunes the FAISS
-    graph and is ignored by `exact`.
-    """
-    if kind == "exact":
+def make_index(config: RecommendConfig) -> ExactIndex | FaissIndex:
+    """`exact` (default) or `faiss` (an approximate HNSW graph, for millions of items)."""
+    if config.index == "exact":
         return ExactIndex()
-    if kind == "faiss":
-        return FaissIndex(**hnsw)
-    raise ImgrecError(f"param index must be exact or faiss, got {kind!r}.")
+    return FaissIndex(config.hnsw_m, config.hnsw_ef_construction, config.hnsw_ef_search)
 
 
 def retrieval_metrics(neighbor_labels: np.ndarray, query_labels: np.ndarray) -> dict:

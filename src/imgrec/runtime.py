@@ -7,6 +7,8 @@ import random
 import numpy as np
 import torch
 
+from imgrec import kernels
+from imgrec.config import ComputeConfig
 from imgrec.errors import ImgrecError
 
 log = logging.getLogger(__name__)
@@ -33,6 +35,14 @@ def make_deterministic(num_threads: int) -> None:
     torch.set_num_threads(num_threads)
     torch.use_deterministic_algorithms(True)
     torch.backends.cudnn.benchmark = False
+
+
+def start(config: ComputeConfig) -> torch.device:
+    """Threads, deterministic kernels and the device for a stage; prints where it runs."""
+    make_deterministic(config.num_threads)
+    device = pick_device(config.device)
+    print(f"{kernels.machine_line()}; device {device}")
+    return device
 
 
 def pick_device(name: str = "auto") -> torch.device:

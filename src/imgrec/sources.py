@@ -21,11 +21,11 @@ from PIL import Image
 from tqdm import tqdm
 
 from imgrec.errors import ImgrecError
+from imgrec.raw_parquet import IMAGE_TYPE, class_names_from_metadata, hf_features
 
 log = logging.getLogger(__name__)
 
 BUILTIN_DIGITS = "builtin:digits"
-IMAGE_TYPE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
 # The Hugging Face parquet export of a dataset lives on this revision.
 HF_PARQUET_REVISION = "refs%2Fconvert%2Fparquet"
 # Rows per row group in the fetched file: prepare hands one group to a worker at a time,
@@ -39,22 +39,6 @@ class FetchResult:
     rows_fetched: int
     files_read: int
     class_names: list[str] | None
-
-
-def hf_features(label_names: list[str]) -> dict:
-    """Schema metadata in the form the `datasets` library writes it."""
-    features = {"image": {"_type": "Image"}, "label": {"_type": "ClassLabel", "names": label_names}}
-    return {"info": {"features": features}}
-
-
-def class_names_from_metadata(metadata: dict[bytes, bytes] | None) -> list[str] | None:
-    """ClassLabel names from a parquet schema's `huggingface` metadata, if it has them."""
-    try:
-        features = json.loads(metadata[b"huggingface"])["info"]["features"]
-        names = features["label"]["names"]
-    except (TypeError, KeyError, ValueError):
-        return None
-    return [str(name) for name in names] if isinstance(names, list) else None
 
 
 def digits_table() -> pa.Table:

@@ -1,18 +1,25 @@
-"""What every stage script shares: argument parsing, one-line errors, atomic writes."""
+"""The harness every stage script runs in: paths from dvc.yaml, params from params.yaml.
+
+`dvc.yaml` passes paths only; a stage reads the params DVC tracks for it from
+params.yaml into its config (`config.STAGE_CONFIGS`), so no value ever goes
+through a shell. User errors end in one `error:` line and exit status 1.
+"""
 
 import argparse
-import contextlib
-import json
 import logging
 import os
-import shutil
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import yaml
 
+from imgrec import kernels
+from imgrec.config import STAGE_CONFIGS, ComputeConfig
 from imgrec.errors import ImgrecError
+
+PARAMS_FILE = "params.yaml"  # DVC runs stage commands beside dvc.yaml, where this lives
 
 
 class StageParser(argparse.ArgumentParser):
@@ -22,61 +29,51 @@ class StageParser(argparse.ArgumentParser):
         raise ImgrecError(f"{self.prog}: {message}.")
 
 
-def param(text: str) -> object:
-    """A param as DVC templated it into the command line, parsed back to its YAML type."""
+def read_params(path: str | os.PathLike = PARAMS_FILE) -> dict:
     try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError:
-        return text
+        params = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError) as error:
+        raise ImgrecError(f"cannot read {path}: {error}") from error
+    if not isinstance(params, dict):
+        raise ImgrecError(f"{path} must map param names to values.")
+    return params
 
 
-def run(main: Callable[[], None]) -> None:
-    """Run a stage's main(): user errors end in one line on stderr and exit status 1."""
+def _restart_with_kernels(mode: str) -> None:
+    """Start this stage again with `mode` in force: the libraries choose kernels at load."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    env = os.environ | {kernels.MODE_VARIABLE: mode}
+    os.execve(sys.executable, [sys.executable, *sys.argv], env)
+
+
+def run(
+    main: Callable[[argparse.Namespace, Any], None],
+    paths: Sequence[str],
+    *,
+    options: Callable[[argparse.ArgumentParser], None] | None = None,
+) -> None:
+    """Parse `--PATH` arguments, build the stage's config, print the machine, run `main`."""
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
+    name = Path(sys.argv[0]).stem
     try:
-        main()
+        parser = StageParser(prog=f"stages/{name}.py", description=sys.modules["__main__"].__doc__)
+        for path in paths:
+            parser.add_argument(f"--{path.replace('_', '-')}", required=True, metavar="PATH")
+        if options is not None:
+            options(parser)
+        args = parser.parse_args()
+        config = STAGE_CONFIGS[name].from_params(read_params())
+        wanted = getattr(config, "kernels", kernels.active())
+        if wanted != kernels.active():
+            _restart_with_kernels(wanted)
+        kernels.check_portable()
+        if not isinstance(config, ComputeConfig):  # those print it in `runtime.start`
+            print(kernels.machine_line())
+        main(args, config)
     except ImgrecError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(1)
     except KeyboardInterrupt:
         print("error: interrupted; no output was written.", file=sys.stderr)
         sys.exit(130)
-
-
-@contextlib.contextmanager
-def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temp path beside `path`; it becomes `path` only if the block finishes."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-@contextlib.contextmanager
-def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield an empty temp folder beside `path`; it replaces `path` only on success."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
-        yield tmp
-        shutil.rmtree(path, ignore_errors=True)
-        os.replace(tmp, path)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def write_json(path: str | os.PathLike, data: object) -> None:
-    """Write JSON atomically, keys sorted, so reruns produce identical bytes."""
-    with atomic_file(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-
-
-def read_json(path: str | os.PathLike) -> object:
-    return json.loads(Path(path).read_text())

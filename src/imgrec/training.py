@@ -12,8 +12,10 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, RandomSampler
 from tqdm import tqdm
 
+from imgrec.config import TrainConfig
 from imgrec.inference import memory_format, predict_logits, to_tensor
 from imgrec.model import CNNClassifier
+from imgrec.prepared import Prepared
 
 log = logging.getLogger(__name__)
 
@@ -61,24 +63,87 @@ def augment_batch(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return F.grid_sample(x, grid, padding_mode="border", align_corners=False)
 
 
-def train(
+class EarlyStopping:
+    """Stop after `patience` epochs without a lower validation loss; keep the best weights."""
+
+    def __init__(self, patience: int):
+        self.patience = patience
+        self.best_loss, self.best_epoch, self.best_state = math.inf, 0, None
+        self.epochs_without_improvement = 0
+
+    def should_stop(self, model: CNNClassifier, epoch: int, val_loss: float) -> bool:
+        if val_loss < self.best_loss:
+            self.best_loss, self.best_epoch = val_loss, epoch
+            self.best_state = copy.deepcopy(model.state_dict())
+            self.epochs_without_improvement = 0
+            return False
+        self.epochs_without_improvement += 1
+        return self.epochs_without_improvement >= self.patience
+
+
+def train_epoch(
     model: CNNClassifier,
-    images: np.ndarray,
-    labels: np.ndarray,
-    train_index: np.ndarray,
-    val_index: np.ndarray,
+    loader: DataLoader,
+    optimizer: torch.optim.Optimizer,
+    config: TrainConfig,
     *,
-    batch_size: int,
-    epochs: int,
-    lr: float,
-    patience: int,
-    lr_factor: float,
-    lr_patience: int,
-    augment: bool,
     generator: torch.Generator,
     device: torch.device,
-    channels_last: bool = True,
-    precision: str = "fp32",
+    n_batches: int,
+    desc: str,
+) -> tuple[float, float]:
+    """One pass over at most `n_batches` batches; returns (mean loss, accuracy)."""
+    model.train()
+    layout = memory_format(config.channels_last)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16")
+    seen, loss_sum, correct = 0, 0.0, 0
+    progress = tqdm(loader, total=n_batches, desc=desc, unit="batch", leave=False)
+    for step, (pixels, targets) in enumerate(progress):
+        if step == n_batches:
+            break
+        x = to_tensor(pixels.numpy(), device)  # (B, 3, H, W)
+        if config.augment:
+            x = augment_batch(x, generator)
+        x = x.contiguous(memory_format=layout)
+        targets = targets.to(device)
+        with autocast:
+            logits = model(x)
+            loss = F.cross_entropy(logits.float(), targets)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        seen += len(targets)
+        loss_sum += loss.item() * len(targets)
+        correct += (logits.argmax(1) == targets).sum().item()
+        progress.set_postfix(loss=f"{loss_sum / seen:.4f}")
+    return loss_sum / seen, correct / seen
+
+
+def validate(
+    model: CNNClassifier, data: Prepared, config: TrainConfig, device: torch.device
+) -> tuple[float, float]:
+    """(loss, accuracy) on the validation split."""
+    logits = predict_logits(
+        model,
+        data.images,
+        data.val_index,
+        batch_size=max(config.batch_size, 256),
+        device=device,
+        channels_last=config.channels_last,
+    )
+    labels = torch.from_numpy(data.labels[data.val_index])
+    return F.cross_entropy(logits, labels).item(), (
+        logits.argmax(1) == labels
+    ).float().mean().item()
+
+
+def train(
+    model: CNNClassifier,
+    data: Prepared,
+    config: TrainConfig,
+    *,
+    generator: torch.Generator,
+    device: torch.device,
     max_batches: int | None = None,
     on_epoch: Callable[[dict], None] | None = None,
 ) -> TrainResult:
@@ -86,61 +151,36 @@ def train(
 
     `max_batches` caps batches per epoch (for smoke tests); `on_epoch` gets each epoch's record.
     """
-    model.to(device=device, memory_format=memory_format(channels_last))
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    model.to(device=device, memory_format=memory_format(config.channels_last))
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-        optimizer, mode="min", factor=lr_factor, patience=lr_patience
+        optimizer, mode="min", factor=config.lr_factor, patience=config.lr_patience
     )
     loader = DataLoader(
-        ArrayBatches(images, labels, train_index),
-        batch_size=batch_size,
-        sampler=RandomSampler(train_index, generator=generator),
+        ArrayBatches(data.images, data.labels, data.train_index),
+        batch_size=config.batch_size,
+        sampler=RandomSampler(data.train_index, generator=generator),
         collate_fn=lambda batch: batch,  # __getitems__ already returns whole tensors
     )
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
-    result, best_state, epochs_without_improvement = TrainResult(), None, 0
-    val_labels = torch.from_numpy(labels[val_index])
+    n_batches = len(loader) if max_batches is None else min(len(loader), max_batches)
+    result, stopping = TrainResult(), EarlyStopping(config.patience)
 
-    for epoch in range(1, epochs + 1):
-        model.train()
-        seen, loss_sum, correct = 0, 0.0, 0
-        n_batches = len(loader) if max_batches is None else min(len(loader), max_batches)
-        progress = tqdm(
-            loader, total=n_batches, desc=f"epoch {epoch}/{epochs}", unit="batch", leave=False
-        )
-        for step, (pixels, targets) in enumerate(progress):
-            if step == n_batches:
-                break
-            x = to_tensor(pixels.numpy(), device)
-            if augment:
-                x = augment_batch(x, generator)
-            x = x.contiguous(memory_format=memory_format(channels_last))
-            targets = targets.to(device)
-            with autocast:
-                logits = model(x)
-                loss = F.cross_entropy(logits.float(), targets)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            seen += len(targets)
-            loss_sum += loss.item() * len(targets)
-            correct += (logits.argmax(1) == targets).sum().item()
-            progress.set_postfix(loss=f"{loss_sum / seen:.4f}")
-
-        val_logits = predict_logits(
+    for epoch in range(1, config.epochs + 1):
+        train_loss, train_acc = train_epoch(
             model,
-            images,
-            val_index,
-            batch_size=max(batch_size, 256),
+            loader,
+            optimizer,
+            config,
+            generator=generator,
             device=device,
-            channels_last=channels_last,
+            n_batches=n_batches,
+            desc=f"epoch {epoch}/{config.epochs}",
         )
-        val_loss = F.cross_entropy(val_logits, val_labels).item()
-        val_acc = (val_logits.argmax(1) == val_labels).float().mean().item()
+        val_loss, val_acc = validate(model, data, config, device)
         record = {
             "epoch": epoch,
-            "train_loss": loss_sum / seen,
-            "train_acc": correct / seen,
+            "train_loss": train_loss,
+            "train_acc": train_acc,
             "val_loss": val_loss,
             "val_acc": val_acc,
             "lr": optimizer.param_groups[0]["lr"],
@@ -149,9 +189,9 @@ def train(
         log.info(
             "epoch %d/%d  train loss %.4f acc %.4f  val loss %.4f acc %.4f  lr %.2g",
             epoch,
-            epochs,
-            record["train_loss"],
-            record["train_acc"],
+            config.epochs,
+            train_loss,
+            train_acc,
             val_loss,
             val_acc,
             record["lr"],
@@ -159,24 +199,18 @@ def train(
         if on_epoch is not None:
             on_epoch(record)
         scheduler.step(val_loss)
+        if stopping.should_stop(model, epoch, val_loss):
+            result.stopped_early = True
+            log.info(
+                "early stopping at epoch %d: val loss has not improved for %d epochs; "
+                "restoring the weights of epoch %d",
+                epoch,
+                config.patience,
+                stopping.best_epoch,
+            )
+            break
 
-        if val_loss < result.best_val_loss:
-            result.best_val_loss, result.best_epoch = val_loss, epoch
-            best_state = copy.deepcopy(model.state_dict())
-            epochs_without_improvement = 0
-        else:
-            epochs_without_improvement += 1
-            if epochs_without_improvement >= patience:
-                result.stopped_early = True
-                log.info(
-                    "early stopping at epoch %d: val loss has not improved for %d epochs; "
-                    "restoring the weights of epoch %d",
-                    epoch,
-                    patience,
-                    result.best_epoch,
-                )
-                break
-
-    if best_state is not None:
-        model.load_state_dict(best_state)
+    result.best_epoch, result.best_val_loss = stopping.best_epoch, stopping.best_loss
+    if stopping.best_state is not None:
+        model.load_state_dict(stopping.best_state)
     return result

@@ -6,14 +6,10 @@ import numpy as np
 import pytest
 from conftest import hf_metadata, make_parquet, png_bytes
 
-from imgrec.dataset import (
-    SKIP_REASONS,
-    class_ids,
-    load_prepared,
-    prepare,
-    stratified_split,
-)
+from imgrec.config import PrepareConfig
 from imgrec.errors import ImgrecError
+from imgrec.preparation import SKIP_REASONS, class_ids, prepare, stratified_split
+from imgrec.prepared import load_prepared
 
 IMG_SIZE = 4
 
@@ -22,16 +18,11 @@ def _grey(value: int) -> bytes:
     return png_bytes((2, 2), (value, value, value))
 
 
-def _prepare(parquet, out, **overrides):
-    kwargs = {
-        "img_size": IMG_SIZE,
-        "val_fraction": 0.25,
-        "seed": 0,
-        "max_bad_fraction": 0.5,
-        "workers": 1,
-    } | overrides
+def _prepare(parquet, out, workers=1, **overrides):
+    """prepare with test-sized params; `overrides` are PrepareConfig fields."""
+    settings = {"img_size": IMG_SIZE, "val_fraction": 0.25, "seed": 0, "max_bad_fraction": 0.5}
     out.mkdir(exist_ok=True)
-    return prepare(parquet, out, **kwargs)
+    return prepare(parquet, out, PrepareConfig(**(settings | overrides)), workers=workers)
 
 
 @pytest.fixture

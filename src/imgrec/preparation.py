@@ -1,18 +1,9 @@
-"""The prepared dataset: images decoded once into a memory-mappable uint8 array.
-
-Layout of a prepared folder (all written by `prepare`, read by `load_prepared`):
-  images.npy      uint8 (N, S, S, 3), ready to memory-map
-  labels.npy      int64 (N,) contiguous class ids
-  row_ids.npy     int64 (N,) row of each image in the fetched parquet
-  train_index.npy, val_index.npy   int64 positions into the arrays above
-  meta.json       class names and image size
-"""
+"""prepare: decode every fetched image exactly once into the prepared arrays."""
 
 import logging
 import os
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
@@ -22,41 +13,15 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from imgrec import images
+from imgrec.config import PrepareConfig
 from imgrec.errors import ImgrecError
-from imgrec.sources import class_names_from_metadata
-from imgrec.stage import read_json, write_json
+from imgrec.prepared import IMAGES_FILE, save_prepared_labels
+from imgrec.raw_parquet import class_names_from_metadata
 
 log = logging.getLogger(__name__)
 
 SKIP_REASONS = (*images.SKIP_REASONS, "null_label")
 _COMPACT_ROWS = 1024  # images copied at once when skipped rows are squeezed out
-
-
-@dataclass(frozen=True)
-class Prepared:
-    images: np.ndarray  # (N, S, S, 3) uint8, memory-mapped
-    labels: np.ndarray  # (N,) int64
-    row_ids: np.ndarray  # (N,) int64
-    train_index: np.ndarray
-    val_index: np.ndarray
-    class_names: list[str]
-    img_size: int
-
-
-def load_prepared(folder: str | os.PathLike) -> Prepared:
-    folder = Path(folder)
-    if not (folder / "meta.json").exists():
-        raise ImgrecError(f"{folder} holds no prepared dataset; run `dvc repro prepare` first.")
-    meta = read_json(folder / "meta.json")
-    return Prepared(
-        images=np.load(folder / "images.npy", mmap_mode="r"),
-        labels=np.load(folder / "labels.npy"),
-        row_ids=np.load(folder / "row_ids.npy"),
-        train_index=np.load(folder / "train_index.npy"),
-        val_index=np.load(folder / "val_index.npy"),
-        class_names=meta["class_names"],
-        img_size=meta["img_size"],
-    )
 
 
 def class_ids(labels: list, label_names: list[str] | None) -> tuple[np.ndarray, list[str]]:
@@ -138,14 +103,12 @@ def _decode_row_group(task: tuple[int, int], img_size: int) -> tuple[list, list[
 def prepare(
     parquet_path: str | os.PathLike,
     out_dir: str | os.PathLike,
+    config: PrepareConfig,
     *,
-    img_size: int,
-    val_fraction: float,
-    seed: int,
-    max_bad_fraction: float,
     workers: int | None = None,
 ) -> dict:
     """Decode every image exactly once into `out_dir`; return the counts for metrics."""
+    img_size, max_bad_fraction = config.img_size, config.max_bad_fraction
     parquet = pq.ParquetFile(parquet_path)
     total = parquet.metadata.num_rows
     sizes = [parquet.metadata.row_group(group).num_rows for group in range(parquet.num_row_groups)]
@@ -194,7 +157,7 @@ def prepare(
     kept = len(kept_rows)
     if kept < total:
         images_out = np.lib.format.open_memmap(
-            out_dir / "images.npy", mode="w+", dtype=np.uint8, shape=(kept, *staging.shape[1:])
+            out_dir / IMAGES_FILE, mode="w+", dtype=np.uint8, shape=(kept, *staging.shape[1:])
         )
         for start in range(0, kept, _COMPACT_ROWS):
             rows = kept_rows[start : start + _COMPACT_ROWS]
@@ -205,16 +168,20 @@ def prepare(
     else:
         staging.flush()
         del staging
-        os.replace(staging_path, out_dir / "images.npy")
+        os.replace(staging_path, out_dir / IMAGES_FILE)
 
     label_names = class_names_from_metadata(parquet.schema_arrow.metadata)
     labels, class_names = class_ids(kept_labels, label_names)
-    train_index, val_index = stratified_split(labels, val_fraction, seed)
-    np.save(out_dir / "labels.npy", labels)
-    np.save(out_dir / "row_ids.npy", np.asarray(kept_rows, dtype=np.int64))
-    np.save(out_dir / "train_index.npy", train_index)
-    np.save(out_dir / "val_index.npy", val_index)
-    write_json(out_dir / "meta.json", {"class_names": class_names, "img_size": img_size})
+    train_index, val_index = stratified_split(labels, config.val_fraction, config.seed)
+    save_prepared_labels(
+        out_dir,
+        labels=labels,
+        row_ids=np.asarray(kept_rows, dtype=np.int64),
+        train_index=train_index,
+        val_index=val_index,
+        class_names=class_names,
+        img_size=img_size,
+    )
     log.info(
         "prepared %d images (%d skipped), %d classes, %d train / %d val",
         kept,

@@ -1,0 +1,136 @@
+"""Which CPU kernels the math libraries pick: portable (same bits on any x86-64) or native.
+
+torch (ATen), oneDNN, MKL and OpenBLAS each choose their kernels for the CPU
+they run on, so an AVX-512 machine computes other float bits than an AVX2 one
+and training diverges to another early-stopping epoch. `portable` caps them
+all at AVX2, the kernels every x86-64 machine from 2015 on has: the committed
+results then come back bit for bit on AVX2 and AVX-512 CPUs alike. `native`
+leaves each library its own choice (AVX-512, AMX, bf16 where present): faster,
+but the bits follow the CPU.
+
+The libraries read these variables when they load or first run (OpenBLAS when
+numpy loads), so `imgrec/__init__.py` applies the mode before anything imports
+numpy or torch; a stage whose `kernels` param differs restarts itself in the
+other mode (see `stage.run`). Nothing here imports numpy or torch at the top.
+"""
+
+import logging
+import os
+import platform
+import sys
+
+log = logging.getLogger(__name__)
+
+MODES = ("portable", "native")
+# Child processes (prepare's workers, a restarted stage) inherit the mode through this.
+MODE_VARIABLE = "IMGREC_KERNELS"
+PORTABLE_ENVIRONMENT = {
+    "ATEN_CPU_CAPABILITY": "avx2",  # torch's own vectorised ops
+    "ONEDNN_MAX_CPU_ISA": "AVX2",  # convolutions, through oneDNN
+    "MKL_ENABLE_INSTRUCTIONS": "AVX2",  # torch's matrix products, through MKL (Intel CPUs)
+    # numpy's matrix products (OpenBLAS). The committed results were made with its Zen
+    # kernels; they are AVX2 kernels, so any AVX2 CPU runs them, Intel's included.
+    "OPENBLAS_CORETYPE": "ZEN",
+}
+_ISA_FLAGS = (("amx_tile", "AMX"), ("avx512f", "AVX-512"), ("avx2", "AVX2"))
+# What threadpoolctl calls OpenBLAS's AVX2 kernels once OPENBLAS_CORETYPE=ZEN is in force.
+_PORTABLE_OPENBLAS = {"haswell", "zen"}
+
+
+def applies_here() -> bool:
+    """The caps name x86-64 instruction sets; elsewhere (ARM, ...) there is nothing to cap."""
+    return platform.machine().lower() in ("x86_64", "amd64")
+
+
+def apply(mode: str) -> None:
+    """Set the environment for `mode`; takes effect only for libraries not yet loaded."""
+    if mode not in MODES:
+        raise ValueError(f"kernels must be one of {', '.join(MODES)}, got {mode!r}")
+    os.environ[MODE_VARIABLE] = mode
+    if not applies_here():
+        return
+    for name, value in PORTABLE_ENVIRONMENT.items():
+        if mode == "portable":
+            os.environ[name] = value
+        elif os.environ.get(name) == value:  # set by portable mode, say before a restart
+            del os.environ[name]
+
+
+def apply_from_environment() -> None:
+    """Apply IMGREC_KERNELS (default portable); called once, when `imgrec` is imported."""
+    mode = os.environ.get(MODE_VARIABLE, "portable")
+    if mode not in MODES:
+        log.warning("%s=%r is not one of %s; using portable", MODE_VARIABLE, mode, MODES)
+        mode = "portable"
+    apply(mode)
+
+
+def active() -> str:
+    return os.environ.get(MODE_VARIABLE, "portable")
+
+
+def in_force() -> dict[str, str]:
+    """What the loaded libraries really use; a stage that never loads torch is not made to."""
+    import numpy as np
+    from threadpoolctl import threadpool_info
+
+    torch = sys.modules.get("torch")
+    blas = sorted(
+        {
+            f"{i['internal_api']} {i.get('architecture') or '?'}"
+            for i in threadpool_info()
+            if i["user_api"] == "blas"
+        }
+    )
+    return {
+        "torch_isa": torch.backends.cpu.get_cpu_capability() if torch else "not loaded",
+        "blas": ", ".join(blas) or "none",
+        "threads": str(torch.get_num_threads() if torch else os.cpu_count()),
+        "torch": torch.__version__ if torch else "not loaded",
+        "numpy": np.__version__,
+    }
+
+
+def check_portable() -> None:
+    """Raise if portable kernels were asked for but a library loaded before they were set."""
+    if active() != "portable" or not applies_here():
+        return
+    from imgrec.errors import ImgrecError
+
+    state = in_force()
+    blas = {arch.split()[-1].lower() for arch in state["blas"].split(", ") if "openblas" in arch}
+    if state["torch_isa"] not in ("AVX2", "not loaded") or not blas <= _PORTABLE_OPENBLAS:
+        raise ImgrecError(
+            f"portable kernels are not in force (torch uses {state['torch_isa']}, "
+            f"BLAS: {state['blas']}): numpy or torch was loaded before imgrec; import imgrec first."
+        )
+
+
+def cpu() -> str:
+    """The CPU's model and the widest vector instructions it offers."""
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name":
+                    model = value.strip()
+                elif key.strip() == "flags":
+                    flags = set(value.split())
+                    break
+    except OSError:
+        pass
+    widest = next((name for flag, name in _ISA_FLAGS if flag in flags), None)
+    return f"{model} ({platform.machine()}{', ' + widest if widest else ''})"
+
+
+def machine_line() -> str:
+    """One console line on where and how this process computes (never for tracked files)."""
+    state = in_force()
+    torch = (
+        "not loaded" if state["torch"] == "not loaded" else f"{state['torch']} {state['torch_isa']}"
+    )
+    return (
+        f"machine: {cpu()}; kernels {active()}: torch {torch}, {state['blas']}; "
+        f"{state['threads']} threads; numpy {state['numpy']}, Python {sys.version.split()[0]}"
+    )

@@ -1,0 +1,70 @@
+"""The prepared dataset (data/prepared): images decoded once into a memory-mappable array.
+
+Layout (written by `save_prepared`, read by `load_prepared`; nothing else touches it):
+  images.npy      uint8 (N, S, S, 3), ready to memory-map
+  labels.npy      int64 (N,) contiguous class ids
+  row_ids.npy     int64 (N,) row of each image in the fetched parquet
+  train_index.npy, val_index.npy   int64 positions into the arrays above
+  meta.json       class names and image size
+"""
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from imgrec.errors import ImgrecError
+from imgrec.files import read_json, write_json
+
+IMAGES_FILE = "images.npy"  # written in place by prepare's workers, then moved here
+
+
+@dataclass(frozen=True)
+class Prepared:
+    images: np.ndarray  # (N, S, S, 3) uint8, memory-mapped
+    labels: np.ndarray  # (N,) int64
+    row_ids: np.ndarray  # (N,) int64
+    train_index: np.ndarray
+    val_index: np.ndarray
+    class_names: list[str]
+    img_size: int
+
+    def positions(self, row_ids: np.ndarray) -> np.ndarray:
+        """Positions in the arrays above of the given row ids (row_ids is sorted)."""
+        return np.searchsorted(self.row_ids, row_ids)
+
+
+def load_prepared(folder: str | os.PathLike) -> Prepared:
+    folder = Path(folder)
+    if not (folder / "meta.json").exists():
+        raise ImgrecError(f"{folder} holds no prepared dataset; run `dvc repro prepare` first.")
+    meta = read_json(folder / "meta.json")
+    return Prepared(
+        images=np.load(folder / IMAGES_FILE, mmap_mode="r"),
+        labels=np.load(folder / "labels.npy"),
+        row_ids=np.load(folder / "row_ids.npy"),
+        train_index=np.load(folder / "train_index.npy"),
+        val_index=np.load(folder / "val_index.npy"),
+        class_names=meta["class_names"],
+        img_size=meta["img_size"],
+    )
+
+
+def save_prepared_labels(
+    folder: str | os.PathLike,
+    *,
+    labels: np.ndarray,
+    row_ids: np.ndarray,
+    train_index: np.ndarray,
+    val_index: np.ndarray,
+    class_names: list[str],
+    img_size: int,
+) -> None:
+    """Everything but the images, which prepare streams into `folder / IMAGES_FILE` itself."""
+    folder = Path(folder)
+    np.save(folder / "labels.npy", labels)
+    np.save(folder / "row_ids.npy", row_ids)
+    np.save(folder / "train_index.npy", train_index)
+    np.save(folder / "val_index.npy", val_index)
+    write_json(folder / "meta.json", {"class_names": class_names, "img_size": img_size})
