@@ -1,5 +1,9 @@
 """Shared fixtures and builders: tiny images and parquet files made inside tmp_path."""
 
+# isort: off
+import imgrec  # noqa: F401 - first: it picks the CPU kernels before numpy and torch load
+# isort: on
+
 import io
 import json
 from collections.abc import Sequence

@@ -18,6 +18,8 @@ import torch
 import yaml
 from PIL import Image
 
+from imgrec import kernels
+
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {"rows": 200, "img_size": 32, "epochs": 2, "batch_size": 16}
 
@@ -100,8 +102,19 @@ def project(tmp_path_factory) -> Path:
     params = yaml.safe_load((ROOT / "params.yaml").read_text()) | TINY
     (folder / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     dvc("init", "--no-scm", "-q", cwd=folder)
-    dvc("repro", cwd=folder)
+    (folder / "repro.log").write_text(dvc("repro", cwd=folder).stdout)
     return folder
+
+
+def test_every_stage_runs_portable_kernels_and_says_where(project):
+    log = (project / "repro.log").read_text()
+    stages = re.split(r"Running stage '(\w+)'", log)[1:]
+    assert stages[::2] == list(yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"])
+    for name, output in zip(stages[::2], stages[1::2], strict=True):
+        machine = next(line for line in output.splitlines() if line.startswith("machine: "))
+        assert "kernels portable" in machine, name
+        if kernels.applies_here() and name in ("train", "evaluate", "embed"):
+            assert "AVX2" in machine.split("torch", 1)[1], machine
 
 
 def test_every_declared_output_exists_and_parses(project):
@@ -205,3 +218,65 @@ def test_a_killed_stage_leaves_nothing_a_later_stage_accepts(project, tmp_path, 
     dvc("repro", cwd=copy)
     outputs = declared_outputs(yaml.safe_load((project / "dvc.yaml").read_text()))
     assert digest(copy, outputs) == digest(project, outputs)
+
+
+def _git(*args: str, cwd: Path) -> str:
+    done = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, check=True)
+    return done.stdout
+
+
+def _reproduction_check(folder: Path, tolerances: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "imgrec.reproduction", "--tolerances", str(tolerances)],
+        cwd=folder,
+        capture_output=True,
+        text=True,
+        env=dvc_env(folder),
+    )
+
+
+def test_the_check_tells_float_noise_from_a_regression(project, tmp_path):
+    """Other kernels: within tolerance, and said so; a committed metric moved too far: fails."""
+    copy = tmp_path / "project"
+    shutil.copytree(project, copy, ignore=shutil.ignore_patterns("repro.log"))
+    (copy / ".gitignore").write_text("/data/\n/models/\n/.dvc/cache/\n/.dvc/tmp/\n")
+    _git("init", "-q", cwd=copy)
+    _git("add", "-A", cwd=copy)
+    _git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "committed run", cwd=copy)
+    # The tiny run's metrics move more than the real run's: tolerances to match its size.
+    tolerances = yaml.safe_load((ROOT / "reproducibility.yaml").read_text())
+    for rules in tolerances["metrics"].values():
+        for pattern, tolerance in rules.items():
+            if isinstance(tolerance, float):
+                rules[pattern] = 0.5
+    loose = tmp_path / "tolerances.yaml"
+    loose.write_text(yaml.safe_dump(tolerances))
+    model_before = (copy / "models/model.pt").read_bytes()
+
+    params = yaml.safe_load((copy / "params.yaml").read_text()) | {"kernels": "native"}
+    (copy / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    # Native mode leaves these to the environment: no SIMD in ATen, SSE4.1 in oneDNN.
+    other_kernels = {"ATEN_CPU_CAPABILITY": "default", "ONEDNN_MAX_CPU_ISA": "SSE41"}
+    dvc_bin = Path(sys.executable).with_name("dvc")
+    done = subprocess.run(
+        [str(dvc_bin), "repro"], cwd=copy, capture_output=True, text=True,
+        env=dvc_env(copy) | other_kernels,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "kernels native: torch" in done.stdout and "DEFAULT" in done.stdout
+    assert (copy / "models/model.pt").read_bytes() != model_before, "the kernels did not change"
+
+    check = _reproduction_check(copy, loose)
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert "within tolerance" in check.stdout
+    assert "| metric | committed | reproduced | difference | tolerance | verdict |" in check.stdout
+
+    evaluate = json.loads((copy / "metrics/evaluate.json").read_text())
+    committed = evaluate | {"accuracy": evaluate["accuracy"] - 0.6}  # beyond the 0.5 tolerance
+    (copy / "metrics/evaluate.json").write_text(json.dumps(committed))
+    _git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "edited", cwd=copy)
+    (copy / "metrics/evaluate.json").write_text(json.dumps(evaluate))
+    check = _reproduction_check(copy, loose)
+    assert check.returncode == 1
+    failing = [line for line in check.stdout.splitlines() if "FAIL" in line and line[0] == "|"]
+    assert len(failing) == 1 and "metrics/evaluate.json:accuracy" in failing[0]

@@ -218,6 +218,14 @@ def cmd_classify(args: argparse.Namespace) -> None:
     print(format_table(("image", "label", "probability"), rows, align="llr"))
 
 
+def cmd_machine(args: argparse.Namespace) -> None:
+    import torch  # noqa: F401 - loaded so the line can say which kernels it uses
+
+    from imgrec import kernels
+
+    print(kernels.machine_line())
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -304,6 +312,14 @@ def build_parser() -> argparse.ArgumentParser:
         description="Print the predicted class name and its probability for each image.",
     )
     classify.set_defaults(run=cmd_classify, catalog=None, prepared=None)
+
+    machine = commands.add_parser(
+        "machine",
+        help="where queries compute: CPU, kernels in force, threads, versions",
+        description="Print the CPU, the kernels torch and BLAS use (portable unless "
+        "IMGREC_KERNELS=native), threads and versions: what to paste into a bug report.",
+    )
+    machine.set_defaults(run=cmd_machine, images=[])
     return parser
 
 

@@ -32,6 +32,7 @@ PORTABLE_ENVIRONMENT = {
     # kernels; they are AVX2 kernels, so any AVX2 CPU runs them, Intel's included.
     "OPENBLAS_CORETYPE": "ZEN",
 }
+_ENVIRONMENT_BEFORE: dict[str, str] = {}  # as the process started, before `apply`
 _ISA_FLAGS = (("amx_tile", "AMX"), ("avx512f", "AVX-512"), ("avx2", "AVX2"))
 # What threadpoolctl calls OpenBLAS's AVX2 kernels once OPENBLAS_CORETYPE=ZEN is in force.
 _PORTABLE_OPENBLAS = {"haswell", "zen"}
@@ -58,11 +59,18 @@ def apply(mode: str) -> None:
 
 def apply_from_environment() -> None:
     """Apply IMGREC_KERNELS (default portable); called once, when `imgrec` is imported."""
+    global _ENVIRONMENT_BEFORE
+    _ENVIRONMENT_BEFORE = dict(os.environ)
     mode = os.environ.get(MODE_VARIABLE, "portable")
     if mode not in MODES:
         log.warning("%s=%r is not one of %s; using portable", MODE_VARIABLE, mode, MODES)
         mode = "portable"
     apply(mode)
+
+
+def environment_for(mode: str) -> dict[str, str]:
+    """The environment this process started with, asking for `mode`: for a restart in it."""
+    return _ENVIRONMENT_BEFORE | {MODE_VARIABLE: mode}
 
 
 def active() -> str:

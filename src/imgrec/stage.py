@@ -43,8 +43,8 @@ def _restart_with_kernels(mode: str) -> None:
     """Start this stage again with `mode` in force: the libraries choose kernels at load."""
     sys.stdout.flush()
     sys.stderr.flush()
-    env = os.environ | {kernels.MODE_VARIABLE: mode}
-    os.execve(sys.executable, [sys.executable, *sys.argv], env)
+    # The environment the stage started with: portable's caps must not carry over.
+    os.execve(sys.executable, [sys.executable, *sys.argv], kernels.environment_for(mode))
 
 
 def run(
