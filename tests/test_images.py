@@ -262,3 +262,76 @@ def test_image_bytes_helper_makes_the_requested_format():
     data = image_bytes((3, 2), (1, 2, 3), "RGB", "BMP")
     with Image.open(io.BytesIO(data)) as image:
         assert (image.format, image.size, image.mode) == ("BMP", (3, 2), "RGB")
+
+
+# Headers of formats PIL knows but a photo dataset does not use. EPS would start
+# Ghostscript; DDS with an unknown pixel format and IM raised NotImplementedError/TypeError.
+HOSTILE = {
+    "eps": b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 8 8\nshowpage\n",
+    "eps-binary": b"\xc5\xd0\xd3\xc6" + b"\x00" * 28 + b"%!PS-Adobe-3.0\n",
+    "dds-unknown-pixel-format": b"DDS " + (124).to_bytes(4, "little") + b"\x07\x10\x00\x00"
+    + b"\x08\x00\x00\x00" * 2 + b"\x00" * 56 + (32).to_bytes(4, "little") + b"\x04\x00\x00\x00"
+    + b"XYZW" + b"\x00" * 40,
+    "im": b"Image type: RGB image\r\nName: x\r\nImage size (x*y): 2*2\r\n\x1a" + b"\x00" * 600,
+    "pdf": b"%PDF-1.4\n1 0 obj<<>>endobj\ntrailer<<>>\n%%EOF\n",
+    "svg": b'<svg xmlns="http://www.w3.org/2000/svg" width="8" height="8"/>',
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("data", HOSTILE.values(), ids=HOSTILE.keys())
+def test_other_formats_are_skipped_and_start_no_program(monkeypatch, data):
+    def no_program(*args, **kwargs):
+        raise AssertionError(f"decode tried to start a program: {args}")
+
+    import subprocess
+
+    for name in ("Popen", "run", "call", "check_call", "check_output"):
+        monkeypatch.setattr(subprocess, name, no_program)
+    with pytest.raises(SkippedImage) as info:
+        decode(data, SIZE)
+    assert info.value.reason == "undecodable"
+
+
+def test_every_accepted_format_decodes():
+    from imgrec.images import FORMATS
+
+    for fmt in FORMATS:
+        assert decode(image_bytes((5, 4), (10, 20, 30), "RGB", fmt), SIZE).shape == (SIZE, SIZE, 3)
+
+
+def _mutations(data: bytes, rng: np.random.Generator, count: int):
+    """Seeded byte flips, truncations, insertions and chunk repeats of one valid image."""
+    for _ in range(count):
+        blob = bytearray(data)
+        kind = rng.integers(4)
+        if kind == 0:
+            for at in rng.integers(0, len(blob), rng.integers(1, 8)):
+                blob[at] = rng.integers(256)
+        elif kind == 1:
+            del blob[rng.integers(1, len(blob)) :]
+        elif kind == 2:
+            at = rng.integers(0, len(blob))
+            blob[at:at] = rng.integers(0, 256, rng.integers(1, 64), dtype=np.uint8).tobytes()
+        else:
+            start = rng.integers(0, len(blob))
+            blob[start:start] = blob[start : start + rng.integers(1, 200)] * 3
+        yield bytes(blob)
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF"])
+def test_fuzzed_images_decode_or_are_skipped_nothing_else(fmt):
+    rng = np.random.default_rng(list(fmt.encode()))
+    pixels = rng.integers(0, 256, (24, 32, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format=fmt)
+    decoded, reasons = 0, []
+    for blob in _mutations(buffer.getvalue(), rng, 300):
+        try:
+            out = decode(blob, SIZE)
+        except SkippedImage as skip:  # anything else escaping decode fails the test
+            reasons.append(skip.reason)
+        else:
+            assert out.shape == (SIZE, SIZE, 3) and out.dtype == np.uint8
+            decoded += 1
+    assert decoded + len(reasons) == 300
+    assert reasons and set(reasons) <= set(SKIP_REASONS)  # the mutations did break some

@@ -1,5 +1,6 @@
 """prepare, class_ids, stratified_split and load_prepared on tiny parquet files."""
 
+import math
 import re
 
 import numpy as np
@@ -8,7 +9,7 @@ from conftest import hf_metadata, make_parquet, png_bytes
 
 from imgrec.config import PrepareConfig
 from imgrec.errors import ImgrecError
-from imgrec.preparation import SKIP_REASONS, class_ids, prepare, stratified_split
+from imgrec.preparation import SKIP_REASONS, class_ids, has_label, prepare, stratified_split
 from imgrec.prepared import load_prepared
 
 IMG_SIZE = 4
@@ -27,7 +28,7 @@ def _prepare(parquet, out, workers=1, **overrides):
 
 @pytest.fixture
 def dirty_parquet(tmp_path):
-    """16 good rows (grey level = 10 * row, labels alternate 0/1) with 5 bad rows among them."""
+    """16 good rows (grey level = 10 * row, labels alternate 0/1) with 8 bad rows among them."""
     images, labels, null_structs = [], [], []
     bad = {
         2: ("truncated", png_bytes((16, 16))[:50], 0),
@@ -35,9 +36,12 @@ def dirty_parquet(tmp_path):
         9: ("null bytes", None, 0),
         12: ("null struct", _grey(1), 1),
         17: ("null label", _grey(2), None),
+        19: ("HF ClassLabel 'no label'", _grey(3), -1),
+        20: ("hostile bytes: EPS", b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 8 8\n", 0),
+        22: ("hostile bytes: DDS", b"DDS |" + b"\x00" * 120, 1),
     }
     good_rows = []
-    for row in range(21):
+    for row in range(24):
         if row in bad:
             _, data, label = bad[row]
             if row == 12:
@@ -57,14 +61,14 @@ def test_prepare_skips_and_counts_bad_rows(dirty_parquet, tmp_path):
     parquet, good_rows = dirty_parquet
     out = tmp_path / "prepared"
     counts = _prepare(parquet, out)
-    assert counts["rows_read"] == 21
-    assert counts["rows_skipped"] == 5
+    assert counts["rows_read"] == 24
+    assert counts["rows_skipped"] == 8
     assert counts["images"] == 16
     assert counts["skipped_by_reason"] == {
         "null_image": 2,
-        "undecodable": 2,
+        "undecodable": 4,
         "too_large": 0,
-        "null_label": 1,
+        "unlabeled": 2,
     }
     assert counts["classes"] == 2
     assert counts["train_images"] + counts["val_images"] == 16
@@ -81,11 +85,38 @@ def test_prepare_skips_and_counts_bad_rows(dirty_parquet, tmp_path):
     assert not (out / "staging.npy").exists()
 
 
+def test_nan_labels_are_unlabeled(tmp_path):
+    parquet = make_parquet(
+        tmp_path / "raw.parquet",
+        [_grey(v) for v in (10, 20, 30, 40, 50)],
+        [0.0, math.nan, 1.0, 0.0, 1.0],
+    )
+    counts = _prepare(parquet, tmp_path / "prepared", val_fraction=0.5)
+    assert counts["skipped_by_reason"]["unlabeled"] == 1
+    assert load_prepared(tmp_path / "prepared").row_ids.tolist() == [0, 2, 3, 4]
+
+
+@pytest.mark.parametrize(
+    ("label", "usable"),
+    [
+        (0, True),
+        (7, True),
+        ("cat", True),
+        (2.0, True),
+        (None, False),
+        (math.nan, False),
+        (-1, False),
+    ],
+)
+def test_has_label(label, usable):
+    assert has_label(label) is usable
+
+
 def test_prepare_too_many_bad_rows_raises(dirty_parquet, tmp_path):
     parquet, _ = dirty_parquet
     with pytest.raises(ImgrecError, match=r"max_bad_fraction=0\.1") as info:
         _prepare(parquet, tmp_path / "prepared", max_bad_fraction=0.1)
-    assert "5 of 21 rows" in str(info.value)
+    assert "8 of 24 rows" in str(info.value)
 
 
 def test_prepare_all_bad_rows_raises(tmp_path):

@@ -1,13 +1,18 @@
 """Stage scripts stop on bad input with one `error:` line, exit status 1 and no output."""
 
 import dataclasses
+import io
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 from conftest import make_parquet, tagged_images
+from PIL import Image
 
 from imgrec.config import STAGE_CONFIGS
 
@@ -134,3 +139,112 @@ def test_stages_succeed_on_good_input(tmp_path, raw_parquet):
     assert "error:" not in fetched.stderr
     assert (tmp_path / "out" / "raw.parquet").is_file()
     assert (tmp_path / "out" / "fetch.json").is_file()
+
+
+# --- faults: signals and a full disk while prepare runs ---------------------------------
+
+
+def _children(pid: int) -> set[int]:
+    try:
+        return {int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()}
+    except OSError:
+        return set()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.fixture
+def busy_parquet(tmp_path):
+    """Enough noisy PNGs that prepare's workers are still decoding when a signal comes."""
+    rng = np.random.default_rng(0)
+    blobs = []
+    for _ in range(64):
+        buffer = io.BytesIO()
+        Image.fromarray(rng.integers(0, 256, (192, 192, 3), dtype=np.uint8)).save(buffer, "PNG")
+        blobs.append(buffer.getvalue())
+    return make_parquet(tmp_path / "in" / "busy.parquet", blobs * 40, [0, 1] * 1280, 64)
+
+
+def _start_prepare(tmp_path, data, out):
+    project = tmp_path / "project"
+    project.mkdir(exist_ok=True)
+    (project / "params.yaml").write_text(yaml.safe_dump(DEFAULT_PARAMS | {"img_size": 16}))
+    args = ["--data", str(data), "--out", str(out / "prepared"), "--metrics", str(out / "m.json")]
+    return subprocess.Popen(
+        [sys.executable, str(ROOT / "stages" / "prepare.py"), *args],
+        cwd=project,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _wait_for_workers(process, out) -> set[int]:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and process.poll() is None:
+        workers = _children(process.pid)
+        if len(workers) >= 1 and (out / ".prepared.tmp" / "staging.npy").exists():
+            time.sleep(0.3)  # let them decode a little
+            return _children(process.pid)
+        time.sleep(0.02)
+    raise AssertionError("prepare never started its workers")
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_terminated_prepare_ends_its_workers_and_leaves_nothing(tmp_path, busy_parquet, signum):
+    out = tmp_path / "out"
+    process = _start_prepare(tmp_path, busy_parquet, out)
+    workers = _wait_for_workers(process, out)
+    process.send_signal(signum)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr
+    assert "Traceback" not in stderr
+    assert [line for line in stderr.splitlines() if line.startswith("error:")] == [
+        f"error: stopped by {signal.Signals(signum).name}; no output was written."
+        if signum == signal.SIGTERM
+        else "error: interrupted; no output was written."
+    ]
+    time.sleep(0.5)
+    assert not [pid for pid in workers if _alive(pid)], "workers outlived prepare"
+    assert not out.exists() or not any(out.iterdir()), list(out.iterdir())
+
+
+def test_killed_prepare_takes_its_workers_with_it(tmp_path, busy_parquet):
+    out = tmp_path / "out"
+    process = _start_prepare(tmp_path, busy_parquet, out)
+    workers = _wait_for_workers(process, out)
+    process.kill()
+    process.communicate(timeout=60)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(_alive(pid) for pid in workers):
+        time.sleep(0.05)
+    assert not [pid for pid in workers if _alive(pid)], "workers outlived a SIGKILLed prepare"
+    # What SIGKILL leaves is a dot-named temp folder, never the output a later stage reads.
+    assert not (out / "prepared").exists()
+
+
+@pytest.fixture
+def tiny_disk(tmp_path):
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1M", "tmpfs", str(mount)],
+                          capture_output=True, check=False)  # fmt: skip
+    if done.returncode != 0:
+        pytest.skip("cannot mount a small tmpfs here (needs root)")
+    yield mount
+    subprocess.run(["umount", str(mount)], check=False)
+
+
+def test_a_full_disk_is_one_line_and_leaves_nothing(tmp_path, busy_parquet, tiny_disk):
+    process = _start_prepare(tmp_path, busy_parquet, tiny_disk)  # 2560 x 16 x 16 x 3 bytes > 1 MB
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 1, stderr
+    assert "Traceback" not in stderr
+    errors = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "No space left on device" in errors[0], stderr
+    assert not any(tiny_disk.iterdir()), list(tiny_disk.iterdir())

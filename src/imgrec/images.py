@@ -13,6 +13,9 @@ from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 # What `decode` raises, mapped to the reason counted in prepare's metrics.
 SKIP_REASONS = ("null_image", "undecodable", "too_large")
+# The formats photo datasets use; PIL tries no other plugin. Image bytes come from strangers:
+# EPS, for one, would make PIL run Ghostscript on them.
+FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
 
 # EXIF orientation -> the transpose that shows the image upright (as ImageOps.exif_transpose).
 _UPRIGHT = {
@@ -37,9 +40,10 @@ class SkippedImage(Exception):
 def decode(data: bytes | None, img_size: int) -> np.ndarray:
     """Decode image bytes to a (img_size, img_size, 3) uint8 RGB array.
 
-    Any mode PIL reads becomes RGB; transparency is flattened onto white so a
-    transparent background does not turn black. Images over PIL's
-    decompression-bomb limit are refused before their pixels are decoded.
+    Only FORMATS are opened. Any mode PIL reads becomes RGB; transparency is
+    flattened onto white so a transparent background does not turn black. Images
+    over PIL's decompression-bomb limit are refused before their pixels are
+    decoded. Whatever else goes wrong on these bytes is a SkippedImage, never a crash.
     """
     if data is None or len(data) == 0:
         raise SkippedImage("null_image")
@@ -47,7 +51,7 @@ def decode(data: bytes | None, img_size: int) -> np.ndarray:
         with warnings.catch_warnings():
             # PIL only warns between MAX_IMAGE_PIXELS and twice that; refuse both.
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as image:  # reads the header only
+            with Image.open(io.BytesIO(data), formats=FORMATS) as image:  # the header only
                 if image.format == "JPEG" and image.mode in ("RGB", "L"):
                     rgb = _decode_jpeg_scaled(data, image, img_size)
                 else:
@@ -59,8 +63,10 @@ def decode(data: bytes | None, img_size: int) -> np.ndarray:
                 return np.asarray(rgb, dtype=np.uint8)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
         raise SkippedImage("too_large", str(error)) from error
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as error:
-        raise SkippedImage("undecodable", str(error)) from error
+    except UnidentifiedImageError as error:
+        raise SkippedImage("undecodable", "not an image in an accepted format") from error
+    except Exception as error:  # PIL's plugins raise anything on hostile bytes
+        raise SkippedImage("undecodable", f"{type(error).__name__}: {error}") from error
 
 
 def _decode_jpeg_scaled(data: bytes, header: Image.Image, img_size: int) -> Image.Image:

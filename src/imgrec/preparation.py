@@ -1,9 +1,13 @@
 """prepare: decode every fetched image exactly once into the prepared arrays."""
 
+import ctypes
+import errno
 import logging
+import math
+import multiprocessing
 import os
+import signal
 from collections import Counter
-from concurrent.futures import ProcessPoolExecutor
 from functools import partial
 from pathlib import Path
 
@@ -20,7 +24,7 @@ from imgrec.raw_parquet import class_names_from_metadata
 
 log = logging.getLogger(__name__)
 
-SKIP_REASONS = (*images.SKIP_REASONS, "null_label")
+SKIP_REASONS = (*images.SKIP_REASONS, "unlabeled")
 _COMPACT_ROWS = 1024  # images copied at once when skipped rows are squeezed out
 
 
@@ -70,7 +74,38 @@ def stratified_split(labels: np.ndarray, val_fraction: float, seed: int) -> tupl
 _worker: dict = {}
 
 
+def _die_with_parent() -> None:
+    """Linux: the kernel kills this worker when prepare dies, even by SIGKILL."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass  # not Linux: Pool.terminate still ends the workers on any error or SIGTERM
+
+
+def has_label(label: object) -> bool:
+    """False for null, NaN and the Hugging Face ClassLabel's -1 ("no label")."""
+    if label is None or (isinstance(label, float) and math.isnan(label)):
+        return False
+    return not (isinstance(label, int) and label < 0)
+
+
+def _reserve(path: Path) -> None:
+    """Allocate a memory-mapped file's blocks now: a full disk is then an ENOSPC error here,
+    not a SIGBUS in a worker writing pixels into a hole."""
+    with open(path, "r+b") as handle:
+        try:
+            os.posix_fallocate(handle.fileno(), 0, os.fstat(handle.fileno()).st_size)
+        except OSError as error:
+            if error.errno not in (errno.EOPNOTSUPP, errno.EINVAL):  # no fallocate here
+                raise
+
+
 def _open_worker(parquet_path: str, staging_path: str) -> None:
+    _die_with_parent()
+    # The parent handles interrupts and ends its workers; a worker just stops when told.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     _worker["parquet"] = pq.ParquetFile(parquet_path)
     _worker["staging"] = np.load(staging_path, mmap_mode="r+")
 
@@ -89,8 +124,8 @@ def _decode_row_group(task: tuple[int, int], img_size: int) -> tuple[list, list[
     staging = _worker["staging"]
     reasons: list[str | None] = []
     for offset, (blob, label) in enumerate(zip(data, labels, strict=True)):
-        if label is None:
-            reasons.append("null_label")
+        if not has_label(label):
+            reasons.append("unlabeled")
             continue
         try:
             staging[first_row + offset] = images.decode(blob, img_size)
@@ -120,16 +155,19 @@ def prepare(
     staging = np.lib.format.open_memmap(
         staging_path, mode="w+", dtype=np.uint8, shape=(total, img_size, img_size, 3)
     )
+    _reserve(staging_path)
     kept_rows, kept_labels, skipped = [], [], Counter()
     examples: dict[str, list[int]] = {}
     workers = min(workers or os.cpu_count() or 1, max(len(tasks), 1))
+    # Pool, not ProcessPoolExecutor: leaving the block on any error, SIGTERM included,
+    # terminates the workers instead of waiting for their row groups.
     with (
-        ProcessPoolExecutor(
+        multiprocessing.Pool(
             workers, initializer=_open_worker, initargs=(str(parquet_path), str(staging_path))
         ) as pool,
         tqdm(total=total, desc="prepare", unit="img") as progress,
     ):
-        decoded = pool.map(partial(_decode_row_group, img_size=img_size), tasks)
+        decoded = pool.imap(partial(_decode_row_group, img_size=img_size), tasks)
         for (_, first_row), (labels, reasons) in zip(tasks, decoded, strict=True):
             for row, label, reason in zip(
                 range(first_row, first_row + len(labels)), labels, reasons, strict=True
@@ -159,6 +197,7 @@ def prepare(
         images_out = np.lib.format.open_memmap(
             out_dir / IMAGES_FILE, mode="w+", dtype=np.uint8, shape=(kept, *staging.shape[1:])
         )
+        _reserve(out_dir / IMAGES_FILE)
         for start in range(0, kept, _COMPACT_ROWS):
             rows = kept_rows[start : start + _COMPACT_ROWS]
             images_out[start : start + len(rows)] = staging[rows]

@@ -6,8 +6,10 @@ through a shell. User errors end in one `error:` line and exit status 1.
 """
 
 import argparse
+import errno
 import logging
 import os
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -39,6 +41,14 @@ def read_params(path: str | os.PathLike = PARAMS_FILE) -> dict:
     return params
 
 
+# The machine's fault, not the code's: one line, no traceback.
+_ENVIRONMENT_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EROFS, errno.EPERM)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"stopped by {signal.Signals(signum).name}")
+
+
 def _restart_with_kernels(mode: str) -> None:
     """Start this stage again with `mode` in force: the libraries choose kernels at load."""
     sys.stdout.flush()
@@ -55,6 +65,8 @@ def run(
 ) -> None:
     """Parse `--PATH` arguments, build the stage's config, print the machine, run `main`."""
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
+    # SIGTERM unwinds like Ctrl-C: atomic writes drop their temp files, pools end workers.
+    signal.signal(signal.SIGTERM, _interrupt)
     name = Path(sys.argv[0]).stem
     try:
         parser = StageParser(prog=f"stages/{name}.py", description=sys.modules["__main__"].__doc__)
@@ -74,6 +86,12 @@ def run(
     except ImgrecError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(1)
-    except KeyboardInterrupt:
-        print("error: interrupted; no output was written.", file=sys.stderr)
+    except OSError as error:
+        if error.errno not in _ENVIRONMENT_ERRORS:
+            raise  # a bug: keep the traceback
+        where = f" ({error.filename})" if error.filename else ""
+        print(f"error: {error.strerror}{where}; no output was written.", file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt as interrupt:
+        print(f"error: {str(interrupt) or 'interrupted'}; no output was written.", file=sys.stderr)
         sys.exit(130)
