@@ -1,9 +1,9 @@
-"""Stage evaluate: validation accuracy, precision/recall/F1, confusion matrix, sample grid."""
+"""Stage evaluate: validation accuracy and F1, per-class scores, confusion matrix, samples."""
 
 from imgrec import runtime, stage
 from imgrec.checkpoint import load_checkpoint
 from imgrec.config import EvaluateConfig
-from imgrec.evaluation import classification_metrics, save_confusion_rows
+from imgrec.evaluation import classification_metrics, confusion_rows, save_rows
 from imgrec.figures import confusion_matrix_figure, save_figure, validation_samples_figure
 from imgrec.files import write_json
 from imgrec.inference import predict_logits
@@ -16,15 +16,18 @@ def main(args, config: EvaluateConfig) -> None:
     model, info = load_checkpoint(args.model, device)
     names = info["class_names"]
     logits = predict_logits(model, data.images, data.val_index, device=device, desc="evaluate")
-    y_true, y_pred = data.labels[data.val_index], logits.argmax(1).numpy()
-    metrics = classification_metrics(y_true, y_pred, names)
-    print(f"validation accuracy {metrics['accuracy']:.4f}, macro F1 {metrics['macro']['f1']:.4f}")
+    y_true, probabilities = data.labels[data.val_index], logits.softmax(1).numpy()
+    y_pred = probabilities.argmax(1)
+    metrics, per_class = classification_metrics(y_true, y_pred, names)
+    print(f"validation accuracy {metrics['val_accuracy']:.4f}, macro F1 {metrics['macro_f1']:.4f}")
 
     write_json(args.metrics, metrics)
-    save_confusion_rows(args.confusion, y_true, y_pred, names)
+    save_rows(args.per_class, per_class)
+    save_rows(args.confusion, confusion_rows(y_true, y_pred, names))
     save_figure(confusion_matrix_figure(y_true, y_pred, names), args.confusion_png)
-    save_figure(validation_samples_figure(data, y_pred, names), args.samples_png)
+    save_figure(validation_samples_figure(data, probabilities, names), args.samples_png)
 
 
 if __name__ == "__main__":
-    stage.run(main, ["prepared", "model", "metrics", "confusion", "confusion_png", "samples_png"])
+    paths = ["prepared", "model", "metrics", "per_class", "confusion", "confusion_png"]
+    stage.run(main, [*paths, "samples_png"])

@@ -9,8 +9,10 @@ from imgrec.preparation import prepare
 def main(args, config: PrepareConfig) -> None:
     with atomic_dir(args.out) as tmp:
         counts = prepare(args.data, tmp, config)
-    write_json(args.metrics, counts)
+    write_json(args.report, counts)  # skips by reason, split sizes: opened on purpose
+    headline = {"rows_used": counts["images"], "rows_skipped": counts["rows_skipped"]}
+    write_json(args.metrics, headline)
 
 
 if __name__ == "__main__":
-    stage.run(main, ["data", "out", "metrics"])
+    stage.run(main, ["data", "out", "metrics", "report"])

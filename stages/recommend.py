@@ -20,7 +20,7 @@ def main(args, config: RecommendConfig) -> None:
     save_recommendations(
         args.out, Recommendations(catalog.row_ids, catalog.row_ids[neighbors], scores)
     )
-    write_json(args.metrics, {"top_k": config.top_k, "index": config.index, **metrics})
+    write_json(args.metrics, metrics)
 
 
 if __name__ == "__main__":

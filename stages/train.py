@@ -36,17 +36,8 @@ def main(args, config: TrainConfig) -> None:
         )  # fmt: skip
 
     save_checkpoint(args.model, model.cpu(), data.class_names, data.img_size)
-    best = result.history[result.best_epoch - 1] if result.best_epoch else {}
-    write_json(
-        args.metrics,
-        {
-            "best_epoch": result.best_epoch,
-            "epochs_run": result.epochs_run,
-            "stopped_early": result.stopped_early,
-            "best_val_loss": best.get("val_loss"),
-            "best_val_acc": best.get("val_acc"),
-        },
-    )
+    # The weights of best_epoch are the model's; its validation scores come from evaluate.
+    write_json(args.metrics, {"best_epoch": result.best_epoch, "epochs_run": result.epochs_run})
 
 
 def options(parser) -> None:

@@ -4,9 +4,9 @@ import warnings
 
 import numpy as np
 import pytest
-from sklearn.metrics import f1_score, precision_score, recall_score
+from sklearn.metrics import f1_score
 
-from imgrec.evaluation import classification_metrics, confusion_rows
+from imgrec.evaluation import classification_metrics, confusion_rows, save_rows
 
 NAMES = ["ant", "bee", "cow"]
 Y_TRUE = np.array([0, 0, 1, 1, 2, 2])
@@ -18,41 +18,51 @@ F1 = {name: 2 * PRECISION[name] * RECALL[name] / (PRECISION[name] + RECALL[name]
 
 
 def test_accuracy_and_per_class_by_hand():
-    metrics = classification_metrics(Y_TRUE, Y_PRED, NAMES)
-    assert metrics["accuracy"] == pytest.approx(4 / 6)
-    assert list(metrics["per_class"]) == NAMES
-    for name in NAMES:
-        per_class = metrics["per_class"][name]
-        assert per_class["precision"] == pytest.approx(PRECISION[name])
-        assert per_class["recall"] == pytest.approx(RECALL[name])
-        assert per_class["f1"] == pytest.approx(F1[name])
-        assert per_class["support"] == 2
+    metrics, per_class = classification_metrics(Y_TRUE, Y_PRED, NAMES)
+    assert metrics["val_accuracy"] == pytest.approx(4 / 6)
+    assert [row["class"] for row in per_class] == NAMES
+    for row in per_class:
+        assert row["precision"] == pytest.approx(PRECISION[row["class"]])
+        assert row["recall"] == pytest.approx(RECALL[row["class"]])
+        assert row["f1"] == pytest.approx(F1[row["class"]])
+        assert row["support"] == 2
 
 
-def test_macro_matches_hand_and_sklearn():
-    macro = classification_metrics(Y_TRUE, Y_PRED, NAMES)["macro"]
-    assert macro["precision"] == pytest.approx(np.mean(list(PRECISION.values())))
-    assert macro["recall"] == pytest.approx(np.mean(list(RECALL.values())))
-    assert macro["f1"] == pytest.approx(np.mean(list(F1.values())))
-    assert macro["precision"] == pytest.approx(precision_score(Y_TRUE, Y_PRED, average="macro"))
-    assert macro["recall"] == pytest.approx(recall_score(Y_TRUE, Y_PRED, average="macro"))
-    assert macro["f1"] == pytest.approx(f1_score(Y_TRUE, Y_PRED, average="macro"))
+def test_headline_is_accuracy_and_macro_f1_only():
+    metrics, _ = classification_metrics(Y_TRUE, Y_PRED, NAMES)
+    assert set(metrics) == {"val_accuracy", "macro_f1"}
+    assert metrics["macro_f1"] == pytest.approx(np.mean(list(F1.values())))
+    assert metrics["macro_f1"] == pytest.approx(f1_score(Y_TRUE, Y_PRED, average="macro"))
 
 
 def test_metrics_are_plain_python_for_json():
-    metrics = classification_metrics(Y_TRUE, Y_PRED, NAMES)
-    assert type(metrics["accuracy"]) is float
-    assert all(type(v) is float for v in metrics["macro"].values())
-    assert type(metrics["per_class"]["ant"]["support"]) is int
+    metrics, per_class = classification_metrics(Y_TRUE, Y_PRED, NAMES)
+    assert all(type(v) is float for v in metrics.values())
+    assert type(per_class[0]["support"]) is int
 
 
 def test_a_class_never_predicted_scores_zero_without_warnings():
     y_pred = np.array([0, 0, 0, 0, 2, 2])  # "bee" is never predicted
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # sklearn's UndefinedMetricWarning would fail here
-        per_class = classification_metrics(Y_TRUE, y_pred, NAMES)["per_class"]
-    assert per_class["bee"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 2}
-    assert per_class["cow"]["precision"] == 1.0
+        _, per_class = classification_metrics(Y_TRUE, y_pred, NAMES)
+    assert per_class[1] == {
+        "class": "bee",
+        "precision": 0.0,
+        "recall": 0.0,
+        "f1": 0.0,
+        "support": 2,
+    }
+    assert per_class[2]["precision"] == 1.0
+
+
+def test_save_rows_writes_what_dvc_plot_templates_read(tmp_path):
+    _, per_class = classification_metrics(Y_TRUE, Y_PRED, NAMES)
+    save_rows(tmp_path / "per_class.csv", per_class)
+    lines = (tmp_path / "per_class.csv").read_text().splitlines()
+    assert lines[0] == "class,precision,recall,f1,support"
+    assert lines[1].startswith("ant,0.5,0.5,0.5,2")
+    assert len(lines) == 1 + len(NAMES)
 
 
 def test_confusion_rows_one_per_image_with_names():

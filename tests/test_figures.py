@@ -12,7 +12,9 @@ from imgrec.figures import (
     prediction_grid_figure,
     recommendation_figure,
     save_figure,
+    validation_samples_figure,
 )
+from imgrec.prepared import Prepared
 
 NAMES = ["ant", "bee", "cow"]
 RNG = np.random.default_rng(0)
@@ -25,7 +27,7 @@ def confusion():
 
 def prediction_grid():
     return prediction_grid_figure(
-        IMAGES[:5], ["ant", "bee", "cow", "ant", "bee"], NAMES + NAMES[:2]
+        IMAGES[:5], ["ant", "bee", "cow", "ant", "bee"], NAMES + NAMES[:2], [0.9] * 5
     )
 
 
@@ -74,10 +76,41 @@ def test_dpi_sets_pixel_size(tmp_path):
         assert high.size[0] == pytest.approx(2 * low.size[0], abs=2)
 
 
-def test_prediction_grid_marks_wrong_predictions_in_red():
-    fig = prediction_grid_figure(IMAGES[:2], ["ant", "bee"], ["ant", "cow"])
-    colors = [ax.title.get_color() for ax in fig.axes if ax.get_title()]
-    assert colors == ["black", "red"]
+def test_prediction_grid_marks_wrong_predictions_in_red_with_probabilities():
+    fig = prediction_grid_figure(IMAGES[:2], ["ant", "bee"], ["ant", "cow"], [0.97, 0.51])
+    titled = [ax for ax in fig.axes if ax.get_title()]
+    assert [ax.title.get_color() for ax in titled] == ["black", "red"]
+    assert [ax.get_title() for ax in titled] == [
+        "true: ant\npred: ant (0.97)",
+        "true: bee\npred: cow (0.51)",
+    ]
+
+
+def test_validation_samples_put_the_misclassified_first():
+    labels = np.array([0, 1, 2, 0, 1, 2], dtype=np.int64)
+    data = Prepared(
+        images=np.stack(IMAGES), labels=labels, row_ids=np.arange(6), train_index=np.arange(0),
+        val_index=np.arange(6), class_names=NAMES, img_size=16,
+    )  # fmt: skip
+    probabilities = np.eye(3)[[0, 1, 2, 0, 1, 2]] * 0.8 + 0.2 / 3
+    probabilities[4] = [0.1, 0.2, 0.7]  # row 4 (a bee) predicted cow
+    fig = validation_samples_figure(data, probabilities, NAMES, count=4)
+    titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
+    assert len(titles) == 4
+    assert titles[0] == "true: bee\npred: cow (0.70)"
+    for title in titles[1:]:  # then correct ones
+        true, predicted = (line.split(": ")[1].split(" (")[0] for line in title.split("\n"))
+        assert true == predicted
+    assert "1 of 6 misclassified" in fig.texts[0].get_text()
+
+
+@pytest.mark.parametrize(
+    ("name", "magic"),
+    [("f.png", b"\x89PNG"), ("f.jpg", b"\xff\xd8"), ("f.svg", b"<?xml"), ("f.pdf", b"%PDF")],
+)
+def test_the_extension_picks_the_format(tmp_path, name, magic):
+    save_figure(confusion(), tmp_path / name)
+    assert (tmp_path / name).read_bytes().startswith(magic)
 
 
 def test_recommendation_figure_has_one_row_per_query():

@@ -102,6 +102,8 @@ def project(tmp_path_factory) -> Path:
     params = yaml.safe_load((ROOT / "params.yaml").read_text()) | TINY
     (folder / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     dvc("init", "--no-scm", "-q", cwd=folder)
+    shutil.copy(ROOT / ".dvc" / "config", folder / ".dvc" / "config")  # the offline template
+    shutil.copytree(ROOT / ".dvc" / "plots", folder / ".dvc" / "plots")
     (folder / "repro.log").write_text(dvc("repro", cwd=folder).stdout)
     return folder
 
@@ -125,20 +127,37 @@ def test_every_declared_output_exists_and_parses(project):
         check_parses(project / name)
 
 
-def test_metrics_hold_what_users_read(project):
-    fetch = json.loads((project / "metrics/fetch.json").read_text())
-    prepare = json.loads((project / "metrics/prepare.json").read_text())
-    train = json.loads((project / "metrics/train.json").read_text())
-    evaluate = json.loads((project / "metrics/evaluate.json").read_text())
-    recommend = json.loads((project / "metrics/recommend.json").read_text())
-    assert fetch["rows_fetched"] == TINY["rows"]
-    assert prepare["rows_skipped"] == 0 and prepare["images"] == TINY["rows"]
+def test_metrics_hold_the_headline_numbers_and_reports_the_detail(project):
+    def read(name: str) -> dict:
+        return json.loads((project / name).read_text())
+
+    assert read("metrics/fetch.json") == {"rows_fetched": TINY["rows"]}
+    assert read("metrics/prepare.json") == {"rows_used": TINY["rows"], "rows_skipped": 0}
+    train = read("metrics/train.json")
+    assert set(train) == {"best_epoch", "epochs_run"}
     assert train["epochs_run"] == TINY["epochs"] and 1 <= train["best_epoch"] <= TINY["epochs"]
-    assert set(evaluate["per_class"]) == {str(d) for d in range(10)}
-    assert 0.0 <= evaluate["accuracy"] <= 1.0
-    assert {"precision_at_k", "map_at_k"} <= set(recommend) and recommend["top_k"] == 5
+    evaluate = read("metrics/evaluate.json")
+    assert set(evaluate) == {"val_accuracy", "macro_f1"}
+    assert 0.0 <= evaluate["val_accuracy"] <= 1.0
+    assert set(read("metrics/recommend.json")) == {"precision_at_k", "map_at_k"}
+    report = read("reports/prepare.json")
+    assert report["skipped_by_reason"] == {"null_image": 0, "undecodable": 0, "too_large": 0,
+                                           "unlabeled": 0}  # fmt: skip
+    per_class = (project / "plots/per_class.csv").read_text().splitlines()
+    assert per_class[0] == "class,precision,recall,f1,support" and len(per_class) == 11
     rows = (project / "dvclive/plots/metrics/val/loss.tsv").read_text().splitlines()
     assert rows[0].split("\t") == ["step", "loss"] and len(rows) == 1 + TINY["epochs"]
+
+
+def test_dvc_metrics_show_fits_120_columns_and_echoes_no_param(project):
+    shown = dvc("metrics", "show", cwd=project).stdout
+    assert max(len(line) for line in shown.splitlines()) <= 120, shown
+    for name in ("val_accuracy", "macro_f1", "precision_at_k", "map_at_k", "best_epoch",
+                 "rows_used", "rows_skipped"):  # fmt: skip
+        assert name in shown
+    params = set(yaml.safe_load((project / "params.yaml").read_text()))
+    header = set(shown.splitlines()[0].split())
+    assert not header & params, header & params
 
 
 def test_nothing_changed_means_nothing_to_do(project):
@@ -280,3 +299,31 @@ def test_the_check_tells_float_noise_from_a_regression(project, tmp_path):
     assert check.returncode == 1
     failing = [line for line in check.stdout.splitlines() if "FAIL" in line and line[0] == "|"]
     assert len(failing) == 1 and "metrics/evaluate.json:accuracy" in failing[0]
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="needs Chromium (.ci/run installs it)")
+def test_dvc_plots_show_draws_the_loss_curve_with_no_network(project, tmp_path):
+    out = tmp_path / "plots"
+    dvc("plots", "show", "-o", str(out), cwd=project)
+    html = (out / "index.html").read_text()
+    assert "<script src=" not in html  # nothing to fetch: vega is inlined
+    screenshot = tmp_path / "page.png"
+    subprocess.run(
+        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         "--proxy-server=127.0.0.1:9",  # any request for the network fails
+         f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1300,2600",
+         "--virtual-time-budget=10000", f"--screenshot={screenshot}",
+         (out / "index.html").as_uri()],
+        check=True, capture_output=True, timeout=120,
+    )  # fmt: skip
+    pixels = np.asarray(Image.open(screenshot).convert("RGB")).astype(int)
+
+    def count(rgb: tuple[int, int, int]) -> int:
+        return int((np.abs(pixels - rgb).sum(axis=2) < 40).sum())
+
+    assert count((0x94, 0x5D, 0xD6)) > 500, "no curve was drawn"  # DVC's colour for workspace
+    assert count((0x2C, 0xA0, 0x2C)) > 50, "the loss chart does not mark the best epoch"

@@ -9,29 +9,38 @@ from sklearn.metrics import accuracy_score, precision_recall_fscore_support
 from imgrec.files import atomic_file
 
 
-def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, class_names: list[str]) -> dict:
-    """Accuracy, macro precision/recall/F1, and the same per class (keyed by class name)."""
+def classification_metrics(
+    y_true: np.ndarray, y_pred: np.ndarray, class_names: list[str]
+) -> tuple[dict, list[dict]]:
+    """(headline metrics, one row per class): what `dvc metrics show` shows, and the detail."""
     labels = np.arange(len(class_names))
     precision, recall, f1, support = precision_recall_fscore_support(
         y_true, y_pred, labels=labels, zero_division=0
     )
-    macro = precision_recall_fscore_support(
+    macro_f1 = precision_recall_fscore_support(
         y_true, y_pred, labels=labels, average="macro", zero_division=0
-    )
-    per_class = {
-        name: {
+    )[2]
+    per_class = [
+        {
+            "class": name,
             "precision": float(precision[i]),
             "recall": float(recall[i]),
             "f1": float(f1[i]),
             "support": int(support[i]),
         }
         for i, name in enumerate(class_names)
-    }
-    return {
-        "accuracy": float(accuracy_score(y_true, y_pred)),
-        "macro": {"precision": float(macro[0]), "recall": float(macro[1]), "f1": float(macro[2])},
-        "per_class": per_class,
-    }
+    ]
+    # The restored best epoch's weights: the one validation accuracy the pipeline reports.
+    headline = {"val_accuracy": float(accuracy_score(y_true, y_pred)), "macro_f1": float(macro_f1)}
+    return headline, per_class
+
+
+def save_rows(path: str | os.PathLike, rows: list[dict]) -> None:
+    """A CSV with a header from the first row's keys: what DVC's plot templates read."""
+    with atomic_file(path) as tmp, open(tmp, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
 
 
 def confusion_rows(y_true: np.ndarray, y_pred: np.ndarray, class_names: list[str]) -> list[dict]:
@@ -40,13 +49,3 @@ def confusion_rows(y_true: np.ndarray, y_pred: np.ndarray, class_names: list[str
         {"actual": class_names[t], "predicted": class_names[p]}
         for t, p in zip(y_true.tolist(), y_pred.tolist(), strict=True)
     ]
-
-
-def save_confusion_rows(
-    path: str | os.PathLike, y_true: np.ndarray, y_pred: np.ndarray, class_names: list[str]
-) -> None:
-    """The CSV DVC's `confusion` template reads: a header, then one row per image."""
-    with atomic_file(path) as tmp, open(tmp, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=["actual", "predicted"], lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(confusion_rows(y_true, y_pred, class_names))

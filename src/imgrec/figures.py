@@ -65,43 +65,53 @@ def confusion_matrix_figure(
 
 
 def prediction_grid_figure(
-    images: Sequence[np.ndarray], true_names: Sequence[str], predicted_names: Sequence[str]
+    images: Sequence[np.ndarray],
+    true_names: Sequence[str],
+    predicted_names: Sequence[str],
+    probabilities: Sequence[float],
+    title: str = "Validation samples",
 ) -> plt.Figure:
-    """Images in two rows with true and predicted labels; wrong predictions in red."""
+    """Images in two rows with true label, prediction and its probability; wrong ones in red."""
     columns = max(1, (len(images) + 1) // 2)
     fig, axes = plt.subplots(2, columns, figsize=(2.2 * columns, 6), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
-    for ax, image, true, predicted in zip(
-        axes.flat, images, true_names, predicted_names, strict=False
+    for ax, image, true, predicted, probability in zip(
+        axes.flat, images, true_names, predicted_names, probabilities, strict=False
     ):
         ax.imshow(image)
         ax.set_title(
-            f"true: {true}\npred: {predicted}",
+            f"true: {true}\npred: {predicted} ({probability:.2f})",
             fontsize=9,
             color="black" if true == predicted else "red",
         )
-    fig.suptitle("Validation samples")
+    fig.suptitle(title)
     fig.tight_layout()
     return fig
 
 
 def validation_samples_figure(
-    data: Prepared, y_pred: np.ndarray, class_names: list[str], count: int = 10
+    data: Prepared, probabilities: np.ndarray, class_names: list[str], count: int = 10
 ) -> plt.Figure:
-    """`count` validation images evenly spaced through the split: fixed and class-varied."""
-    picks = np.linspace(0, len(data.val_index) - 1, min(count, len(data.val_index))).astype(int)
-    y_true = data.labels[data.val_index]
+    """`count` validation images: the misclassified first, then correct ones evenly spaced."""
+    y_true, y_pred = data.labels[data.val_index], probabilities.argmax(1)
+    wrong = np.flatnonzero(y_true != y_pred)[:count]
+    right = np.flatnonzero(y_true == y_pred)
+    fill = min(count - len(wrong), len(right))
+    picks = np.concatenate([wrong, right[np.linspace(0, len(right) - 1, fill).astype(int)]])
     return prediction_grid_figure(
         [data.images[data.val_index[i]] for i in picks],
         [class_names[y_true[i]] for i in picks],
         [class_names[y_pred[i]] for i in picks],
+        [float(probabilities[i, y_pred[i]]) for i in picks],
+        title=f"Validation samples: {len(np.flatnonzero(y_true != y_pred))} of {len(y_true)} "
+        "misclassified (shown first, in red); probability of the prediction in brackets",
     )
 
 
-def neighbor_title(label: str, score: float) -> str:
-    """The caption of one recommended item: its label and cosine score."""
-    return f"{label}  {score:.3f}"
+def neighbor_title(label: str, score: float, row_id: int | None = None) -> str:
+    """The caption of one recommended item: its row id, label and cosine score."""
+    return f"{'' if row_id is None else f'#{row_id}  '}{label}  {score:.3f}"
 
 
 def recommendation_figure(
@@ -109,6 +119,7 @@ def recommendation_figure(
     query_titles: Sequence[str],
     neighbor_images: Sequence[Sequence[np.ndarray]],
     neighbor_titles: Sequence[Sequence[str]],
+    title: str = "Query (left) and its most similar items",
 ) -> plt.Figure:
     """One row per query: the query, then its neighbours best first."""
     rows = len(query_images)
@@ -124,17 +135,17 @@ def recommendation_figure(
         ):
             axes[r, c].imshow(image)
             axes[r, c].set_title(title, fontsize=8)
-    fig.suptitle("Query (left) and its most similar items")
+    fig.suptitle(title)
     fig.tight_layout()
     return fig
 
 
 def catalog_recommendations_figure(
-    data: Prepared, recommendations: Recommendations, queries: int = 6
+    data: Prepared, recommendations: Recommendations, max_queries: int = 12
 ) -> plt.Figure:
-    """The first validation image of each of the first `queries` classes, and its top-k."""
+    """One query per class (up to `max_queries`): each class's first validation image."""
     val_labels = data.labels[data.val_index]
-    classes = np.unique(val_labels)[:queries]
+    classes = np.unique(val_labels)[:max_queries]
     positions = [int(data.val_index[np.argmax(val_labels == c)]) for c in classes]
     names = data.class_names
     neighbor_positions, neighbor_titles = [], []
@@ -143,11 +154,18 @@ def catalog_recommendations_figure(
         found = data.positions(neighbor_rows)
         neighbor_positions.append(found)
         neighbor_titles.append(
-            [neighbor_title(names[data.labels[p]], s) for p, s in zip(found, scores, strict=True)]
+            [
+                neighbor_title(names[data.labels[p]], s, int(data.row_ids[p]))
+                for p, s in zip(found, scores, strict=True)
+            ]
         )
+    shown = f"{len(classes)} of {len(np.unique(data.labels))} classes"
     return recommendation_figure(
         [data.images[p] for p in positions],
         [f"query #{data.row_ids[p]}\n{names[data.labels[p]]}" for p in positions],
         [[data.images[p] for p in found] for found in neighbor_positions],
         neighbor_titles,
+        title=f"Each class's first validation image (left, bold: row id and label; {shown}) and "
+        f"its {recommendations.neighbor_row_ids.shape[1]} most similar catalog items "
+        "(row id, label, cosine score)",
     )

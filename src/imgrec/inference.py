@@ -51,7 +51,7 @@ def _forward(
         desc=desc,
         total=-(-total // batch_size),
         unit="batch",
-        disable=desc is None,
+        disable=True if desc is None else None,  # None: on a terminal only, never in a log
     ):
         x = to_tensor(batch, device).contiguous(memory_format=memory_format(channels_last))
         out = model.forward_features(x) if features else model(x)

@@ -165,7 +165,8 @@ def prepare(
         multiprocessing.Pool(
             workers, initializer=_open_worker, initargs=(str(parquet_path), str(staging_path))
         ) as pool,
-        tqdm(total=total, desc="prepare", unit="img") as progress,
+        # disable=None: a bar on a terminal only; a log gets the summary line below.
+        tqdm(total=total, desc="prepare", unit="img", disable=None) as progress,
     ):
         decoded = pool.imap(partial(_decode_row_group, img_size=img_size), tasks)
         for (_, first_row), (labels, reasons) in zip(tasks, decoded, strict=True):
@@ -233,6 +234,7 @@ def prepare(
         "rows_read": total,
         "rows_skipped": n_skipped,
         "skipped_by_reason": {reason: skipped.get(reason, 0) for reason in SKIP_REASONS},
+        "skipped_rows_e_g": {reason: rows[:10] for reason, rows in sorted(examples.items())},
         "images": kept,
         "classes": len(class_names),
         "train_images": len(train_index),

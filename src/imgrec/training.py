@@ -97,7 +97,8 @@ def train_epoch(
     layout = memory_format(config.channels_last)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16")
     seen, loss_sum, correct = 0, 0.0, 0
-    progress = tqdm(loader, total=n_batches, desc=desc, unit="batch", leave=False)
+    # disable=None: a bar on a terminal, none in a log (the epoch's line is logged instead).
+    progress = tqdm(loader, total=n_batches, desc=desc, unit="batch", leave=False, disable=None)
     for step, (pixels, targets) in enumerate(progress):
         if step == n_batches:
             break
