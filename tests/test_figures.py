@@ -120,6 +120,7 @@ def test_recommendation_figure_has_one_row_per_query():
     assert titles[0] == "query #0\nant"
     assert titles[4] == "query #1\nbee"
     assert titles[1:4] == ["ant  0.990", "bee  0.800", "ant  0.700"]
+    assert fig.texts[0].get_text() == "Query (left) and its most similar items"
 
 
 def test_saved_figures_are_closed(tmp_path):

@@ -102,8 +102,8 @@ def project(tmp_path_factory) -> Path:
     params = yaml.safe_load((ROOT / "params.yaml").read_text()) | TINY
     (folder / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     dvc("init", "--no-scm", "-q", cwd=folder)
-    shutil.copy(ROOT / ".dvc" / "config", folder / ".dvc" / "config")  # the offline template
-    shutil.copytree(ROOT / ".dvc" / "plots", folder / ".dvc" / "plots")
+    shutil.copytree(ROOT / ".dvc" / "plots", folder / ".dvc" / "plots")  # templates
+    dvc("config", "plots.html_template", "plots/offline.html", cwd=folder)
     (folder / "repro.log").write_text(dvc("repro", cwd=folder).stdout)
     return folder
 

@@ -124,19 +124,21 @@ def recommendation_figure(
     """One row per query: the query, then its neighbours best first."""
     rows = len(query_images)
     columns = 1 + max((len(n) for n in neighbor_images), default=0)
-    fig, axes = plt.subplots(rows, columns, figsize=(2 * columns, 2.3 * rows), squeeze=False)
+    # constrained layout leaves room for a two-line suptitle; tight_layout does not.
+    fig, axes = plt.subplots(
+        rows, columns, figsize=(2 * columns, 2.3 * rows + 0.3), squeeze=False, layout="constrained"
+    )
     for ax in axes.flat:
         ax.axis("off")
     for r in range(rows):
         axes[r, 0].imshow(query_images[r])
         axes[r, 0].set_title(query_titles[r], fontsize=8, fontweight="bold")
-        for c, (image, title) in enumerate(
+        for c, (image, caption) in enumerate(
             zip(neighbor_images[r], neighbor_titles[r], strict=True), start=1
         ):
             axes[r, c].imshow(image)
-            axes[r, c].set_title(title, fontsize=8)
+            axes[r, c].set_title(caption, fontsize=8)
     fig.suptitle(title)
-    fig.tight_layout()
     return fig
 
 
@@ -165,7 +167,7 @@ def catalog_recommendations_figure(
         [f"query #{data.row_ids[p]}\n{names[data.labels[p]]}" for p in positions],
         [[data.images[p] for p in found] for found in neighbor_positions],
         neighbor_titles,
-        title=f"Each class's first validation image (left, bold: row id and label; {shown}) and "
-        f"its {recommendations.neighbor_row_ids.shape[1]} most similar catalog items "
-        "(row id, label, cosine score)",
+        title=f"Left, bold: each class's first validation image (row id, label; {shown}).\n"
+        f"Right: its {recommendations.neighbor_row_ids.shape[1]} most similar catalog items "
+        "(row id, label, cosine score), best first.",
     )
