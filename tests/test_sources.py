@@ -1,11 +1,14 @@
 """fetch and its helpers on tiny local parquet datasets (no network: loopback at most)."""
 
 import hashlib
+import math
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from conftest import hf_metadata, make_parquet, png_bytes, tagged_images
+from fsspec.implementations.local import LocalFileOpener
 
 from imgrec import sources
 from imgrec.errors import ImgrecError
@@ -299,3 +302,312 @@ def test_struct_without_path_and_narrow_int_labels_are_normalised(tmp_path):
     assert table.schema.field("label").type == pa.int64()
     assert table.column("image").to_pylist() == [{"bytes": data, "path": None} for data in images]
     assert table.column("label").to_pylist() == [4, 2]
+
+
+# --- Hostile and oddly shaped sources -------------------------------------------------------
+
+
+def _random_blobs(count: int, size: int, seed: int = 0) -> list[bytes]:
+    """Incompressible stand-ins for image bytes (fetch never decodes them)."""
+    rng = np.random.default_rng(seed)
+    return [rng.bytes(size) for _ in range(count)]
+
+
+@pytest.mark.parametrize("small_group_rows", [1, 3, 8])
+@pytest.mark.parametrize("rows", [1, 8, 20, 50])
+def test_one_huge_row_group_gives_the_bytes_of_small_groups(
+    tmp_path, monkeypatch, rows, small_group_rows
+):
+    # Output groups are OUT_ROW_GROUP_ROWS rows from a big source group and from small ones
+    # gathered, so both layouts make the same file: any difference is a row taken wrongly.
+    monkeypatch.setattr(sources, "OUT_ROW_GROUP_ROWS", 8)
+    images, labels = _random_blobs(50, 300), list(range(50))
+    one_group = make_parquet(tmp_path / "one/a.parquet", images, labels, row_group_size=50)
+    small_groups = make_parquet(
+        tmp_path / "small/a.parquet", images, labels, row_group_size=small_group_rows
+    )
+    assert pq.read_metadata(one_group).num_row_groups == 1
+    fetch(str(one_group), rows, tmp_path / "from_one.parquet")
+    fetch(str(small_groups), rows, tmp_path / "from_small.parquet")
+    out = pq.read_table(tmp_path / "from_one.parquet")
+    assert out.column("label").to_pylist() == list(range(min(rows, 50)))
+    assert [value["bytes"] for value in out.column("image").to_pylist()] == images[:rows]
+    assert (tmp_path / "from_one.parquet").read_bytes() == (
+        tmp_path / "from_small.parquet"
+    ).read_bytes()
+
+
+def _write_groups(path, group_rows: list[int], start: int = 0) -> None:
+    """One parquet file whose row groups hold `group_rows` rows; labels count from `start`."""
+    schema = pa.schema([("image", IMAGE_TYPE), ("label", pa.int64())])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with pq.ParquetWriter(path, schema) as writer:
+        for rows in group_rows:
+            labels = list(range(start, start + rows))
+            image = pa.array([{"bytes": b"%d" % label} for label in labels], IMAGE_TYPE)
+            writer.write_table(pa.table({"image": image, "label": labels}, schema))
+            start += rows
+
+
+@pytest.mark.parametrize(
+    ("files", "rows", "expected"),
+    [
+        ([[10]], 100, [4, 4, 2]),
+        ([[5, 5]], 100, [4, 1, 4, 1]),  # groups of 4+ rows keep their bounds, as they always did
+        ([[1] * 10], 100, [4, 4, 2]),  # smaller ones are gathered
+        ([[2, 2, 5, 1, 1]], 100, [4, 4, 1, 2]),
+        ([[3, 6, 3]], 100, [3, 4, 2, 3]),
+        ([[1, 1], [1], [3, 1]], 100, [4, 3]),  # across files too
+        ([[1, 0, 1], [0, 2]], 100, [4]),  # empty row groups are passed over
+        ([[5, 0, 5]], 100, [4, 1, 4, 1]),
+        ([[1] * 10], 6, [4, 2]),
+        ([[10]], 6, [4, 2]),
+    ],
+)
+def test_output_row_groups(tmp_path, monkeypatch, files, rows, expected):
+    monkeypatch.setattr(sources, "OUT_ROW_GROUP_ROWS", 4)
+    start = 0
+    for index, group_rows in enumerate(files):
+        _write_groups(tmp_path / f"src/{index}.parquet", group_rows, start)
+        start += sum(group_rows)
+    out = tmp_path / "out.parquet"
+    fetch(str(tmp_path / "src"), rows, out)
+    metadata = pq.read_metadata(out)
+    assert [metadata.row_group(i).num_rows for i in range(metadata.num_row_groups)] == expected
+    table = pq.read_table(out)
+    assert table.column("label").to_pylist() == list(range(sum(expected)))
+    assert [image["bytes"] for image in table.column("image").to_pylist()] == [
+        b"%d" % label for label in range(sum(expected))
+    ]
+
+
+def test_first_rows_of_a_huge_row_group_read_only_their_pages(tmp_path, monkeypatch):
+    # Memory follows what is read: taking 2 of 40 rows from one row group must not read the
+    # group whole. Small pages (one row each) make the reader's granularity visible.
+    monkeypatch.setattr(sources, "READ_BUFFER_BYTES", 4096)
+    images = _random_blobs(40, 20_000)
+    table = pa.table(
+        {
+            "image": pa.array([{"bytes": data, "path": None} for data in images], IMAGE_TYPE),
+            "label": pa.array(range(40), pa.int64()),
+        }
+    )
+    source = tmp_path / "one_group.parquet"
+    pq.write_table(table, source, write_batch_size=1, data_page_size=1, use_dictionary=False)
+    assert pq.read_metadata(source).num_row_groups == 1
+    bytes_read = []
+    read = LocalFileOpener.read
+
+    def counting_read(self, *args, **kwargs):
+        data = read(self, *args, **kwargs)
+        bytes_read.append(len(data))
+        return data
+
+    monkeypatch.setattr(LocalFileOpener, "read", counting_read)
+    fetch(str(source), 2, tmp_path / "out.parquet")
+    assert pq.read_table(tmp_path / "out.parquet").column("label").to_pylist() == [0, 1]
+    assert sum(bytes_read) < source.stat().st_size / 4
+
+
+def test_thousands_of_one_row_groups(tmp_path):
+    count = 2000
+    source = make_parquet(
+        tmp_path / "src.parquet", tagged_images(count), list(range(count)), row_group_size=1
+    )
+    assert pq.read_metadata(source).num_row_groups == count
+    for rows in (1500, count + 10):
+        out = tmp_path / f"out{rows}.parquet"
+        assert fetch(str(source), rows, out).rows_fetched == min(rows, count)
+        table = pq.read_table(out)
+        assert table.column("label").to_pylist() == list(range(min(rows, count)))
+        assert [value["bytes"] for value in table.column("image").to_pylist()[-3:]] == (
+            tagged_images(count)[min(rows, count) - 3 : min(rows, count)]
+        )
+        # One-row groups are gathered, not copied as thousands of one-row output groups.
+        assert (
+            table.num_rows / pq.read_metadata(out).num_row_groups > sources.OUT_ROW_GROUP_ROWS / 2
+        )
+
+
+def _second_file(folder, write) -> None:
+    make_parquet(folder / "a.parquet", tagged_images(3), [0, 1, 2])
+    write(folder / "b.parquet")
+
+
+def _write_columns(path, image: pa.Array, label: pa.Array) -> None:
+    pq.write_table(pa.table({"image": image, "label": label}), path)
+
+
+@pytest.mark.parametrize(
+    ("write", "expected"),
+    [
+        (
+            lambda path: make_parquet(path, tagged_images(2), ["cat", "dog"]),
+            ["b.parquet: column 'label' is string, but ", "a.parquet has int64"],
+        ),
+        (
+            lambda path: _write_columns(path, pa.array([1, 2]), pa.array([0, 1])),
+            ["b.parquet: column 'image' is int64"],
+        ),
+        (
+            lambda path: _write_columns(
+                path, pa.array([[png_bytes()], [png_bytes()]]), pa.array([0, 1])
+            ),
+            ["b.parquet: column 'image' is list<"],
+        ),
+        (
+            lambda path: _write_columns(
+                path,
+                pa.array(
+                    [{"bytes": 1, "path": "x"}],
+                    pa.struct([("bytes", pa.int64()), ("path", pa.string())]),
+                ),
+                pa.array([0]),
+            ),
+            ["b.parquet: column 'image' field 'bytes' is int64"],
+        ),
+        (
+            lambda path: _write_columns(path, pa.array([png_bytes()]), pa.array([True])),
+            ["b.parquet: column 'label' is bool"],
+        ),
+        (
+            lambda path: path.write_bytes(b"PAR1 this is not parquet"),
+            ["b.parquet is not a readable parquet file"],
+        ),
+        (
+            lambda path: path.write_bytes(b""),
+            ["b.parquet is not a readable parquet file"],
+        ),
+    ],
+    ids=[
+        "string-labels",
+        "int-image",
+        "list-image",
+        "int-bytes",
+        "bool-labels",
+        "not-parquet",
+        "zero-bytes",
+    ],
+)
+def test_every_file_is_checked_before_a_row_is_written(tmp_path, write, expected):
+    folder = tmp_path / "src"
+    folder.mkdir()
+    _second_file(folder, write)
+    out = tmp_path / "out.parquet"
+    with pytest.raises(ImgrecError) as info:
+        fetch(str(folder), 1, out)  # one row: the first file alone could give it
+    message = str(info.value)
+    for part in expected:
+        assert part in message
+    assert "\n" not in message
+    assert not out.exists()
+
+
+def test_pandas_float_labels_become_class_ids_and_nan_no_label(tmp_path):
+    # pandas writes an integer column with missing values as float64 with NaN.
+    source = tmp_path / "src.parquet"
+    _write_columns(source, pa.array(tagged_images(3)), pa.array([1.0, math.nan, 0.0]))
+    fetch(str(source), 10, tmp_path / "out.parquet")
+    label = pq.read_table(tmp_path / "out.parquet").column("label")
+    assert label.type == pa.int64()
+    assert label.to_pylist() == [1, None, 0]
+
+
+def test_a_fractional_label_is_one_sentence(tmp_path):
+    source = tmp_path / "src.parquet"
+    _write_columns(source, pa.array(tagged_images(2)), pa.array([1.0, 0.5]))
+    with pytest.raises(ImgrecError, match=r"cannot read source file .*src\.parquet"):
+        fetch(str(source), 10, tmp_path / "out.parquet")
+    assert not (tmp_path / "out.parquet").exists()
+
+
+def test_string_labels_first_then_integer_labels_is_a_mismatch_too(tmp_path):
+    make_parquet(tmp_path / "src/a.parquet", tagged_images(2), ["cat", "dog"])
+    make_parquet(tmp_path / "src/b.parquet", tagged_images(2), [0, 1])
+    with pytest.raises(ImgrecError, match=r"b\.parquet: column 'label' is int64, but .*a\.parquet"):
+        fetch(str(tmp_path / "src"), 10, tmp_path / "out.parquet")
+
+
+def test_an_unreadable_page_leaves_no_output(tmp_path):
+    # The footer is sound, so the schema check passes; the second row group's pages are not.
+    source = make_parquet(
+        tmp_path / "src.parquet", _random_blobs(8, 300), list(range(8)), row_group_size=4
+    )
+    column = pq.read_metadata(source).row_group(1).column(0)
+    data = bytearray(source.read_bytes())
+    start = column.data_page_offset
+    data[start : start + 64] = b"\xff" * 64
+    source.write_bytes(bytes(data))
+    out = tmp_path / "out.parquet"
+    with pytest.raises(ImgrecError, match=r"cannot read source file .*src\.parquet after 4 rows"):
+        fetch(str(source), 8, out)
+    assert not out.exists()
+
+
+def test_empty_files_beside_full_ones_are_skipped(tmp_path):
+    make_parquet(tmp_path / "src/a.parquet", [], [])  # null-typed columns: nothing to check
+    make_parquet(tmp_path / "src/b.parquet", tagged_images(3), [5, 6, 7])
+    result = fetch(str(tmp_path / "src"), 10, tmp_path / "out.parquet")
+    assert result.rows_fetched == 3
+    assert pq.read_table(tmp_path / "out.parquet").column("label").to_pylist() == [5, 6, 7]
+
+
+def test_categorical_labels_are_read_as_their_values(tmp_path):
+    labels = pa.array(["cat", "dog", "cat"]).dictionary_encode()
+    image = pa.array([{"bytes": data, "path": None} for data in tagged_images(3)], IMAGE_TYPE)
+    pq.write_table(pa.table({"image": image, "label": labels}), tmp_path / "src.parquet")
+    fetch(str(tmp_path / "src.parquet"), 10, tmp_path / "out.parquet")
+    table = pq.read_table(tmp_path / "out.parquet")
+    assert table.schema.field("label").type == pa.string()
+    assert table.column("label").to_pylist() == ["cat", "dog", "cat"]
+
+
+@pytest.mark.parametrize("source", ["builtin:mnist", "builtin:", "builtin:Digits"])
+def test_unknown_builtin_lists_the_builtins(tmp_path, source):
+    out = tmp_path / "out.parquet"
+    with pytest.raises(ImgrecError) as info:
+        fetch(source, 10, out)
+    message = str(info.value)
+    assert repr(source) in message
+    assert f"the built-in sources are: {BUILTIN_DIGITS}." in message
+    assert "\n" not in message
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(("rows", "total"), [(4, 4), (15, 15), (40_000, 15)])
+def test_progress_total_is_what_the_source_holds(three_files, tmp_path, monkeypatch, rows, total):
+    totals = []
+
+    class RecordingBar:
+        def __init__(self, *, total, **kwargs):
+            totals.append(total)
+            self.done = 0
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def update(self, count):
+            self.done += count
+
+    monkeypatch.setattr(sources, "tqdm", RecordingBar)
+    fetch(str(three_files), rows, tmp_path / "out.parquet")
+    assert totals == [total]
+
+
+def test_an_unwritable_output_is_one_sentence(three_files, tmp_path):
+    out = tmp_path / "missing" / "out.parquet"  # fetch writes into a folder the caller made
+    with pytest.raises(ImgrecError, match=r"^cannot write .*out\.parquet: [^\n]*\.$"):
+        fetch(str(three_files), 3, out)
+    assert not out.exists()
+
+
+def test_builtin_digits_keeps_its_row_groups(tmp_path):
+    # data/raw.parquet's bytes depend on this layout: 500-row source groups, each cut at 256.
+    out = tmp_path / "out.parquet"
+    fetch(BUILTIN_DIGITS, 40_000, out)
+    metadata = pq.read_metadata(out)
+    sizes = [metadata.row_group(group).num_rows for group in range(metadata.num_row_groups)]
+    assert sizes == [256, 244] * 3 + [256, 41]

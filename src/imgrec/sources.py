@@ -1,36 +1,50 @@
 """Where images come from: the built-in digits, local parquet, or any fsspec URL.
 
-Every source is read through Dask, one row group at a time, and reaches the
-rest of the pipeline in the Hugging Face Image schema:
+Every source reaches the rest of the pipeline in the Hugging Face Image schema:
 `image: struct<bytes: binary, path: string>`, `label: int | string`.
+
+Files are read with pyarrow's streaming parquet reader over fsspec file handles,
+a few rows at a time, and not through Dask: a Dask partition is a whole row group
+(a file written with pyarrow's defaults is one group of up to ~1M rows), and
+`get_partition(i).compute()` per partition made the time grow with the square of
+the number of row groups. Streaming keeps time linear and memory a constant plus
+the rows taken; a later move of fetch onto Dask tasks can run this reader per task.
+The least pyarrow can read is one page, and pyarrow's own writer puts up to 1,024
+values of a binary column in each page (~130 MB of photos), so for such files that
+stays the floor whatever `rows` is.
 """
 
+import contextlib
 import io
 import json
-import logging
 import re
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import fsspec
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
+from fsspec.implementations.local import LocalFileSystem
 from PIL import Image
 from tqdm import tqdm
 
 from imgrec.errors import ImgrecError
 from imgrec.raw_parquet import IMAGE_TYPE, class_names_from_metadata, hf_features
 
-log = logging.getLogger(__name__)
-
+BUILTIN_PREFIX = "builtin:"
 BUILTIN_DIGITS = "builtin:digits"
+BUILTIN_SOURCES = (BUILTIN_DIGITS,)
 # The Hugging Face parquet export of a dataset lives on this revision.
 HF_PARQUET_REVISION = "refs%2Fconvert%2Fparquet"
 # Rows per row group in the fetched file: prepare hands one group to a worker at a time,
 # so this bounds a worker's memory (~25 MB of photo JPEGs) whatever the source's groups.
 OUT_ROW_GROUP_ROWS = 256
+# Bytes the reader buffers per column: pages stream through it, never a whole column chunk.
+READ_BUFFER_BYTES = 1 << 20
 _HF_DATASET_ROOT = re.compile(r"^hf://datasets/(?P<repo>[^/@]+/[^/@]+)(?:@(?P<rev>[^/]+))?/?$")
 
 
@@ -104,25 +118,109 @@ def list_parquet_files(source: str) -> tuple[fsspec.AbstractFileSystem, list[str
     return fs, sorted(files)
 
 
-def _check_columns(schema: pa.Schema, source: str) -> None:
+@dataclass(frozen=True)
+class _SourceFile:
+    path: str  # as its filesystem names it
+    name: str  # as messages show it
+    schema: pa.Schema
+    num_rows: int
+
+
+def _is_binary(data_type: pa.DataType) -> bool:
+    return (
+        pa.types.is_binary(data_type)
+        or pa.types.is_large_binary(data_type)
+        or pa.types.is_binary_view(data_type)
+        or pa.types.is_fixed_size_binary(data_type)
+    )
+
+
+def _is_string(data_type: pa.DataType) -> bool:
+    return (
+        pa.types.is_string(data_type)
+        or pa.types.is_large_string(data_type)
+        or pa.types.is_string_view(data_type)
+    )
+
+
+def _decoded(data_type: pa.DataType) -> pa.DataType:
+    """A dictionary-encoded column's value type (pandas categoricals are written that way)."""
+    return data_type.value_type if pa.types.is_dictionary(data_type) else data_type
+
+
+def _reason(error: BaseException) -> str:
+    """The first sentence of an error, so a message stays one sentence."""
+    text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return text.split(". ")[0].rstrip(".")
+
+
+def _read_footer(fs: fsspec.AbstractFileSystem, path: str) -> _SourceFile:
+    name = path if isinstance(fs, LocalFileSystem) else fs.unstrip_protocol(path)
+    try:
+        with fs.open(path, "rb") as handle:
+            parquet = pq.ParquetFile(handle, pre_buffer=False)
+            return _SourceFile(path, name, parquet.schema_arrow, parquet.metadata.num_rows)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as error:
+        raise ImgrecError(
+            f"source file {name} is not a readable parquet file: {_reason(error)}."
+        ) from error
+    except Exception as error:  # network and auth errors come in many types
+        raise ImgrecError(f"cannot read source file {name}: {_reason(error)}.") from error
+
+
+def _check_schema(file: _SourceFile, first: _SourceFile) -> None:
+    """One sentence naming the file and column unless `file` holds what fetch can write."""
+    schema = file.schema
     for column in ("image", "label"):
         if column not in schema.names:
             raise ImgrecError(
-                f"source {source!r} has no {column!r} column (it has: {', '.join(schema.names)}); "
-                "expected the Hugging Face Image schema with columns 'image' and 'label'."
+                f"source file {file.name} has no {column!r} column "
+                f"(it has: {', '.join(schema.names)}); expected the Hugging Face Image schema "
+                "with columns 'image' and 'label'."
             )
-    image_type = schema.field("image").type
-    if not (pa.types.is_struct(image_type) and image_type.get_field_index("bytes") >= 0) and not (
-        pa.types.is_binary(image_type) or pa.types.is_large_binary(image_type)
-    ):
+    if file.num_rows == 0:  # its types carry nothing (an empty list is null-typed)
+        return
+    image = schema.field("image").type
+    if pa.types.is_struct(image) and image.get_field_index("bytes") >= 0:
+        bytes_type = image.field("bytes").type
+        has_path = image.get_field_index("path") >= 0
+        path_type = image.field("path").type if has_path else pa.null()
+        if not _is_binary(bytes_type):
+            raise ImgrecError(
+                f"source file {file.name}: column 'image' field 'bytes' is {bytes_type}; "
+                "expected binary image bytes."
+            )
+        if not (_is_string(path_type) or pa.types.is_null(path_type)):
+            raise ImgrecError(
+                f"source file {file.name}: column 'image' field 'path' is {path_type}; "
+                "expected a string."
+            )
+    elif not _is_binary(image):
         raise ImgrecError(
-            f"source {source!r} column 'image' is {image_type}; expected "
+            f"source file {file.name}: column 'image' is {image}; expected "
             "struct<bytes: binary, path: string> or plain binary image bytes."
+        )
+    label = _decoded(schema.field("label").type)
+    if not (_is_class_id(label) or _is_string(label)):
+        raise ImgrecError(
+            f"source file {file.name}: column 'label' is {label}; expected integer class ids "
+            "or string class names."
+        )
+    first_label = _decoded(first.schema.field("label").type)
+    if _is_class_id(label) != _is_class_id(first_label):
+        raise ImgrecError(
+            f"source file {file.name}: column 'label' is {label}, but {first.name} has "
+            f"{first_label}; every file must hold integer labels, or every file string labels."
         )
 
 
+def _is_class_id(kind: pa.DataType) -> bool:
+    # pandas writes integer labels with missing values as float64, the missing ones NaN.
+    return pa.types.is_integer(kind) or pa.types.is_floating(kind)
+
+
 def to_hf_schema(batch: pa.Table) -> pa.Table:
-    """Normalise a batch to `image: struct<bytes, path>`; labels keep their type."""
+    """Normalise a batch to `image: struct<bytes, path>`; labels become int64 or string."""
     image = batch.column("image")
     if pa.types.is_struct(image.type):
         chunks = [
@@ -143,7 +241,12 @@ def to_hf_schema(batch: pa.Table) -> pa.Table:
             for chunk in image.chunks
         ]
     label = batch.column("label")
-    label = label.cast(pa.int64()) if pa.types.is_integer(label.type) else label.cast(pa.string())
+    label = label.cast(_decoded(label.type))
+    if pa.types.is_floating(label.type):
+        # NaN is "no label": null, which prepare skips as unlabeled. A fraction such as 0.5
+        # is no class id: the safe cast below refuses it.
+        label = pc.if_else(pc.is_nan(label), pa.scalar(None, label.type), label)
+    label = label.cast(pa.int64()) if _is_class_id(label.type) else label.cast(pa.string())
     return pa.table({"image": pa.chunked_array(chunks, IMAGE_TYPE), "label": label})
 
 
@@ -153,57 +256,127 @@ def _path_field(chunk: pa.StructArray) -> pa.Array:
     return pa.nulls(len(chunk), pa.string())
 
 
+def _read_rows(
+    fs: fsspec.AbstractFileSystem, files: list[_SourceFile], rows: int
+) -> Iterator[pa.Table | None]:
+    """The first `rows` rows of `files`, in order and in the HF schema, a few at a time.
+
+    None marks where an output row group must end: around every source row group of
+    OUT_ROW_GROUP_ROWS rows or more, so those map to output groups as they always have
+    (data/raw.parquet's bytes depend on it). Smaller source groups run together, so a
+    source of tiny row groups does not make a fetched file of tiny row groups.
+    """
+    for file in files:
+        if rows <= 0:
+            return
+        read = 0
+        try:
+            with fs.open(file.path, "rb") as handle:
+                # pre_buffer would read whole column chunks; a small read buffer streams pages.
+                parquet = pq.ParquetFile(handle, pre_buffer=False, buffer_size=READ_BUFFER_BYTES)
+                for group in range(parquet.num_row_groups):
+                    if read >= rows:
+                        break
+                    group_rows = parquet.metadata.row_group(group).num_rows
+                    if group_rows == 0:
+                        continue
+                    end = read + min(group_rows, rows - read)
+                    if group_rows >= OUT_ROW_GROUP_ROWS:
+                        yield None
+                    batches = parquet.iter_batches(
+                        batch_size=min(OUT_ROW_GROUP_ROWS, end - read),
+                        row_groups=[group],
+                        columns=["image", "label"],
+                        use_threads=False,
+                    )
+                    for batch in batches:
+                        batch = batch.slice(0, end - read)
+                        read += batch.num_rows
+                        yield to_hf_schema(pa.Table.from_batches([batch]))
+                        if read == end:
+                            break
+                    if group_rows >= OUT_ROW_GROUP_ROWS:
+                        yield None
+        except Exception as error:  # a corrupt page, a dropped connection, an odd value, ...
+            raise ImgrecError(
+                f"cannot read source file {file.name} after {read} rows: {_reason(error)}."
+            ) from error
+        rows -= read
+
+
+def _output_groups(pieces: Iterator[pa.Table | None]) -> Iterator[pa.Table]:
+    """Gather pieces into row groups of OUT_ROW_GROUP_ROWS rows, ending one early at a None."""
+    pending: list[pa.Table] = []
+    buffered = 0
+    for piece in pieces:
+        if piece is not None:
+            pending.append(piece)
+            buffered += piece.num_rows
+        while buffered >= OUT_ROW_GROUP_ROWS or (piece is None and buffered):
+            table = pa.concat_tables(pending).combine_chunks()
+            yield table.slice(0, OUT_ROW_GROUP_ROWS)
+            rest = table.slice(OUT_ROW_GROUP_ROWS)
+            pending, buffered = [rest], rest.num_rows
+    if buffered:
+        yield pa.concat_tables(pending).combine_chunks()
+
+
+def _builtin_fetch(source: str, rows: int, out_path: str | Path) -> FetchResult:
+    if source != BUILTIN_DIGITS:
+        raise ImgrecError(
+            f"param source {source!r} names no built-in dataset; the built-in sources are: "
+            f"{', '.join(BUILTIN_SOURCES)}."
+        )
+    with tempfile.TemporaryDirectory() as tmp:
+        # Materialised as parquet so the built-in data takes the same path as any other.
+        builtin = Path(tmp) / "digits.parquet"
+        pq.write_table(digits_table(), builtin, row_group_size=500)
+        return fetch(str(builtin), rows, out_path)
+
+
 def fetch(source: str, rows: int, out_path: str | Path) -> FetchResult:
     """Write the first `rows` rows of `source`, in order, to one parquet file.
 
-    Reads one row group at a time through Dask and appends it to the output,
-    so memory stays bounded by the largest row group whatever the dataset size.
+    Every file's footer is read and its schema checked before a row is written; rows
+    then stream through a few at a time, so memory is a constant plus the rows taken
+    whatever the files' row-group layout. A failure leaves no file at `out_path`.
     """
-    if source == BUILTIN_DIGITS:
-        with tempfile.TemporaryDirectory() as tmp:
-            # Materialised as parquet so the built-in data takes the same path as any other.
-            builtin = Path(tmp) / "digits.parquet"
-            pq.write_table(digits_table(), builtin, row_group_size=500)
-            return fetch(str(builtin), rows, out_path)
+    if source.startswith(BUILTIN_PREFIX):
+        return _builtin_fetch(source, rows, out_path)
 
-    import dask.dataframe as dd  # here, not at the top: prepare and the CLI import this module
+    fs, paths = list_parquet_files(source)
+    files = [_read_footer(fs, path) for path in paths]
+    # Label types are compared with the first file that holds rows.
+    first = next((file for file in files if file.num_rows), files[0])
+    for file in files:
+        _check_schema(file, first)
+    available = sum(file.num_rows for file in files)
+    if available == 0:
+        raise ImgrecError(f"source {source!r} has no rows.")
 
-    fs, files = list_parquet_files(source)
-    with fs.open(files[0], "rb") as handle:
-        schema = pq.read_schema(handle)
-    _check_columns(schema, source)
-    class_names = class_names_from_metadata(schema.metadata)
-
-    frame = dd.read_parquet(
-        [fs.unstrip_protocol(f) for f in files],
-        columns=["image", "label"],
-        split_row_groups=True,  # one partition per row group: stream, never load a file whole
-        dtype_backend="pyarrow",
-    )
-    out_schema = None
+    first_metadata = files[0].schema.metadata or {}
+    class_names = class_names_from_metadata(first_metadata)
+    metadata = {b"huggingface": first_metadata[b"huggingface"]} if class_names else None
+    writer = None  # opened at the first rows, so a source without rows leaves no file
     written = 0
-    metadata = {b"huggingface": schema.metadata[b"huggingface"]} if class_names else None
-    with tqdm(total=rows, desc="fetch", unit="row") as progress:
-        writer = None
-        try:
-            for index in range(frame.npartitions):
-                if written >= rows:
-                    break
-                part = frame.get_partition(index).compute()
-                part = part.iloc[: rows - written]
-                if part.empty:  # an empty row group would leave an empty file behind on error
-                    continue
-                batch = to_hf_schema(pa.Table.from_pandas(part, preserve_index=False))
+    try:
+        with tqdm(total=min(rows, available), desc="fetch", unit="row") as progress:
+            for batch in _output_groups(_read_rows(fs, files, rows)):
                 if writer is None:
-                    out_schema = batch.schema.with_metadata(metadata)
-                    writer = pq.ParquetWriter(out_path, out_schema)
-                writer.write_table(batch.cast(out_schema), row_group_size=OUT_ROW_GROUP_ROWS)
+                    writer = pq.ParquetWriter(out_path, batch.schema.with_metadata(metadata))
+                writer.write_table(batch, row_group_size=OUT_ROW_GROUP_ROWS)
                 written += batch.num_rows
                 progress.update(batch.num_rows)
-        finally:
-            if writer is not None:
+        if writer is not None:
+            writer.close()
+    except BaseException as error:
+        if writer is not None:
+            with contextlib.suppress(Exception):  # the first error is the one to report
                 writer.close()
-    if written == 0:
+        Path(out_path).unlink(missing_ok=True)
+        if isinstance(error, OSError):  # a full disk, a vanished folder
+            raise ImgrecError(f"cannot write {out_path}: {_reason(error)}.") from error
+        raise
+    if written == 0:  # footers that promised rows the row groups did not hold
         raise ImgrecError(f"source {source!r} has no rows.")
-    log.info("fetched %d rows from %d parquet file(s)", written, len(files))
     return FetchResult(rows_fetched=written, files_read=len(files), class_names=class_names)
