@@ -1,8 +1,14 @@
 """The query command against a tiny catalog built by the pipeline's own functions."""
 
+import functools
+import http.server
 import json
+import socket
+import struct
 import subprocess
 import sys
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -111,9 +117,10 @@ def test_query_embedding_equals_the_pipelines(pipeline, catalog_image):
     catalog = load_catalog(pipeline.embeddings, pipeline.prepared)
     position = catalog.positions(np.array([row_id]))[0]
     model, info = load_checkpoint(pipeline.model)
-    images, queries = cli.query_embeddings(model, [str(path)], info["preprocessing"]["img_size"])
+    images, failed = cli.load_images([str(path)], info["preprocessing"]["img_size"])
+    assert failed == {}
     np.testing.assert_array_equal(images[0], catalog.images[position])
-    assert np.allclose(queries[0], catalog.embeddings[position], atol=1e-6)
+    assert np.allclose(embed(model, images)[0], catalog.embeddings[position], atol=1e-6)
 
 
 def test_recommend_prints_a_table_and_writes_the_figure(pipeline, catalog_image, tmp_path, capsys):
@@ -231,3 +238,256 @@ def test_defaults_resolve_against_the_repo_root(tmp_path, monkeypatch):
 
 def test_without_a_repo_the_root_is_the_current_directory(tmp_path):
     assert cli.find_repo_root(tmp_path) == tmp_path.resolve()
+
+
+def one_error_line(err: str) -> str:
+    """The only line on stderr, which must be an `error:` line."""
+    assert "Traceback" not in err
+    (line,) = err.splitlines()
+    assert line.startswith("error: ")
+    return line
+
+
+# Bytes PIL's plugins choke on in ways other than "cannot identify image file".
+_DDS_UNKNOWN_PIXEL_FORMAT = (
+    b"DDS "
+    + struct.pack("<7I", 124, 0x1007, 4, 4, 0, 0, 0)  # size, flags, height, width, ...
+    + bytes(44)
+    + struct.pack("<2I4s5I", 32, 0x4, b"ZZZZ", 0, 0, 0, 0, 0)  # FOURCC "ZZZZ": no such format
+    + bytes(20 + 64)
+)
+_IM_HEADER = b"Image type: RGB image\r\nName: x\r\n\x1a" + bytes(600)
+_RANDOM = np.random.default_rng(0).bytes(300)
+
+
+@pytest.mark.parametrize("as_json", [False, True])
+@pytest.mark.parametrize(
+    "bad_bytes",
+    [
+        pytest.param(_DDS_UNKNOWN_PIXEL_FORMAT, id="dds"),
+        pytest.param(_IM_HEADER, id="im"),
+        pytest.param(_RANDOM, id="random"),
+        pytest.param(None, id="missing"),
+    ],
+)
+def test_a_bad_file_in_a_batch_is_skipped_and_the_rest_answered(
+    pipeline, catalog_image, tmp_path, capsys, bad_bytes, as_json
+):
+    path, row_id = catalog_image
+    bad = tmp_path / "bad.png"
+    if bad_bytes is not None:  # None: the file is missing
+        bad.write_bytes(bad_bytes)
+    flags = ["--json"] if as_json else []
+    code = cli.main(["recommend", str(path), str(bad), str(path), *flags, *pipeline.options()])
+    out, err = capsys.readouterr()
+    assert code == 1
+    (warning,) = err.splitlines()
+    assert warning.startswith(f"warning: {bad} skipped: ")
+    if as_json:
+        first, skipped, last = json.loads(out)
+        assert first == last
+        assert first["results"][0]["row_id"] == row_id
+        assert skipped == {"query": str(bad), "error": skipped["error"]}
+        assert skipped["error"] in warning
+    else:
+        assert out.count("rank  row_id") == 2
+        assert str(bad) not in out
+
+
+def test_classify_answers_the_usable_images_in_a_batch(pipeline, catalog_image, tmp_path, capsys):
+    path, _ = catalog_image
+    absent = tmp_path / "absent.png"
+    code = cli.main(["classify", str(absent), str(path), "--json", "--model", str(pipeline.model)])
+    out, err = capsys.readouterr()
+    assert code == 1
+    skipped, answered = json.loads(out)
+    assert skipped == {"image": str(absent), "error": "not found"}
+    assert answered["image"] == str(path)
+    assert err == f"warning: {absent} skipped: not found.\n"
+
+
+def test_when_no_image_in_a_batch_is_usable_it_is_an_error(pipeline, tmp_path, capsys):
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(_RANDOM)
+    absent = tmp_path / "absent.png"
+    code = cli.main(["classify", str(bad), str(absent), "--model", str(pipeline.model)])
+    out, err = capsys.readouterr()
+    assert code == 1
+    assert out == ""
+    *warnings, last = err.splitlines()
+    assert [w.split(" skipped: ")[0] for w in warnings] == [f"warning: {bad}", f"warning: {absent}"]
+    assert last == "error: none of the 2 images could be used."
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    """Serves its folder, answers 500 for /broken.png, and logs nothing."""
+
+    def do_HEAD(self):
+        if self.path == "/broken.png":
+            self.send_error(500)
+        else:
+            super().do_HEAD()
+
+    def do_GET(self):
+        if self.path == "/broken.png":
+            self.send_error(500)
+        else:
+            super().do_GET()
+
+    def log_message(self, format, *args):  # not onto the test's stderr
+        pass
+
+
+@pytest.fixture
+def http_root(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """A web server on 127.0.0.1 serving a folder: (its URL, the folder)."""
+    folder = tmp_path / "served"
+    folder.mkdir()
+    handler = functools.partial(_QuietHandler, directory=str(folder))
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler) as server:
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        yield f"http://127.0.0.1:{server.server_address[1]}", folder
+        server.shutdown()
+        thread.join()
+
+
+def test_an_image_url_is_answered(pipeline, catalog_image, http_root, capsys):
+    path, _ = catalog_image
+    url, folder = http_root
+    (folder / "query.png").write_bytes(path.read_bytes())
+    code = cli.main(["classify", f"{url}/query.png", "--json", "--model", str(pipeline.model)])
+    (answer,) = json.loads(capsys.readouterr().out)
+    assert code == 0
+    assert answer["image"] == f"{url}/query.png"
+
+
+@pytest.mark.parametrize(
+    ("name", "reason"), [("absent.png", "not found (HTTP 404)"), ("broken.png", "HTTP 500")]
+)
+def test_an_http_error_says_what_the_server_answered(pipeline, http_root, capsys, name, reason):
+    url, _ = http_root
+    code = cli.main(["classify", f"{url}/{name}", "--model", str(pipeline.model)])
+    line = one_error_line(capsys.readouterr().err)
+    assert code == 1
+    assert line.startswith(f"error: {url}/{name}: {reason}")
+
+
+def test_an_unreachable_url_says_it_could_not_connect(pipeline, capsys):
+    # A port bound but not listening refuses connections, and no one else can take it meanwhile.
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{unused.getsockname()[1]}/x.png"
+        code = cli.main(["classify", url, "--model", str(pipeline.model)])
+    line = one_error_line(capsys.readouterr().err)
+    assert code == 1
+    assert line.startswith(f"error: {url}: could not connect")
+    assert "not found" not in line
+
+
+@pytest.mark.parametrize(
+    ("out", "is_blocked_by"),
+    [("folder", lambda out: out.mkdir()), ("file/figure.png", lambda out: out.parent.touch())],
+)
+def test_an_unwritable_figure_comes_after_the_results(
+    pipeline, catalog_image, tmp_path, capsys, out, is_blocked_by
+):
+    path, row_id = catalog_image
+    out = tmp_path / out
+    is_blocked_by(out)
+    code = cli.main(["recommend", str(path), "--json", "--out", str(out), *pipeline.options()])
+    stdout, err = capsys.readouterr()
+    assert code == 1
+    (answer,) = json.loads(stdout)
+    assert answer["results"][0]["row_id"] == row_id
+    assert one_error_line(err).startswith(f"error: cannot write {out}: ")
+
+
+@pytest.mark.parametrize(
+    ("suffix", "magic"),
+    [
+        ("png", b"\x89PNG\r\n\x1a\n"),
+        ("jpg", b"\xff\xd8"),
+        ("jpeg", b"\xff\xd8"),
+        ("svg", b"<?xml"),
+        ("pdf", b"%PDF"),
+    ],
+)
+def test_the_figure_format_follows_the_extension(
+    pipeline, catalog_image, tmp_path, capsys, suffix, magic
+):
+    path, _ = catalog_image
+    figure = tmp_path / f"figure.{suffix}"
+    code = cli.main(
+        ["recommend", str(path), "--top-k", "2", "--out", str(figure), *pipeline.options()]
+    )
+    assert code == 0, capsys.readouterr().err
+    assert figure.read_bytes().startswith(magic)
+    if suffix == "svg":
+        assert b"<svg" in figure.read_bytes()
+
+
+@pytest.mark.parametrize("as_json", [False, True])
+def test_a_reader_that_leaves_early_ends_the_command_quietly(pipeline, catalog_image, as_json):
+    path, _ = catalog_image
+    catalog_size = len(load_catalog(pipeline.embeddings, pipeline.prepared).row_ids)
+    # Far more than a pipe holds (64 KiB on Linux), so the command is still writing.
+    queries = [str(path)] * 40
+    flags = ["--json"] if as_json else []
+    command = [sys.executable, "-m", "imgrec", "recommend", *queries, "--top-k", str(catalog_size)]
+    with subprocess.Popen(
+        [*command, *flags, *pipeline.options()], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    ) as child:
+        assert child.stdout.read(1)
+        child.stdout.close()
+        err = child.stderr.read().decode()
+    assert child.returncode == cli.EXIT_BROKEN_PIPE, err
+    assert "Traceback" not in err
+    assert "BrokenPipe" not in err
+    assert "error" not in err
+
+
+def test_a_model_path_that_is_a_folder_is_one_line(pipeline, catalog_image, tmp_path, capsys):
+    path, _ = catalog_image
+    code = cli.main(["classify", str(path), "--model", str(tmp_path)])
+    assert code == 1
+    assert str(tmp_path) in one_error_line(capsys.readouterr().err)
+
+
+def test_top_k_beyond_the_catalog_is_one_line(pipeline, catalog_image, capsys):
+    path, _ = catalog_image
+    catalog_size = len(load_catalog(pipeline.embeddings, pipeline.prepared).row_ids)
+    top_k = str(catalog_size + 1)
+    code = cli.main(["recommend", str(path), "--top-k", top_k, *pipeline.options()])
+    assert code == 1
+    line = one_error_line(capsys.readouterr().err)
+    assert f"--top-k {top_k}" in line
+    assert str(catalog_size) in line
+
+
+def test_a_catalog_missing_its_arrays_is_one_line(pipeline, catalog_image, tmp_path, capsys):
+    path, _ = catalog_image
+    half = tmp_path / "embeddings"
+    half.mkdir()
+    (half / "meta.json").write_bytes((pipeline.embeddings / "meta.json").read_bytes())
+    options = pipeline.options()
+    options[options.index("--catalog") + 1] = str(half)
+    code = cli.main(["recommend", str(path), *options])
+    assert code == 1
+    assert str(half) in one_error_line(capsys.readouterr().err)
+
+
+def test_a_bug_is_one_line_unless_debugging(pipeline, catalog_image, capsys, monkeypatch):
+    path, _ = catalog_image
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("first line\nsecond line")
+
+    monkeypatch.setattr(cli, "search", broken)
+    code = cli.main(["recommend", str(path), *pipeline.options()])
+    line = one_error_line(capsys.readouterr().err)
+    assert code == 1
+    assert line.startswith("error: unexpected RuntimeError: first line")
+    monkeypatch.setenv("IMGREC_DEBUG", "1")
+    with pytest.raises(RuntimeError, match="first line"):
+        cli.main(["recommend", str(path), *pipeline.options()])

@@ -7,6 +7,14 @@ Queries go through the pipeline's own code: `images.decode` (as prepare),
 `inference.embed` / `inference.predict_logits` (as embed and evaluate) and
 `neighbors.ExactIndex` (as recommend), so a catalog image given as a query
 finds itself first with score 1.0.
+
+Every failure is one `error:` line on stderr, never a traceback (IMGREC_DEBUG=1
+shows a bug's). In a batch, a query that cannot be read or decoded is skipped
+with one `warning:` line and the others are answered; `--json` keeps one entry
+per query in the order given, a skipped one as {"query" (or "image"): ...,
+"error": why}, so entries line up with the arguments. Exit status: 0 when every
+query was answered; 1 when any failed or `--out` could not be written (the
+results are printed first); 141 when the reader of stdout left early (`| head`).
 """
 
 from __future__ import annotations
@@ -14,8 +22,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -54,6 +64,54 @@ def find_repo_root(start: Path | None = None) -> Path:
     return start
 
 
+class UnusableQuery(ImgrecError):
+    """A query image that cannot be read or decoded; `reason` says why without naming it."""
+
+    def __init__(self, source: str, reason: str):
+        reason = _one_line(reason).rstrip(".")
+        super().__init__(f"{source}: {reason}.")
+        self.source = source
+        self.reason = reason
+
+
+def _chain(error: BaseException) -> Iterator[BaseException]:
+    """`error`, then what it was raised from, down to the first cause."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        yield error
+        error = error.__cause__ or error.__context__
+
+
+def _describe(error: BaseException) -> str:
+    """An exception in a few words: `Connection refused`, not `[Errno 111] ...: '/a/b'`."""
+    if isinstance(error, OSError) and isinstance(error.errno, int) and error.errno > 0:
+        return os.strerror(error.errno)
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror  # socket.gaierror: `Name or service not known`
+    return str(error) or type(error).__name__
+
+
+def _read_failure(error: Exception) -> str:
+    """Why fsspec could not read a source.
+
+    fsspec's HTTP backend reports every failure, a refused connection included,
+    as FileNotFoundError; what really happened is in the exceptions it wraps.
+    """
+    chain = list(_chain(error))
+    for cause in chain:
+        status = getattr(cause, "status", None)  # an HTTP response (aiohttp's ClientResponseError)
+        if isinstance(status, int) and status >= 400:
+            if status == 404:
+                return "not found (HTTP 404)"
+            return f"HTTP {status} {getattr(cause, 'message', '')}".rstrip()
+    if any(isinstance(c, ConnectionError | TimeoutError | socket.gaierror) for c in chain):
+        return f"could not connect ({_describe(chain[-1])})"
+    if isinstance(error, FileNotFoundError):
+        return "not found"
+    return _describe(error)
+
+
 def read_image(source: str) -> bytes:
     """The bytes of a local file or of any fsspec URL (https://, s3://, hf://, ...)."""
     import fsspec
@@ -61,41 +119,67 @@ def read_image(source: str) -> bytes:
     try:
         with fsspec.open(source, "rb") as handle:
             return handle.read()
-    except FileNotFoundError as error:
-        raise ImgrecError(f"cannot read {source}: not found.") from error
     except Exception as error:
         # Each fsspec backend raises its own types (aiohttp, botocore, huggingface_hub, ...).
-        raise ImgrecError(f"cannot read {source}: {error or type(error).__name__}") from error
+        raise UnusableQuery(source, _read_failure(error)) from error
 
 
-def load_images(sources: Sequence[str], img_size: int) -> np.ndarray:
-    """(Q, img_size, img_size, 3) uint8: each source decoded exactly as prepare decodes."""
-    import numpy as np
-
+def load_image(source: str, img_size: int) -> np.ndarray:
+    """(img_size, img_size, 3) uint8: the source decoded exactly as prepare decodes it."""
     from imgrec.images import SkippedImage, decode
 
-    decoded = []
-    for source in sources:
+    data = read_image(source)
+    try:
+        return decode(data, img_size)
+    except SkippedImage as skipped:
+        detail = str(skipped)
+        why = skipped.reason if detail == skipped.reason else f"{skipped.reason}: {detail}"
+        raise UnusableQuery(source, f"not a usable image ({why})") from skipped
+
+
+def load_images(
+    sources: Sequence[str], img_size: int
+) -> tuple[np.ndarray, dict[int, UnusableQuery]]:
+    """(Q, S, S, 3) uint8 images of the sources that could be used, in order; why each other
+    one could not, by its position in `sources`.
+    """
+    import numpy as np
+
+    decoded, failed = [], {}
+    for position, source in enumerate(sources):
         try:
-            decoded.append(decode(read_image(source), img_size))
-        except SkippedImage as skipped:
-            raise ImgrecError(f"{source} is not a usable image ({skipped.reason}).") from skipped
-    return np.stack(decoded)
+            decoded.append(load_image(source, img_size))
+        except UnusableQuery as unusable:
+            failed[position] = unusable
+    if not decoded:
+        return np.empty((0, img_size, img_size, 3), np.uint8), failed
+    return np.stack(decoded), failed
 
 
-def query_embeddings(
-    model: CNNClassifier,
-    sources: Sequence[str],
-    img_size: int,
-    *,
-    device: torch.device | str = "cpu",
-    batch_size: int = 256,
-) -> tuple[np.ndarray, np.ndarray]:
-    """(decoded images, L2-normalised embeddings) of the queries, made as the embed stage does."""
-    from imgrec.inference import embed
+def _load_queries(
+    sources: Sequence[str], img_size: int
+) -> tuple[list[str], np.ndarray, dict[int, UnusableQuery]]:
+    """`load_images`, plus the sources answered; a warning per skipped one; none is an error."""
+    images, failed = load_images(sources, img_size)
+    if len(sources) == 1 and failed:
+        raise failed[0]
+    for unusable in failed.values():
+        print(f"warning: {unusable.source} skipped: {unusable.reason}.", file=sys.stderr)
+    if len(failed) == len(sources):
+        raise ImgrecError(f"none of the {len(sources)} images could be used.")
+    answered = [s for position, s in enumerate(sources) if position not in failed]
+    return answered, images, failed
 
-    images = load_images(sources, img_size)
-    return images, embed(model, images, batch_size=batch_size, device=device)
+
+def _in_given_order(
+    sources: Sequence[str], answers: Sequence[dict], failed: dict[int, UnusableQuery], key: str
+) -> list[dict]:
+    """One JSON entry per source, as given: its answer, or `{key: source, "error": why}`."""
+    remaining = iter(answers)
+    return [
+        {key: source, "error": failed[position].reason} if position in failed else next(remaining)
+        for position, source in enumerate(sources)
+    ]
 
 
 def check_catalog(model_path: Path, catalog: Catalog) -> None:
@@ -152,78 +236,106 @@ def _load_model(args: argparse.Namespace) -> tuple[CNNClassifier, dict, torch.de
     return model, info, device
 
 
-def cmd_recommend(args: argparse.Namespace) -> None:
+def _why_unwritable(path: Path, error: OSError) -> str:
+    if path.is_dir():
+        return "it is a folder"
+    blocking = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
+    if blocking is not None:
+        return f"{blocking} is a file, not a folder"
+    return _describe(error)
+
+
+def write_figure(
+    path: str,
+    catalog: Catalog,
+    sources: Sequence[str],
+    images: np.ndarray,
+    results: list[list[Neighbor]],
+) -> None:
+    """Each query beside its top-k, as the figure stage draws them, in the format `path` names."""
+    import numpy as np
+
+    from imgrec.figures import neighbor_title, recommendation_figure, save_figure
+
+    positions = [catalog.positions(np.array([n.row_id for n in r])) for r in results]
+    figure = recommendation_figure(
+        list(images),
+        [f"query\n{_source_name(s)}" for s in sources],
+        [[catalog.images[p] for p in row] for row in positions],
+        [[neighbor_title(n.label, n.score) for n in r] for r in results],
+    )
+    try:
+        save_figure(figure, path)
+    except OSError as error:
+        raise ImgrecError(f"cannot write {path}: {_why_unwritable(Path(path), error)}.") from error
+
+
+def cmd_recommend(args: argparse.Namespace) -> int:
     from imgrec.catalog import load_catalog
+    from imgrec.inference import embed
 
     model, info, device = _load_model(args)
-    img_size = info["preprocessing"]["img_size"]
     catalog = load_catalog(args.catalog, args.prepared)
     check_catalog(args.model, catalog)
-    images, queries = query_embeddings(
-        model, args.images, img_size, device=device, batch_size=args.batch_size
-    )
+    catalog_size = len(catalog.row_ids)
+    if args.top_k > catalog_size:
+        raise ImgrecError(f"--top-k {args.top_k} is more than the {catalog_size} catalog items.")
+    sources, images, failed = _load_queries(args.images, info["preprocessing"]["img_size"])
+    queries = embed(model, images, batch_size=args.batch_size, device=device)
     results = search(catalog, queries, args.top_k)
 
+    try:
+        if args.json:
+            answers = [
+                {"query": s, "results": [vars(n) for n in r]}
+                for s, r in zip(sources, results, strict=True)
+            ]
+            print(json.dumps(_in_given_order(args.images, answers, failed, "query"), indent=2))
+        else:
+            for number, (source, neighbors) in enumerate(zip(sources, results, strict=True)):
+                if number:
+                    print()
+                print(f"{source}: top {args.top_k} of {catalog_size} catalog items")
+                rows = [(str(n.rank), str(n.row_id), n.label, f"{n.score:.4f}") for n in neighbors]
+                print(format_table(("rank", "row_id", "label", "score"), rows, align="rrlr"))
+        sys.stdout.flush()  # the results are out before the figure can fail
+    except BrokenPipeError:
+        if args.out:  # the reader left early (`| head`); the figure was asked for all the same
+            write_figure(args.out, catalog, sources, images, results)
+        raise
     if args.out:
-        import numpy as np
-
-        from imgrec.figures import neighbor_title, recommendation_figure, save_figure
-
-        positions = [catalog.positions(np.array([n.row_id for n in r])) for r in results]
-        save_figure(
-            recommendation_figure(
-                list(images),
-                [f"query\n{_source_name(s)}" for s in args.images],
-                [[catalog.images[p] for p in row] for row in positions],
-                [[neighbor_title(n.label, n.score) for n in r] for r in results],
-            ),
-            args.out,
-        )
-    if args.json:
-        print(
-            json.dumps(
-                [
-                    {"query": s, "results": [vars(n) for n in r]}
-                    for s, r in zip(args.images, results, strict=True)
-                ],
-                indent=2,
-            )
-        )
-        return
-    for number, (source, neighbors) in enumerate(zip(args.images, results, strict=True)):
-        if number:
-            print()
-        print(f"{source}: top {args.top_k} of {len(catalog.row_ids)} catalog items")
-        rows = [(str(n.rank), str(n.row_id), n.label, f"{n.score:.4f}") for n in neighbors]
-        print(format_table(("rank", "row_id", "label", "score"), rows, align="rrlr"))
-    if args.out:
-        print(f"figure: {args.out}")
+        write_figure(args.out, catalog, sources, images, results)
+        if not args.json:
+            print(f"figure: {args.out}")
+    return 1 if failed else 0
 
 
-def cmd_classify(args: argparse.Namespace) -> None:
+def cmd_classify(args: argparse.Namespace) -> int:
     from imgrec.inference import predict_logits
 
     model, info, device = _load_model(args)
-    images = load_images(args.images, info["preprocessing"]["img_size"])
+    sources, images, failed = _load_queries(args.images, info["preprocessing"]["img_size"])
     logits = predict_logits(model, images, batch_size=args.batch_size, device=device)
     probabilities, classes = logits.softmax(dim=1).max(dim=1)
     predictions = [
         {"image": source, "label": info["class_names"][c], "probability": round(p, 6)}
-        for source, c, p in zip(args.images, classes.tolist(), probabilities.tolist(), strict=True)
+        for source, c, p in zip(sources, classes.tolist(), probabilities.tolist(), strict=True)
     ]
     if args.json:
-        print(json.dumps(predictions, indent=2))
-        return
-    rows = [(p["image"], p["label"], f"{p['probability']:.4f}") for p in predictions]
-    print(format_table(("image", "label", "probability"), rows, align="llr"))
+        print(json.dumps(_in_given_order(args.images, predictions, failed, "image"), indent=2))
+    else:
+        rows = [(p["image"], p["label"], f"{p['probability']:.4f}") for p in predictions]
+        print(format_table(("image", "label", "probability"), rows, align="llr"))
+    return 1 if failed else 0
 
 
-def cmd_machine(args: argparse.Namespace) -> None:
+def cmd_machine(args: argparse.Namespace) -> int:
     import torch  # noqa: F401 - loaded so the line can say which kernels it uses
 
     from imgrec import kernels
 
     print(kernels.machine_line())
+    return 0
 
 
 def _positive_int(text: str) -> int:
@@ -271,7 +383,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="images per forward pass (default: 256)",
     )
     common.add_argument(
-        "--json", action="store_true", help="print machine-readable JSON instead of a table"
+        "--json",
+        action="store_true",
+        help="print machine-readable JSON instead of a table: one entry per image, in order; "
+        'an image that could not be used has an "error" field instead of its answer',
     )
 
     recommend = commands.add_parser(
@@ -300,8 +415,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     recommend.add_argument(
         "--out",
-        metavar="PNG",
-        help="also write a PNG of each query beside its top-k, as the figure stage does",
+        metavar="FILE",
+        help="also write a figure of each query beside its top-k, as the figure stage does, "
+        "after printing the results; its extension picks the format: .png, .pdf, .svg, .jpg "
+        "(PNG for any other)",
     )
     recommend.set_defaults(run=cmd_recommend)
 
@@ -334,17 +451,54 @@ def resolve_defaults(args: argparse.Namespace, root: Path) -> None:
             setattr(args, name, root / default)
 
 
+def _one_line(text: str) -> str:
+    """The first line of a message: some libraries' errors run to a paragraph."""
+    return next((line.strip() for line in text.splitlines() if line.strip()), "")
+
+
+# 128 + SIGPIPE: what the shell reports for a tool that SIGPIPE ended (`seq 1e6 | head -1`
+# under `set -o pipefail`), so a script can tell "the reader left early" from a real failure
+# (1); Python's docs suggest 1, which would blur the two.
+EXIT_BROKEN_PIPE = 141
+
+
+def _quiet_stdout() -> None:
+    """Point stdout at devnull, as Python's docs advise, so the exit flush cannot fail again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # a stdout with no file behind it (tests) has nothing to flush
+        pass
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     resolve_defaults(args, find_repo_root())
     # Stdout carries the results (maybe JSON); anything a library logs goes to stderr.
     logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr)
     try:
-        args.run(args)
+        code = args.run(args)
+        sys.stdout.flush()  # a reader that left early shows here when the output fit the buffer
+    except BrokenPipeError:
+        _quiet_stdout()
+        return EXIT_BROKEN_PIPE
     except ImgrecError as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {_one_line(str(error))}", file=sys.stderr)
+        return 1
+    except OSError as error:  # the machine's, not the input's: disk full, permissions, ...
+        where = f" ({error.filename})" if error.filename else ""
+        print(f"error: {_describe(error)}{where}.", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("error: interrupted.", file=sys.stderr)
         return 130
-    return 0
+    except Exception as error:
+        if os.environ.get("IMGREC_DEBUG"):
+            raise
+        print(
+            f"error: unexpected {type(error).__name__}: {_one_line(str(error))} "
+            "(a bug: rerun with IMGREC_DEBUG=1 for the traceback and report it).",
+            file=sys.stderr,
+        )
+        return 1
+    return code
