@@ -13,9 +13,9 @@ from imgrec.prepared import load_prepared
 def main(args, config: EvaluateConfig) -> None:
     device = runtime.start(config)
     data = load_prepared(args.prepared)
-    model, info = load_checkpoint(args.model, device)
-    names = info["class_names"]
-    logits = predict_logits(model, data.images, data.val_index, device=device, desc="evaluate")
+    checkpoint = load_checkpoint(args.model, device)
+    names = checkpoint.class_names
+    logits = predict_logits(checkpoint.model, data.images, data.val_index, device=device, desc="evaluate")
     y_true, probabilities = data.labels[data.val_index], logits.softmax(1).numpy()
     y_pred = probabilities.argmax(1)
     metrics, per_class = classification_metrics(y_true, y_pred, names)

@@ -7,7 +7,7 @@ from imgrec.checkpoint import save_checkpoint
 from imgrec.config import TrainConfig
 from imgrec.files import write_json
 from imgrec.model import CNNClassifier, ModelConfig
-from imgrec.prepared import load_prepared
+from imgrec.prepared import load_prepared, prepared_md5
 from imgrec.training import train
 
 
@@ -35,7 +35,10 @@ def main(args, config: TrainConfig) -> None:
             max_batches=args.max_batches, on_epoch=log_epoch,
         )  # fmt: skip
 
-    save_checkpoint(args.model, model.cpu(), data.class_names, data.img_size)
+    save_checkpoint(
+        args.model, model.cpu(), data.class_names, data.img_size,
+        train_config=config, prepared_md5=prepared_md5(args.prepared),
+    )  # fmt: skip
     # The weights of best_epoch are the model's; its validation scores come from evaluate.
     write_json(args.metrics, {"best_epoch": result.best_epoch, "epochs_run": result.epochs_run})
 

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from imgrec.checkpoint import load_checkpoint, save_checkpoint
+from imgrec.config import TrainConfig
 from imgrec.errors import ImgrecError
 from imgrec.model import CNNClassifier, ModelConfig
 
@@ -36,15 +37,27 @@ def model() -> CNNClassifier:
     return model.eval()
 
 
-def test_round_trip_gives_identical_outputs_names_and_preprocessing(tmp_path, model):
+TRAIN_CONFIG = TrainConfig(epochs=3, lr=1e-05, dropout=0.3, augment=True)
+
+
+def save(path, model) -> None:
+    save_checkpoint(
+        path, model, CLASS_NAMES, img_size=32, train_config=TRAIN_CONFIG, prepared_md5="0" * 32
+    )
+
+
+def test_round_trip_gives_identical_outputs_names_and_provenance(tmp_path, model):
     path = tmp_path / "models" / "model.pt"
-    save_checkpoint(path, model, CLASS_NAMES, img_size=32)
-    loaded, info = load_checkpoint(path)
+    save(path, model)
+    checkpoint = load_checkpoint(path)
+    loaded = checkpoint.model
 
     assert not loaded.training
     assert loaded.config == model.config
-    assert info["class_names"] == CLASS_NAMES
-    assert info["preprocessing"]["img_size"] == 32
+    assert checkpoint.class_names == CLASS_NAMES
+    assert checkpoint.img_size == 32
+    assert checkpoint.train_config == TRAIN_CONFIG  # typed, validated again on load
+    assert checkpoint.prepared_md5 == "0" * 32
     x = torch.rand(2, 3, 32, 32)
     torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=0)
     for key, value in model.state_dict().items():
@@ -52,15 +65,15 @@ def test_round_trip_gives_identical_outputs_names_and_preprocessing(tmp_path, mo
 
 
 def test_save_leaves_no_temp_file(tmp_path, model):
-    save_checkpoint(tmp_path / "model.pt", model, CLASS_NAMES, img_size=32)
+    save(tmp_path / "model.pt", model)
     assert [p.name for p in tmp_path.iterdir()] == ["model.pt"]
 
 
 def test_saving_twice_gives_identical_bytes(tmp_path, model):
     path = tmp_path / "model.pt"
-    save_checkpoint(path, model, CLASS_NAMES, img_size=32)
+    save(path, model)
     first = path.read_bytes()
-    save_checkpoint(path, model, CLASS_NAMES, img_size=32)
+    save(path, model)
     assert path.read_bytes() == first
 
 
@@ -86,3 +99,14 @@ def test_a_file_that_is_not_a_checkpoint_is_refused(tmp_path):
     torch.save({"weights": torch.zeros(3)}, path)  # loads, but has no config
     with pytest.raises(ImgrecError, match="not an imgrec checkpoint"):
         load_checkpoint(path)
+    path.write_bytes(b"")
+    with pytest.raises(ImgrecError, match=r"not an imgrec checkpoint \(.+\)"):
+        load_checkpoint(path)
+
+
+def test_the_message_never_advises_weights_only_false(tmp_path):
+    path = tmp_path / "evil.pt"
+    torch.save({"config": Exploit(tmp_path / "marker.txt")}, path)
+    with pytest.raises(ImgrecError) as info:
+        load_checkpoint(path)
+    assert "weights_only=False" not in str(info.value) and "\n" not in str(info.value)

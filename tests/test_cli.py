@@ -24,7 +24,7 @@ from imgrec.config import PrepareConfig, TrainConfig
 from imgrec.inference import embed
 from imgrec.model import CNNClassifier, ModelConfig
 from imgrec.preparation import prepare
-from imgrec.prepared import load_prepared
+from imgrec.prepared import load_prepared, prepared_md5
 from imgrec.runtime import seed_everything
 from imgrec.sources import BUILTIN_DIGITS, fetch
 from imgrec.training import train
@@ -70,10 +70,17 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory) -> Pipeline:
     model = CNNClassifier(ModelConfig(num_classes=len(data.class_names)))
     config = TrainConfig(epochs=1, patience=1, lr_patience=1)
     train(model, data, config, generator=seed_everything(0), device=torch.device("cpu"))
-    save_checkpoint(root / "model.pt", model.cpu(), data.class_names, IMG_SIZE)
-    model, _ = load_checkpoint(root / "model.pt")
+    save_checkpoint(
+        root / "model.pt", model.cpu(), data.class_names, IMG_SIZE,
+        train_config=config, prepared_md5=prepared_md5(prepared),
+    )  # fmt: skip
+    model = load_checkpoint(root / "model.pt").model
     save_catalog(
-        embeddings, embed(model, data.images), data.row_ids, checkpoint_md5(root / "model.pt")
+        embeddings,
+        embed(model, data.images),
+        embed(model, data.images, space="appearance"),
+        data.row_ids,
+        checkpoint_md5(root / "model.pt"),
     )
     return Pipeline(raw, prepared, root / "model.pt", embeddings)
 
@@ -116,8 +123,9 @@ def test_query_embedding_equals_the_pipelines(pipeline, catalog_image):
     path, row_id = catalog_image
     catalog = load_catalog(pipeline.embeddings, pipeline.prepared)
     position = catalog.positions(np.array([row_id]))[0]
-    model, info = load_checkpoint(pipeline.model)
-    images, failed = cli.load_images([str(path)], info["preprocessing"]["img_size"])
+    checkpoint = load_checkpoint(pipeline.model)
+    model = checkpoint.model
+    images, failed = cli.load_images([str(path)], checkpoint.img_size)
     assert failed == {}
     np.testing.assert_array_equal(images[0], catalog.images[position])
     assert np.allclose(embed(model, images)[0], catalog.embeddings[position], atol=1e-6)
@@ -141,19 +149,32 @@ def test_classify_prints_a_class_and_a_probability(pipeline, catalog_image, caps
     path, _ = catalog_image
     class_names = load_prepared(pipeline.prepared).class_names
     flags = ["--json"] if as_json else []
-    code = cli.main(["classify", str(path), *flags, "--model", str(pipeline.model)])
+    code = cli.main(["classify", str(path), *flags, *pipeline.options()])
     out = capsys.readouterr().out
     assert code == 0
     if as_json:
         (answer,) = json.loads(out)
         image, label, probability = answer["image"], answer["label"], answer["probability"]
+        assert answer["no_close_match"] is False  # a catalog image is like the catalog
     else:
         header, row = out.splitlines()
-        assert header.split() == ["image", "label", "probability"]
+        assert header.split() == ["image", "label", "probability", "catalog"]
         image, label, probability = row.split()
     assert image == str(path)
     assert label in class_names
     assert 0.0 <= float(probability) <= 1.0
+
+
+def test_classify_without_a_catalog_answers_and_says_it_cannot_flag(
+    pipeline, catalog_image, tmp_path, capsys
+):
+    path, _ = catalog_image
+    options = ["--model", str(pipeline.model), "--catalog", str(tmp_path / "none"), "--json"]
+    code = cli.main(["classify", str(path), *options, "--prepared", str(pipeline.prepared)])
+    captured = capsys.readouterr()
+    assert code == 0
+    assert json.loads(captured.out)[0]["no_close_match"] is None
+    assert captured.err.startswith("warning: no novelty check (no catalog in ")
 
 
 @pytest.mark.parametrize(
@@ -186,7 +207,7 @@ def test_undecodable_image_is_one_line_naming_the_file(pipeline, tmp_path, capsy
 
 def test_missing_query_file_is_one_line_naming_it(pipeline, tmp_path, capsys):
     absent = tmp_path / "absent.png"
-    code = cli.main(["classify", str(absent), "--model", str(pipeline.model)])
+    code = cli.main(["classify", str(absent), *pipeline.options()])
     err = capsys.readouterr().err
     assert code == 1
     assert len(err.splitlines()) == 1
@@ -198,7 +219,10 @@ def test_stale_catalog_is_refused(pipeline, catalog_image, tmp_path, capsys):
     other = tmp_path / "other.pt"
     names = load_prepared(pipeline.prepared).class_names
     torch.manual_seed(1)
-    save_checkpoint(other, CNNClassifier(ModelConfig(num_classes=len(names))), names, IMG_SIZE)
+    save_checkpoint(
+        other, CNNClassifier(ModelConfig(num_classes=len(names))), names, IMG_SIZE,
+        train_config=TrainConfig(), prepared_md5="",
+    )  # fmt: skip
     options = pipeline.options()
     options[options.index("--model") + 1] = str(other)
     code = cli.main(["recommend", str(path), *options])
@@ -211,7 +235,7 @@ def test_stale_catalog_is_refused(pipeline, catalog_image, tmp_path, capsys):
     ("command", "options"),
     [
         ("recommend", ["--model", "--catalog", "--prepared", "--top-k", "--out", "--json"]),
-        ("classify", ["--model", "--json"]),
+        ("classify", ["--model", "--catalog", "--prepared", "--json"]),
     ],
 )
 def test_help_documents_every_option(capsys, command, options):
@@ -297,7 +321,7 @@ def test_a_bad_file_in_a_batch_is_skipped_and_the_rest_answered(
 def test_classify_answers_the_usable_images_in_a_batch(pipeline, catalog_image, tmp_path, capsys):
     path, _ = catalog_image
     absent = tmp_path / "absent.png"
-    code = cli.main(["classify", str(absent), str(path), "--json", "--model", str(pipeline.model)])
+    code = cli.main(["classify", str(absent), str(path), "--json", *pipeline.options()])
     out, err = capsys.readouterr()
     assert code == 1
     skipped, answered = json.loads(out)
@@ -310,7 +334,7 @@ def test_when_no_image_in_a_batch_is_usable_it_is_an_error(pipeline, tmp_path, c
     bad = tmp_path / "bad.png"
     bad.write_bytes(_RANDOM)
     absent = tmp_path / "absent.png"
-    code = cli.main(["classify", str(bad), str(absent), "--model", str(pipeline.model)])
+    code = cli.main(["classify", str(bad), str(absent), *pipeline.options()])
     out, err = capsys.readouterr()
     assert code == 1
     assert out == ""
@@ -356,7 +380,7 @@ def test_an_image_url_is_answered(pipeline, catalog_image, http_root, capsys):
     path, _ = catalog_image
     url, folder = http_root
     (folder / "query.png").write_bytes(path.read_bytes())
-    code = cli.main(["classify", f"{url}/query.png", "--json", "--model", str(pipeline.model)])
+    code = cli.main(["classify", f"{url}/query.png", "--json", *pipeline.options()])
     (answer,) = json.loads(capsys.readouterr().out)
     assert code == 0
     assert answer["image"] == f"{url}/query.png"
@@ -367,7 +391,7 @@ def test_an_image_url_is_answered(pipeline, catalog_image, http_root, capsys):
 )
 def test_an_http_error_says_what_the_server_answered(pipeline, http_root, capsys, name, reason):
     url, _ = http_root
-    code = cli.main(["classify", f"{url}/{name}", "--model", str(pipeline.model)])
+    code = cli.main(["classify", f"{url}/{name}", *pipeline.options()])
     line = one_error_line(capsys.readouterr().err)
     assert code == 1
     assert line.startswith(f"error: {url}/{name}: {reason}")
@@ -378,7 +402,7 @@ def test_an_unreachable_url_says_it_could_not_connect(pipeline, capsys):
     with socket.socket() as unused:
         unused.bind(("127.0.0.1", 0))
         url = f"http://127.0.0.1:{unused.getsockname()[1]}/x.png"
-        code = cli.main(["classify", url, "--model", str(pipeline.model)])
+        code = cli.main(["classify", url, *pipeline.options()])
     line = one_error_line(capsys.readouterr().err)
     assert code == 1
     assert line.startswith(f"error: {url}: could not connect")
@@ -491,3 +515,24 @@ def test_a_bug_is_one_line_unless_debugging(pipeline, catalog_image, capsys, mon
     monkeypatch.setenv("IMGREC_DEBUG", "1")
     with pytest.raises(RuntimeError, match="first line"):
         cli.main(["recommend", str(path), *pipeline.options()])
+
+
+def test_a_photo_is_unlike_the_digits_and_a_catalog_image_is_not(pipeline, catalog_image):
+    """The flag in --json: scikit-learn's photo of a building among handwritten digits."""
+    import sklearn.datasets
+
+    photo = Path(sklearn.datasets.__file__).parent / "images" / "china.jpg"
+    path, _ = catalog_image
+    command = [sys.executable, "-m", "imgrec", "recommend", str(photo), str(path), "--json"]
+    done = subprocess.run(
+        [*command, *pipeline.options()], capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    photo_answer, catalog_answer = json.loads(done.stdout)
+    assert photo_answer["no_close_match"] is True
+    assert catalog_answer["no_close_match"] is False
+    assert photo_answer["appearance_similarity"] < catalog_answer["appearance_similarity"]
+    table = subprocess.run(
+        [*command[:-1], *pipeline.options()], capture_output=True, text=True, check=True
+    ).stdout
+    assert table.count("no close match: unlike every catalog image") == 1

@@ -33,6 +33,15 @@ def test_forward_is_head_of_forward_features(model):
     torch.testing.assert_close(model(x), model.head(model.forward_features(x)))
 
 
+def test_forward_appearance_is_the_last_conv_blocks_channel_means(model):
+    x = torch.rand(2, 3, 64, 64)
+    appearance = model.forward_appearance(x)
+    assert appearance.shape == (2, model.config.widths[-1])
+    maps = model.features[:-2](x)  # (B, C, 4, 4) after four 2x2 pools
+    torch.testing.assert_close(appearance, maps.mean(dim=(2, 3)))
+    assert (appearance >= 0).all()  # after ReLU and max-pool
+
+
 def test_every_parameter_gets_a_gradient(model):
     model.train()
     x = torch.rand(4, 3, 32, 32)

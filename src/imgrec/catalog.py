@@ -1,9 +1,16 @@
 """The recommender's catalog (data/embeddings): one embedding per prepared image.
 
 Layout (written by `save_catalog`, read by `load_catalog`; nothing else touches it):
-  embeddings.npy  float32 (N, D), L2-normalised `forward_features` of each image
+  embeddings.npy  float32 (N, D), L2-normalised `forward_features`: what is searched
+  appearance.npy  float32 (N, C), L2-normalised `forward_appearance`: what novelty is judged on
   row_ids.npy     int64 (N,), the prepared dataset's row ids, in its order
-  meta.json       the md5 of the checkpoint that embedded them, so staleness is exact
+  meta.json       the md5 of the checkpoint that made them (so staleness is exact), and
+                  the "no close match" threshold calibrated on the catalog itself
+
+Calibration: for every catalog item, the cosine of its appearance to its nearest
+other item; the threshold is the NOVELTY_QUANTILE of those. A query whose nearest
+catalog item is less alike than that is "unlike the catalog": by construction
+99% of catalog items, had they been left out, would have found a closer match.
 """
 
 import os
@@ -14,31 +21,57 @@ import numpy as np
 
 from imgrec.errors import ImgrecError
 from imgrec.files import atomic_dir, read_json, write_json
+from imgrec.neighbors import ExactIndex
 from imgrec.prepared import load_prepared
+
+NOVELTY_QUANTILE = 0.01
 
 
 @dataclass(frozen=True)
 class Catalog:
     embeddings: np.ndarray  # (N, D) float32, L2-normalised
+    appearance: np.ndarray  # (N, C) float32, L2-normalised
     row_ids: np.ndarray  # (N,) int64, sorted
     labels: np.ndarray  # (N,) int64 class ids
     class_names: list[str]
     images: np.ndarray  # (N, S, S, 3) uint8, memory-mapped
     val_index: np.ndarray
     model_md5: str  # of the checkpoint file that made the embeddings
+    no_close_match_below: float  # appearance cosine; see the module docstring
 
     def positions(self, row_ids: np.ndarray) -> np.ndarray:
         """Positions in the catalog arrays of the given row ids."""
         return np.searchsorted(self.row_ids, row_ids)
 
+    def closest_appearance(self, appearance: np.ndarray) -> np.ndarray:
+        """(Q,) each query's appearance cosine to its nearest catalog item."""
+        return ExactIndex().fit(self.appearance).search(appearance, 1)[0][:, 0]
+
+
+def no_close_match_threshold(appearance: np.ndarray) -> float:
+    """The NOVELTY_QUANTILE of each catalog item's appearance cosine to its nearest other."""
+    nearest, _ = ExactIndex().fit(appearance).search_catalog(1)
+    return float(np.quantile(nearest[:, 0], NOVELTY_QUANTILE))
+
 
 def save_catalog(
-    folder: str | os.PathLike, embeddings: np.ndarray, row_ids: np.ndarray, model_md5: str
+    folder: str | os.PathLike,
+    embeddings: np.ndarray,
+    appearance: np.ndarray,
+    row_ids: np.ndarray,
+    model_md5: str,
 ) -> None:
     with atomic_dir(folder) as tmp:
         np.save(tmp / "embeddings.npy", embeddings)
+        np.save(tmp / "appearance.npy", appearance)
         np.save(tmp / "row_ids.npy", row_ids)
-        write_json(tmp / "meta.json", {"model_md5": model_md5})
+        meta = {
+            "model_md5": model_md5,
+            "no_close_match_below": no_close_match_threshold(appearance),
+            "calibration": f"quantile {NOVELTY_QUANTILE} of each item's appearance cosine "
+            "to its nearest other catalog item",
+        }
+        write_json(tmp / "meta.json", meta)
 
 
 def load_catalog(embeddings_dir: str | os.PathLike, prepared_dir: str | os.PathLike) -> Catalog:
@@ -46,18 +79,31 @@ def load_catalog(embeddings_dir: str | os.PathLike, prepared_dir: str | os.PathL
     if not (embeddings_dir / "meta.json").exists():
         raise ImgrecError(f"no catalog in {embeddings_dir}; run `dvc repro` to make it.")
     prepared = load_prepared(prepared_dir)
-    row_ids = np.load(embeddings_dir / "row_ids.npy")
+    try:
+        row_ids = np.load(embeddings_dir / "row_ids.npy")
+    except (OSError, ValueError) as error:
+        raise ImgrecError(f"the catalog in {embeddings_dir} has no readable row ids ({error}); "
+                          "run `dvc repro` to remake it.") from error  # fmt: skip
     if not np.array_equal(row_ids, prepared.row_ids):
         raise ImgrecError(
             f"the embeddings in {embeddings_dir} do not match the images in {prepared_dir}; "
             "run `dvc repro` to bring them in step."
         )
-    return Catalog(
-        embeddings=np.load(embeddings_dir / "embeddings.npy", mmap_mode="r"),
-        row_ids=row_ids,
-        labels=prepared.labels,
-        class_names=prepared.class_names,
-        images=prepared.images,
-        val_index=prepared.val_index,
-        model_md5=read_json(embeddings_dir / "meta.json")["model_md5"],
-    )
+    try:
+        meta = read_json(embeddings_dir / "meta.json")
+        return Catalog(
+            embeddings=np.load(embeddings_dir / "embeddings.npy", mmap_mode="r"),
+            appearance=np.load(embeddings_dir / "appearance.npy", mmap_mode="r"),
+            row_ids=row_ids,
+            labels=prepared.labels,
+            class_names=prepared.class_names,
+            images=prepared.images,
+            val_index=prepared.val_index,
+            model_md5=meta["model_md5"],
+            no_close_match_below=meta["no_close_match_below"],
+        )
+    except (OSError, KeyError, ValueError) as error:
+        raise ImgrecError(
+            f"the catalog in {embeddings_dir} is incomplete or from an older imgrec ({error}); "
+            "run `dvc repro` to remake it."
+        ) from error

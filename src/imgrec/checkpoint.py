@@ -1,50 +1,81 @@
-"""Saving and loading a trained model with everything needed to use it without params.yaml."""
+"""The trained model (models/model.pt): weights plus everything needed to use them.
+
+A checkpoint rebuilds its model without params.yaml (as nanoGPT's), and says
+where it came from: the training config and the md5 of the prepared data it
+was trained on. `save_checkpoint` writes it, `load_checkpoint` reads it back
+with `weights_only=True`: a model file is data, never code to execute.
+"""
 
 import hashlib
 import os
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
+from imgrec.config import TrainConfig
 from imgrec.errors import ImgrecError
 from imgrec.files import atomic_file
 from imgrec.model import CNNClassifier, ModelConfig
 
+# What `images.decode` + `inference.to_tensor` do to an image before the model sees it.
+PREPROCESSING = {"resample": "bilinear", "scale": "0..1"}
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    model: CNNClassifier  # in eval mode
+    class_names: list[str]
+    img_size: int  # images are decoded to img_size x img_size RGB
+    train_config: TrainConfig  # how it was trained
+    prepared_md5: str  # what it was trained on (`prepared.prepared_md5`)
+
 
 def save_checkpoint(
-    path: str | os.PathLike, model: CNNClassifier, class_names: list[str], img_size: int
+    path: str | os.PathLike,
+    model: CNNClassifier,
+    class_names: list[str],
+    img_size: int,
+    *,
+    train_config: TrainConfig,
+    prepared_md5: str,
 ) -> None:
     checkpoint = {
         "config": asdict(model.config),
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "class_names": list(class_names),
-        # The preprocessing `images.decode` + `inference.to_tensor` apply at this size.
-        "preprocessing": {"img_size": img_size, "resample": "bilinear", "scale": "0..1"},
+        "preprocessing": {"img_size": img_size, **PREPROCESSING},
+        "provenance": {"train_config": asdict(train_config), "prepared_md5": prepared_md5},
     }
     with atomic_file(path) as tmp:
         torch.save(checkpoint, tmp)
 
 
-def load_checkpoint(
-    path: str | os.PathLike, device: torch.device | str = "cpu"
-) -> tuple[CNNClassifier, dict]:
-    """Rebuild the model in eval mode, with its class names and preprocessing."""
+def load_checkpoint(path: str | os.PathLike, device: torch.device | str = "cpu") -> Checkpoint:
+    """The model rebuilt in eval mode on `device`, with its class names and provenance."""
     path = Path(path)
     if not path.exists():
-        raise ImgrecError(f"no model at {path}; run `dvc repro` (or `dvc pull`) to produce it.")
+        raise ImgrecError(f"no model at {path}; run `dvc repro` to produce it.")
     try:
-        # weights_only: a checkpoint is data, never code to execute.
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
         config = ModelConfig(
             **{**checkpoint["config"], "widths": tuple(checkpoint["config"]["widths"])}
         )
         model = CNNClassifier(config)
         model.load_state_dict(checkpoint["state_dict"])
+        provenance = checkpoint["provenance"]
+        loaded = Checkpoint(
+            model=model.to(device).eval(),
+            class_names=list(checkpoint["class_names"]),
+            img_size=int(checkpoint["preprocessing"]["img_size"]),
+            train_config=TrainConfig(**provenance["train_config"]),
+            prepared_md5=str(provenance["prepared_md5"]),
+        )
     except Exception as error:
-        raise ImgrecError(f"{path} is not an imgrec checkpoint: {error}") from error
-    info = {"class_names": checkpoint["class_names"], "preprocessing": checkpoint["preprocessing"]}
-    return model.to(device).eval(), info
+        # torch's own message advises weights_only=False: never, for a file from outside.
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise ImgrecError(f"{path} is not an imgrec checkpoint ({reason}).") from error
+    return loaded
 
 
 def checkpoint_md5(path: str | os.PathLike) -> str:

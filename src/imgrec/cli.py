@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     import torch
 
     from imgrec.catalog import Catalog
-    from imgrec.model import CNNClassifier
+    from imgrec.checkpoint import Checkpoint
 
 # Relative to the repository root (the folder holding dvc.yaml): where dvc.yaml writes them.
 DEFAULT_MODEL = "models/model.pt"
@@ -227,13 +227,42 @@ def _source_name(source: str) -> str:
     return source.rstrip("/").rsplit("/", 1)[-1] or source
 
 
-def _load_model(args: argparse.Namespace) -> tuple[CNNClassifier, dict, torch.device]:
+def _load_model(args: argparse.Namespace) -> tuple[Checkpoint, torch.device]:
     from imgrec.checkpoint import load_checkpoint
     from imgrec.runtime import pick_device
 
     device = pick_device(args.device)
-    model, info = load_checkpoint(args.model, device)
-    return model, info, device
+    return load_checkpoint(args.model, device), device
+
+
+@dataclass(frozen=True)
+class Novelty:
+    """Whether a query is unlike every catalog image (see `imgrec.catalog`, calibration)."""
+
+    no_close_match: bool
+    appearance_similarity: float  # cosine to the most alike catalog item
+    threshold: float
+
+    def note(self) -> str:
+        from imgrec.catalog import NOVELTY_QUANTILE
+
+        return (
+            f"no close match: unlike every catalog image (appearance similarity "
+            f"{self.appearance_similarity:.3f} < {self.threshold:.3f}, which "
+            f"{1 - NOVELTY_QUANTILE:.0%} of catalog images exceed with their nearest other)"
+        )
+
+
+def novelty(
+    checkpoint: Checkpoint, catalog: Catalog, images: np.ndarray, device: torch.device
+) -> list[Novelty]:
+    from imgrec.inference import embed
+
+    closest = catalog.closest_appearance(
+        embed(checkpoint.model, images, space="appearance", device=device)
+    )
+    threshold = catalog.no_close_match_below
+    return [Novelty(bool(c < threshold), round(float(c), 6), threshold) for c in closest]
 
 
 def _why_unwritable(path: Path, error: OSError) -> str:
@@ -274,28 +303,38 @@ def cmd_recommend(args: argparse.Namespace) -> int:
     from imgrec.catalog import load_catalog
     from imgrec.inference import embed
 
-    model, info, device = _load_model(args)
+    checkpoint, device = _load_model(args)
     catalog = load_catalog(args.catalog, args.prepared)
     check_catalog(args.model, catalog)
     catalog_size = len(catalog.row_ids)
     if args.top_k > catalog_size:
         raise ImgrecError(f"--top-k {args.top_k} is more than the {catalog_size} catalog items.")
-    sources, images, failed = _load_queries(args.images, info["preprocessing"]["img_size"])
-    queries = embed(model, images, batch_size=args.batch_size, device=device)
+    sources, images, failed = _load_queries(args.images, checkpoint.img_size)
+    queries = embed(checkpoint.model, images, batch_size=args.batch_size, device=device)
     results = search(catalog, queries, args.top_k)
+    novel = novelty(checkpoint, catalog, images, device)
 
     try:
         if args.json:
             answers = [
-                {"query": s, "results": [vars(n) for n in r]}
-                for s, r in zip(sources, results, strict=True)
+                {
+                    "query": s,
+                    "no_close_match": n.no_close_match,
+                    "appearance_similarity": n.appearance_similarity,
+                    "results": [vars(neighbor) for neighbor in r],
+                }
+                for s, n, r in zip(sources, novel, results, strict=True)
             ]
             print(json.dumps(_in_given_order(args.images, answers, failed, "query"), indent=2))
         else:
-            for number, (source, neighbors) in enumerate(zip(sources, results, strict=True)):
+            for number, (source, n, neighbors) in enumerate(
+                zip(sources, novel, results, strict=True)
+            ):
                 if number:
                     print()
                 print(f"{source}: top {args.top_k} of {catalog_size} catalog items")
+                if n.no_close_match:
+                    print(n.note())
                 rows = [(str(n.rank), str(n.row_id), n.label, f"{n.score:.4f}") for n in neighbors]
                 print(format_table(("rank", "row_id", "label", "score"), rows, align="rrlr"))
         sys.stdout.flush()  # the results are out before the figure can fail
@@ -311,21 +350,40 @@ def cmd_recommend(args: argparse.Namespace) -> int:
 
 
 def cmd_classify(args: argparse.Namespace) -> int:
+    from imgrec.catalog import load_catalog
     from imgrec.inference import predict_logits
 
-    model, info, device = _load_model(args)
-    sources, images, failed = _load_queries(args.images, info["preprocessing"]["img_size"])
-    logits = predict_logits(model, images, batch_size=args.batch_size, device=device)
+    checkpoint, device = _load_model(args)
+    sources, images, failed = _load_queries(args.images, checkpoint.img_size)
+    logits = predict_logits(checkpoint.model, images, batch_size=args.batch_size, device=device)
     probabilities, classes = logits.softmax(dim=1).max(dim=1)
+    try:
+        catalog = load_catalog(args.catalog, args.prepared)
+        check_catalog(args.model, catalog)
+        novel = [n.no_close_match for n in novelty(checkpoint, catalog, images, device)]
+    except ImgrecError as error:  # a classifier needs no catalog; the flag does
+        print(f"warning: no novelty check ({_one_line(str(error))})", file=sys.stderr)
+        novel = [None] * len(sources)
     predictions = [
-        {"image": source, "label": info["class_names"][c], "probability": round(p, 6)}
-        for source, c, p in zip(sources, classes.tolist(), probabilities.tolist(), strict=True)
+        {
+            "image": source,
+            "label": checkpoint.class_names[c],
+            "probability": round(p, 6),
+            "no_close_match": n,
+        }
+        for source, c, p, n in zip(
+            sources, classes.tolist(), probabilities.tolist(), novel, strict=True
+        )
     ]
     if args.json:
         print(json.dumps(_in_given_order(args.images, predictions, failed, "image"), indent=2))
     else:
-        rows = [(p["image"], p["label"], f"{p['probability']:.4f}") for p in predictions]
-        print(format_table(("image", "label", "probability"), rows, align="llr"))
+        flag = {True: "no close match", False: "", None: "?"}
+        rows = [
+            (p["image"], p["label"], f"{p['probability']:.4f}", flag[p["no_close_match"]])
+            for p in predictions
+        ]
+        print(format_table(("image", "label", "probability", "catalog"), rows, align="llrl"))
     return 1 if failed else 0
 
 
@@ -383,6 +441,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="images per forward pass (default: 256)",
     )
     common.add_argument(
+        "--catalog",
+        metavar="DIR",
+        help=f"embeddings folder from the embed stage (default: {DEFAULT_CATALOG})",
+    )
+    common.add_argument(
+        "--prepared",
+        metavar="DIR",
+        help=f"prepared dataset folder from the prepare stage (default: {DEFAULT_PREPARED})",
+    )
+    common.add_argument(
         "--json",
         action="store_true",
         help="print machine-readable JSON instead of a table: one entry per image, in order; "
@@ -394,17 +462,9 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[common],
         help="the catalog items most similar to each image",
         description="Print the top-k most similar catalog items (row id, label, cosine score) "
-        "for each image, embedded exactly as the pipeline embeds its catalog.",
-    )
-    recommend.add_argument(
-        "--catalog",
-        metavar="DIR",
-        help=f"embeddings folder from the embed stage (default: {DEFAULT_CATALOG})",
-    )
-    recommend.add_argument(
-        "--prepared",
-        metavar="DIR",
-        help=f"prepared dataset folder from the prepare stage (default: {DEFAULT_PREPARED})",
+        "for each image, embedded exactly as the pipeline embeds its catalog, and say when an "
+        "image is unlike every catalog image (no close match: its appearance is less like its "
+        "nearest catalog image than 99%% of catalog images are like theirs).",
     )
     recommend.add_argument(
         "--top-k",
@@ -426,9 +486,11 @@ def build_parser() -> argparse.ArgumentParser:
         "classify",
         parents=[common],
         help="the predicted class of each image",
-        description="Print the predicted class name and its probability for each image.",
+        description="Print the predicted class name and its probability for each image, and "
+        "flag an image unlike every catalog image (no close match): a confident class for "
+        "such an image means little. The flag needs the catalog (--catalog, --prepared).",
     )
-    classify.set_defaults(run=cmd_classify, catalog=None, prepared=None)
+    classify.set_defaults(run=cmd_classify)
 
     machine = commands.add_parser(
         "machine",

@@ -37,7 +37,7 @@ def _forward(
     images: np.ndarray,
     index: np.ndarray | None,
     *,
-    features: bool,
+    output: str,
     batch_size: int,
     device: torch.device,
     channels_last: bool,
@@ -54,11 +54,16 @@ def _forward(
         disable=True if desc is None else None,  # None: on a terminal only, never in a log
     ):
         x = to_tensor(batch, device).contiguous(memory_format=memory_format(channels_last))
-        out = model.forward_features(x) if features else model(x)
-        outputs.append(out.float().cpu())
+        forward = {
+            "logits": model,
+            "embedding": model.forward_features,
+            "appearance": model.forward_appearance,
+        }[output]
+        outputs.append(forward(x).float().cpu())
     if not outputs:
-        width = model.config.embedding_dim if features else model.config.num_classes
-        return torch.empty(0, width)
+        config = model.config
+        width = {"logits": config.num_classes, "embedding": config.embedding_dim}
+        return torch.empty(0, width.get(output, config.widths[-1]))
     return torch.cat(outputs)
 
 
@@ -77,7 +82,7 @@ def predict_logits(
         model,
         images,
         index,
-        features=False,
+        output="logits",
         batch_size=batch_size,
         device=device,
         channels_last=channels_last,
@@ -90,20 +95,25 @@ def embed(
     images: np.ndarray,
     index: np.ndarray | None = None,
     *,
+    space: str = "embedding",
     batch_size: int = 256,
     device: torch.device | str = "cpu",
     channels_last: bool = True,
     desc: str | None = None,
 ) -> np.ndarray:
-    """(N, embedding_dim) float32 L2-normalised `forward_features` embeddings."""
-    features = _forward(
+    """(N, D) float32 L2-normalised vectors of `images[index]`.
+
+    `space="embedding"`: `forward_features`, what recommendations search;
+    `space="appearance"`: `forward_appearance`, what novelty is judged on.
+    """
+    vectors = _forward(
         model,
         images,
         index,
-        features=True,
+        output=space,
         batch_size=batch_size,
         device=device,
         channels_last=channels_last,
         desc=desc,
     )
-    return F.normalize(features, dim=1).numpy().astype(np.float32)
+    return F.normalize(vectors, dim=1).numpy().astype(np.float32)

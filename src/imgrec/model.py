@@ -48,6 +48,12 @@ class CNNClassifier(nn.Module):
         """(B, 3, H, W) -> (B, embedding_dim): the penultimate layer, used for recommendations."""
         return self.embed(self.features(x))
 
+    def forward_appearance(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> (B, widths[-1]): the last conv block's channels, each averaged over
+        the image. Images unlike the training data stand apart here more clearly than in
+        the embedding, which training pulls toward the classes (see `catalog`)."""
+        return self.features[:-2](x).mean(dim=(2, 3))  # features[:-2]: the conv blocks
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) -> (B, num_classes) logits."""
         return self.head(self.forward_features(x))

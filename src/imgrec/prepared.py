@@ -8,6 +8,7 @@ Layout (written by `save_prepared`, read by `load_prepared`; nothing else touche
   meta.json       class names and image size
 """
 
+import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +50,17 @@ def load_prepared(folder: str | os.PathLike) -> Prepared:
         class_names=meta["class_names"],
         img_size=meta["img_size"],
     )
+
+
+def prepared_md5(folder: str | os.PathLike) -> str:
+    """One md5 over every file of a prepared dataset, in name order: what a model saw."""
+    digest = hashlib.md5()
+    for file in sorted(Path(folder).iterdir()):
+        digest.update(file.name.encode())
+        with open(file, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
 
 
 def save_prepared_labels(

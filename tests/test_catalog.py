@@ -1,0 +1,65 @@
+"""The catalog: its own save/load pair, and the 'no close match' threshold calibrated on it."""
+
+import json
+
+import numpy as np
+import pytest
+from conftest import make_parquet, tagged_images
+
+from imgrec.catalog import (
+    NOVELTY_QUANTILE,
+    load_catalog,
+    no_close_match_threshold,
+    save_catalog,
+)
+from imgrec.config import PrepareConfig
+from imgrec.errors import ImgrecError
+from imgrec.preparation import prepare
+from imgrec.prepared import load_prepared
+
+
+def unit(rows: np.ndarray) -> np.ndarray:
+    return (rows / np.linalg.norm(rows, axis=1, keepdims=True)).astype(np.float32)
+
+
+@pytest.fixture
+def prepared(tmp_path):
+    parquet = make_parquet(tmp_path / "raw.parquet", tagged_images(40), [0, 1] * 20)
+    (tmp_path / "prepared").mkdir()
+    config = PrepareConfig(img_size=4, val_fraction=0.25, seed=0, max_bad_fraction=0.0)
+    prepare(parquet, tmp_path / "prepared", config, workers=1)
+    return tmp_path / "prepared"
+
+
+def test_threshold_is_the_quantile_of_each_items_nearest_other(rng):
+    appearance = unit(np.abs(rng.normal(size=(300, 16))))
+    similarity = appearance @ appearance.T
+    np.fill_diagonal(similarity, -np.inf)
+    expected = np.quantile(similarity.max(axis=1), NOVELTY_QUANTILE)
+    assert no_close_match_threshold(appearance) == pytest.approx(expected, abs=1e-6)
+
+
+def test_a_far_query_falls_below_and_a_catalog_item_does_not(prepared, tmp_path, rng):
+    data = load_prepared(prepared)
+    n = len(data.row_ids)
+    appearance = unit(1.0 + 0.1 * np.abs(rng.normal(size=(n, 8))))  # a tight cloud
+    save_catalog(
+        tmp_path / "catalog", unit(rng.normal(size=(n, 4))), appearance, data.row_ids, "md5"
+    )
+    catalog = load_catalog(tmp_path / "catalog", prepared)
+    far = unit(np.eye(8)[:1])  # one channel only: unlike the cloud
+    closest = catalog.closest_appearance(np.concatenate([far, appearance[:1]]))
+    assert closest[0] < catalog.no_close_match_below <= closest[1]
+    assert closest[1] == pytest.approx(1.0)
+    meta = json.loads((tmp_path / "catalog" / "meta.json").read_text())
+    assert meta["model_md5"] == "md5" and "quantile 0.01" in meta["calibration"]
+
+
+def test_an_incomplete_catalog_is_one_sentence(prepared, tmp_path, rng):
+    data = load_prepared(prepared)
+    n = len(data.row_ids)
+    folder = tmp_path / "catalog"
+    save_catalog(folder, unit(rng.normal(size=(n, 4))), unit(rng.random((n, 4))), data.row_ids, "x")
+    (folder / "appearance.npy").unlink()
+    with pytest.raises(ImgrecError, match=r"incomplete or from an older imgrec.*dvc repro"):
+        load_catalog(folder, prepared)
