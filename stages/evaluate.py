@@ -15,7 +15,9 @@ def main(args, config: EvaluateConfig) -> None:
     data = load_prepared(args.prepared)
     checkpoint = load_checkpoint(args.model, device)
     names = checkpoint.class_names
-    logits = predict_logits(checkpoint.model, data.images, data.val_index, device=device, desc="evaluate")
+    logits = predict_logits(
+        checkpoint.model, data.images, data.val_index, device=device, desc="evaluate"
+    )
     y_true, probabilities = data.labels[data.val_index], logits.softmax(1).numpy()
     y_pred = probabilities.argmax(1)
     metrics, per_class = classification_metrics(y_true, y_pred, names)

@@ -10,8 +10,9 @@ def main(args, config: FetchConfig) -> None:
     with atomic_file(args.out) as tmp:
         result = fetch(config.source, config.rows, tmp)
     print(f"dataset: {result.rows_fetched} rows from {result.files_read} parquet file(s)")
-    write_json(args.metrics, {"rows_fetched": result.rows_fetched})
+    # A report, not a metric: rows_used + rows_skipped (prepare's metrics) say the same.
+    write_json(args.report, {"rows_fetched": result.rows_fetched, "files_read": result.files_read})
 
 
 if __name__ == "__main__":
-    stage.run(main, ["out", "metrics"])
+    stage.run(main, ["out", "report"])

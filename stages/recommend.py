@@ -13,10 +13,8 @@ def main(args, config: RecommendConfig) -> None:
     index = make_index(config).fit(catalog.embeddings)
     scores, neighbors = index.search_catalog(config.top_k)  # (N, k) positions
     metrics = retrieval_metrics(catalog.labels[neighbors], catalog.labels)
-    print(
-        f"precision@{config.top_k} {metrics['precision_at_k']:.4f}, "
-        f"mAP@{config.top_k} {metrics['map_at_k']:.4f}"
-    )
+    k = config.top_k
+    print(f"precision@{k} {metrics['precision@k']:.4f}, mAP@{k} {metrics['map@k']:.4f}")
     save_recommendations(
         args.out, Recommendations(catalog.row_ids, catalog.row_ids[neighbors], scores)
     )

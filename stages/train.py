@@ -39,8 +39,9 @@ def main(args, config: TrainConfig) -> None:
         args.model, model.cpu(), data.class_names, data.img_size,
         train_config=config, prepared_md5=prepared_md5(args.prepared),
     )  # fmt: skip
-    # The weights of best_epoch are the model's; its validation scores come from evaluate.
-    write_json(args.metrics, {"best_epoch": result.best_epoch, "epochs_run": result.epochs_run})
+    # The weights of best_epoch are the model's; its validation scores come from evaluate,
+    # and how many epochs ran is the last step of the dvclive curves.
+    write_json(args.metrics, {"best_epoch": result.best_epoch})
 
 
 def options(parser) -> None:

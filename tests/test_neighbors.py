@@ -168,6 +168,6 @@ def test_retrieval_metrics_by_hand():
     # precision@3 per query: 2/3, 1, 0, 2/3
     # AP@3 per query: (1/1 + 2/3) / 2 = 5/6; 1; 0; (1/2 + 2/3) / 2 = 7/12
     metrics = retrieval_metrics(neighbor_labels, query_labels)
-    assert metrics["precision_at_k"] == pytest.approx((2 / 3 + 1 + 0 + 2 / 3) / 4)
-    assert metrics["map_at_k"] == pytest.approx((5 / 6 + 1 + 0 + 7 / 12) / 4)
-    assert set(metrics) == {"precision_at_k", "map_at_k"}
+    assert metrics["precision@k"] == pytest.approx((2 / 3 + 1 + 0 + 2 / 3) / 4)
+    assert metrics["map@k"] == pytest.approx((5 / 6 + 1 + 0 + 7 / 12) / 4)
+    assert set(metrics) == {"precision@k", "map@k"}

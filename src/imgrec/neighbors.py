@@ -149,7 +149,4 @@ def retrieval_metrics(neighbor_labels: np.ndarray, query_labels: np.ndarray) -> 
     average_precision = np.where(
         hits > 0, (precision_at_rank * relevant).sum(axis=1) / np.maximum(hits, 1), 0.0
     )
-    return {
-        "precision_at_k": float(relevant.mean()),
-        "map_at_k": float(average_precision.mean()),
-    }
+    return {"precision@k": float(relevant.mean()), "map@k": float(average_precision.mean())}
