@@ -536,3 +536,24 @@ def test_a_photo_is_unlike_the_digits_and_a_catalog_image_is_not(pipeline, catal
         [*command[:-1], *pipeline.options()], capture_output=True, text=True, check=True
     ).stdout
     assert table.count("no close match: unlike every catalog image") == 1
+
+
+@pytest.mark.parametrize(
+    ("config", "pull"),
+    [(None, False), ("[core]\n    autostage = true\n", False),
+     ("[core]\n    remote = store\n['remote \"store\"']\n    url = /tmp/store\n", True)],
+)  # fmt: skip
+def test_dvc_pull_is_suggested_only_where_a_remote_is_configured(
+    tmp_path, monkeypatch, capsys, config, pull
+):
+    (tmp_path / "dvc.yaml").write_text("stages: {}\n")
+    if config is not None:
+        (tmp_path / ".dvc").mkdir()
+        (tmp_path / ".dvc" / "config").write_text(config)
+    monkeypatch.chdir(tmp_path)
+    assert cli.has_dvc_remote() is pull
+    code = cli.main(["classify", "x.png"])  # no models/model.pt here
+    err = capsys.readouterr().err
+    assert code == 1 and len(err.splitlines()) == 1
+    assert "run `dvc repro`" in err
+    assert ("dvc pull" in err) is pull

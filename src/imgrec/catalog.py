@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from imgrec.errors import ImgrecError
+from imgrec.errors import ImgrecError, MissingOutput
 from imgrec.files import atomic_dir, read_json, write_json
 from imgrec.neighbors import ExactIndex
 from imgrec.prepared import load_prepared
@@ -77,7 +77,7 @@ def save_catalog(
 def load_catalog(embeddings_dir: str | os.PathLike, prepared_dir: str | os.PathLike) -> Catalog:
     embeddings_dir = Path(embeddings_dir)
     if not (embeddings_dir / "meta.json").exists():
-        raise ImgrecError(f"no catalog in {embeddings_dir}; run `dvc repro` to make it.")
+        raise MissingOutput(f"no catalog in {embeddings_dir}; run `dvc repro` to make it.")
     prepared = load_prepared(prepared_dir)
     try:
         row_ids = np.load(embeddings_dir / "row_ids.npy")

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from imgrec.config import TrainConfig
-from imgrec.errors import ImgrecError
+from imgrec.errors import ImgrecError, MissingOutput
 from imgrec.files import atomic_file
 from imgrec.model import CNNClassifier, ModelConfig
 
@@ -55,7 +55,7 @@ def load_checkpoint(path: str | os.PathLike, device: torch.device | str = "cpu")
     """The model rebuilt in eval mode on `device`, with its class names and provenance."""
     path = Path(path)
     if not path.exists():
-        raise ImgrecError(f"no model at {path}; run `dvc repro` to produce it.")
+        raise MissingOutput(f"no model at {path}; run `dvc repro` to produce it.")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
         config = ModelConfig(

@@ -23,6 +23,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import socket
 import sys
 from collections.abc import Iterator, Sequence
@@ -30,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from imgrec.errors import ImgrecError
+from imgrec.errors import ImgrecError, MissingOutput
 
 # torch, dask, scikit-learn and matplotlib load inside the commands that need them,
 # so `--help` and argument errors answer at once instead of after seconds of imports.
@@ -53,6 +54,19 @@ class Neighbor:
     row_id: int
     label: str
     score: float
+
+
+def has_dvc_remote(root: Path | None = None) -> bool:
+    """Whether the project's DVC config (shared or local) names a remote to pull from."""
+    root = root or find_repo_root()
+    for name in ("config", "config.local"):
+        try:
+            text = (root / ".dvc" / name).read_text()
+        except OSError:
+            continue
+        if re.search(r"^\s*\[\s*'?\"?remote\s", text, flags=re.MULTILINE):
+            return True
+    return False
 
 
 def find_repo_root(start: Path | None = None) -> Path:
@@ -411,7 +425,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="imgrec",
         description="Query the trained model: similar catalog items for any image, or its class.",
         epilog="Relative default paths are taken from the repository root (the nearest folder "
-        "above the current one that holds dvc.yaml). Produce them with `dvc repro` or `dvc pull`.",
+        "above the current one that holds dvc.yaml). Produce them with `dvc repro`, or `dvc pull` "
+        "them where the project has a DVC remote.",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -544,6 +559,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:
         _quiet_stdout()
         return EXIT_BROKEN_PIPE
+    except MissingOutput as error:
+        pull = " Or `dvc pull` it: this project has a DVC remote." if has_dvc_remote() else ""
+        print(f"error: {_one_line(str(error))}{pull}", file=sys.stderr)
+        return 1
     except ImgrecError as error:
         print(f"error: {_one_line(str(error))}", file=sys.stderr)
         return 1

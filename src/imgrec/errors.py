@@ -3,3 +3,7 @@
 
 class ImgrecError(Exception):
     """A problem with the user's input, params or environment, stated in one sentence."""
+
+
+class MissingOutput(ImgrecError):
+    """A pipeline output that is not there yet: `dvc repro` makes it (or `dvc pull`)."""

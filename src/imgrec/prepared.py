@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from imgrec.errors import ImgrecError
+from imgrec.errors import MissingOutput
 from imgrec.files import read_json, write_json
 
 IMAGES_FILE = "images.npy"  # written in place by prepare's workers, then moved here
@@ -39,7 +39,7 @@ class Prepared:
 def load_prepared(folder: str | os.PathLike) -> Prepared:
     folder = Path(folder)
     if not (folder / "meta.json").exists():
-        raise ImgrecError(f"{folder} holds no prepared dataset; run `dvc repro prepare` first.")
+        raise MissingOutput(f"{folder} holds no prepared dataset; run `dvc repro prepare` first.")
     meta = read_json(folder / "meta.json")
     return Prepared(
         images=np.load(folder / IMAGES_FILE, mmap_mode="r"),
