@@ -293,14 +293,14 @@ def test_the_check_tells_float_noise_from_a_regression(project, tmp_path):
     assert "| metric | committed | reproduced | difference | tolerance | verdict |" in check.stdout
 
     evaluate = json.loads((copy / "metrics/evaluate.json").read_text())
-    committed = evaluate | {"accuracy": evaluate["accuracy"] - 0.6}  # beyond the 0.5 tolerance
+    committed = evaluate | {"val_accuracy": evaluate["val_accuracy"] - 0.6}  # beyond 0.5
     (copy / "metrics/evaluate.json").write_text(json.dumps(committed))
     _git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "edited", cwd=copy)
     (copy / "metrics/evaluate.json").write_text(json.dumps(evaluate))
     check = _reproduction_check(copy, loose)
     assert check.returncode == 1
     failing = [line for line in check.stdout.splitlines() if "FAIL" in line and line[0] == "|"]
-    assert len(failing) == 1 and "metrics/evaluate.json:accuracy" in failing[0]
+    assert len(failing) == 1 and "metrics/evaluate.json:val_accuracy" in failing[0]
 
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

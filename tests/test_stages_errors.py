@@ -50,7 +50,7 @@ def raw_parquet(tmp_path):
 
 def _fetch_args(tmp_path):
     out = tmp_path / "out"
-    return ["--out", f"{out}/raw.parquet", "--metrics", f"{out}/fetch.json"]
+    return ["--out", f"{out}/raw.parquet", "--report", f"{out}/fetch.json"]
 
 
 def _prepare_args(tmp_path, data):
