@@ -8,6 +8,7 @@ import multiprocessing
 import os
 import signal
 from collections import Counter
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
@@ -135,38 +136,34 @@ def _decode_row_group(task: tuple[int, int], img_size: int) -> tuple[list, list[
     return labels, reasons
 
 
-def prepare(
-    parquet_path: str | os.PathLike,
-    out_dir: str | os.PathLike,
-    config: PrepareConfig,
-    *,
-    workers: int | None = None,
-) -> dict:
-    """Decode every image exactly once into `out_dir`; return the counts for metrics."""
-    img_size, max_bad_fraction = config.img_size, config.max_bad_fraction
-    parquet = pq.ParquetFile(parquet_path)
-    total = parquet.metadata.num_rows
+@dataclass
+class Decoded:
+    """What the decode pass found: the rows kept, with their labels, and why others were not."""
+
+    kept_rows: list[int] = field(default_factory=list)
+    kept_labels: list = field(default_factory=list)
+    skipped: Counter = field(default_factory=Counter)  # reason -> rows
+    examples: dict[str, list[int]] = field(default_factory=dict)  # reason -> row numbers
+
+
+def decode_rows(
+    parquet: pq.ParquetFile, parquet_path: str, staging_path: Path, img_size: int, workers: int
+) -> Decoded:
+    """Decode every row group in worker processes, straight into the staging array."""
     sizes = [parquet.metadata.row_group(group).num_rows for group in range(parquet.num_row_groups)]
     firsts = np.cumsum(sizes, dtype=np.int64) - sizes  # each group's first row
     tasks = list(enumerate(firsts.tolist()))
-    out_dir = Path(out_dir)
-    staging_path = out_dir / "staging.npy"
-    # One slot per row, filled at the row's position; compacted afterwards if rows were skipped.
-    staging = np.lib.format.open_memmap(
-        staging_path, mode="w+", dtype=np.uint8, shape=(total, img_size, img_size, 3)
-    )
-    _reserve(staging_path)
-    kept_rows, kept_labels, skipped = [], [], Counter()
-    examples: dict[str, list[int]] = {}
-    workers = min(workers or os.cpu_count() or 1, max(len(tasks), 1))
+    found = Decoded()
     # Pool, not ProcessPoolExecutor: leaving the block on any error, SIGTERM included,
     # terminates the workers instead of waiting for their row groups.
     with (
         multiprocessing.Pool(
-            workers, initializer=_open_worker, initargs=(str(parquet_path), str(staging_path))
+            min(workers, max(len(tasks), 1)),
+            initializer=_open_worker,
+            initargs=(parquet_path, str(staging_path)),
         ) as pool,
-        # disable=None: a bar on a terminal only; a log gets the summary line below.
-        tqdm(total=total, desc="prepare", unit="img", disable=None) as progress,
+        # disable=None: a bar on a terminal only; a log gets prepare's summary line.
+        tqdm(total=sum(sizes), desc="prepare", unit="img", disable=None) as progress,
     ):
         decoded = pool.imap(partial(_decode_row_group, img_size=img_size), tasks)
         for (_, first_row), (labels, reasons) in zip(tasks, decoded, strict=True):
@@ -174,57 +171,88 @@ def prepare(
                 range(first_row, first_row + len(labels)), labels, reasons, strict=True
             ):
                 if reason is None:
-                    kept_rows.append(row)
-                    kept_labels.append(label)
+                    found.kept_rows.append(row)
+                    found.kept_labels.append(label)
                 else:
-                    skipped[reason] += 1
-                    examples.setdefault(reason, []).append(row)
+                    found.skipped[reason] += 1
+                    found.examples.setdefault(reason, []).append(row)
             progress.update(len(labels))
+    return found
 
-    n_skipped = sum(skipped.values())
-    for reason, rows in examples.items():
+
+def check_skips(found: Decoded, total: int, max_bad_fraction: float) -> None:
+    """Log what was skipped; stop if too much was, or nothing is left."""
+    n_skipped = sum(found.skipped.values())
+    for reason, rows in found.examples.items():
         log.warning("skipped %d row(s) (%s), e.g. rows %s", len(rows), reason, rows[:5])
     if total and n_skipped / total > max_bad_fraction:
         raise ImgrecError(
             f"{n_skipped} of {total} rows ({n_skipped / total:.1%}) could not be used "
-            f"({dict(skipped)}), more than param max_bad_fraction={max_bad_fraction}; "
+            f"({dict(found.skipped)}), more than param max_bad_fraction={max_bad_fraction}; "
             "check the source data."
         )
-    if not kept_rows:
+    if not found.kept_rows:
         raise ImgrecError("no row of the fetched data holds a usable image.")
 
-    kept = len(kept_rows)
-    if kept < total:
-        images_out = np.lib.format.open_memmap(
-            out_dir / IMAGES_FILE, mode="w+", dtype=np.uint8, shape=(kept, *staging.shape[1:])
-        )
-        _reserve(out_dir / IMAGES_FILE)
-        for start in range(0, kept, _COMPACT_ROWS):
-            rows = kept_rows[start : start + _COMPACT_ROWS]
-            images_out[start : start + len(rows)] = staging[rows]
-        images_out.flush()
-        del images_out, staging
-        staging_path.unlink()
-    else:
-        staging.flush()
+
+def compact(staging_path: Path, images_path: Path, kept_rows: list[int]) -> None:
+    """Move the kept rows' pixels from the staging array into the final one, in order."""
+    staging = np.load(staging_path, mmap_mode="r")
+    if len(kept_rows) == len(staging):
         del staging
-        os.replace(staging_path, out_dir / IMAGES_FILE)
+        os.replace(staging_path, images_path)  # nothing skipped: no copy at all
+        return
+    images = np.lib.format.open_memmap(
+        images_path, mode="w+", dtype=np.uint8, shape=(len(kept_rows), *staging.shape[1:])
+    )
+    _reserve(images_path)
+    for start in range(0, len(kept_rows), _COMPACT_ROWS):
+        rows = kept_rows[start : start + _COMPACT_ROWS]
+        images[start : start + len(rows)] = staging[rows]
+    images.flush()
+    del images, staging
+    staging_path.unlink()
+
+
+def prepare(
+    parquet_path: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    config: PrepareConfig,
+    *,
+    workers: int | None = None,
+) -> dict:
+    """Decode every image exactly once into `out_dir`; return the counts for the report."""
+    parquet = pq.ParquetFile(parquet_path)
+    total = parquet.metadata.num_rows
+    out_dir = Path(out_dir)
+    staging_path = out_dir / "staging.npy"
+    # One slot per row, filled at the row's position; compacted afterwards if rows were skipped.
+    staging = np.lib.format.open_memmap(
+        staging_path, mode="w+", dtype=np.uint8, shape=(total, config.img_size, config.img_size, 3)
+    )
+    del staging  # the header is written; the workers fill the pixels
+    _reserve(staging_path)
+    workers = workers or os.cpu_count() or 1
+    found = decode_rows(parquet, str(parquet_path), staging_path, config.img_size, workers)
+    check_skips(found, total, config.max_bad_fraction)
+    compact(staging_path, out_dir / IMAGES_FILE, found.kept_rows)
 
     label_names = class_names_from_metadata(parquet.schema_arrow.metadata)
-    labels, class_names = class_ids(kept_labels, label_names)
+    labels, class_names = class_ids(found.kept_labels, label_names)
     train_index, val_index = stratified_split(labels, config.val_fraction, config.seed)
     save_prepared_labels(
         out_dir,
         labels=labels,
-        row_ids=np.asarray(kept_rows, dtype=np.int64),
+        row_ids=np.asarray(found.kept_rows, dtype=np.int64),
         train_index=train_index,
         val_index=val_index,
         class_names=class_names,
-        img_size=img_size,
+        img_size=config.img_size,
     )
+    n_skipped = sum(found.skipped.values())
     log.info(
         "prepared %d images (%d skipped), %d classes, %d train / %d val",
-        kept,
+        len(found.kept_rows),
         n_skipped,
         len(class_names),
         len(train_index),
@@ -233,9 +261,9 @@ def prepare(
     return {
         "rows_read": total,
         "rows_skipped": n_skipped,
-        "skipped_by_reason": {reason: skipped.get(reason, 0) for reason in SKIP_REASONS},
-        "skipped_rows_e_g": {reason: rows[:10] for reason, rows in sorted(examples.items())},
-        "images": kept,
+        "skipped_by_reason": {reason: found.skipped.get(reason, 0) for reason in SKIP_REASONS},
+        "skipped_rows_e_g": {reason: rows[:10] for reason, rows in sorted(found.examples.items())},
+        "images": len(found.kept_rows),
         "classes": len(class_names),
         "train_images": len(train_index),
         "val_images": len(val_index),
