@@ -1,8 +1,8 @@
 """Stage embed: the catalog: each prepared image's embedding and appearance vectors."""
 
 from imgrec import runtime, stage
-from imgrec.catalog import save_catalog
-from imgrec.checkpoint import checkpoint_md5, load_checkpoint
+from imgrec.catalog import no_close_match_threshold, save_catalog
+from imgrec.checkpoint import check_matches, checkpoint_md5, load_checkpoint
 from imgrec.config import EmbedConfig
 from imgrec.inference import embed
 from imgrec.prepared import load_prepared
@@ -11,11 +11,16 @@ from imgrec.prepared import load_prepared
 def main(args, config: EmbedConfig) -> None:
     device = runtime.start(config)
     data = load_prepared(args.prepared)
-    model = load_checkpoint(args.model, device).model
+    checkpoint = load_checkpoint(args.model, device)
+    check_matches(checkpoint, data.img_size, args.prepared)
+    model = checkpoint.model
     embeddings = embed(model, data.images, device=device, desc="embed")  # (N, embedding_dim)
     appearance = embed(model, data.images, space="appearance", device=device, desc="appearance")
     print(f"embedded {len(embeddings)} images into {embeddings.shape[1]} dimensions")
-    save_catalog(args.out, embeddings, appearance, data.row_ids, checkpoint_md5(args.model))
+    threshold = no_close_match_threshold(appearance, data.train_index, data.val_index)
+    save_catalog(
+        args.out, embeddings, appearance, data.row_ids, checkpoint_md5(args.model), threshold
+    )
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Stage evaluate: validation accuracy and F1, per-class scores, confusion matrix, samples."""
 
 from imgrec import runtime, stage
-from imgrec.checkpoint import load_checkpoint
+from imgrec.checkpoint import check_matches, load_checkpoint
 from imgrec.config import EvaluateConfig
 from imgrec.evaluation import classification_metrics, confusion_rows, save_rows
 from imgrec.figures import confusion_matrix_figure, save_figure, validation_samples_figure
@@ -14,6 +14,7 @@ def main(args, config: EvaluateConfig) -> None:
     device = runtime.start(config)
     data = load_prepared(args.prepared)
     checkpoint = load_checkpoint(args.model, device)
+    check_matches(checkpoint, data.img_size, args.prepared)
     names = checkpoint.class_names
     logits = predict_logits(
         checkpoint.model, data.images, data.val_index, device=device, desc="evaluate"

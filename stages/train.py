@@ -1,7 +1,5 @@
 """Stage train: fit the seed's CNN on the prepared arrays; log curves with dvclive."""
 
-from dvclive import Live
-
 from imgrec import runtime, stage
 from imgrec.checkpoint import save_checkpoint
 from imgrec.config import TrainConfig
@@ -20,6 +18,7 @@ def main(args, config: TrainConfig) -> None:
         f"{len(data.class_names)} classes, {data.img_size} px"
     )
     model = CNNClassifier(ModelConfig(num_classes=len(data.class_names), dropout=config.dropout))
+    from dvclive import Live  # here: dvclive loads numpy, which must load after imgrec
 
     with Live(args.live_dir, save_dvc_exp=False, dvcyaml=None, report=None) as live:
 

@@ -31,21 +31,20 @@ def prepared(tmp_path):
     return tmp_path / "prepared"
 
 
-def test_threshold_is_the_quantile_of_each_items_nearest_other(rng):
+def test_threshold_is_the_quantile_of_validation_images_nearest_training_image(rng):
     appearance = unit(np.abs(rng.normal(size=(300, 16))))
-    similarity = appearance @ appearance.T
-    np.fill_diagonal(similarity, -np.inf)
-    expected = np.quantile(similarity.max(axis=1), NOVELTY_QUANTILE)
-    assert no_close_match_threshold(appearance) == pytest.approx(expected, abs=1e-6)
+    train, val = np.arange(0, 300, 2), np.arange(1, 300, 2)
+    expected = np.quantile((appearance[val] @ appearance[train].T).max(axis=1), NOVELTY_QUANTILE)
+    assert no_close_match_threshold(appearance, train, val) == pytest.approx(expected, abs=1e-6)
 
 
 def test_a_far_query_falls_below_and_a_catalog_item_does_not(prepared, tmp_path, rng):
     data = load_prepared(prepared)
     n = len(data.row_ids)
     appearance = unit(1.0 + 0.1 * np.abs(rng.normal(size=(n, 8))))  # a tight cloud
-    save_catalog(
-        tmp_path / "catalog", unit(rng.normal(size=(n, 4))), appearance, data.row_ids, "md5"
-    )
+    threshold = no_close_match_threshold(appearance, data.train_index, data.val_index)
+    embeddings = unit(rng.normal(size=(n, 4)))
+    save_catalog(tmp_path / "catalog", embeddings, appearance, data.row_ids, "md5", threshold)
     catalog = load_catalog(tmp_path / "catalog", prepared)
     far = unit(np.eye(8)[:1])  # one channel only: unlike the cloud
     closest = catalog.closest_appearance(np.concatenate([far, appearance[:1]]))
@@ -53,13 +52,15 @@ def test_a_far_query_falls_below_and_a_catalog_item_does_not(prepared, tmp_path,
     assert closest[1] == pytest.approx(1.0)
     meta = json.loads((tmp_path / "catalog" / "meta.json").read_text())
     assert meta["model_md5"] == "md5" and "quantile 0.01" in meta["calibration"]
+    assert meta["no_close_match_below"] == threshold
 
 
 def test_an_incomplete_catalog_is_one_sentence(prepared, tmp_path, rng):
     data = load_prepared(prepared)
     n = len(data.row_ids)
     folder = tmp_path / "catalog"
-    save_catalog(folder, unit(rng.normal(size=(n, 4))), unit(rng.random((n, 4))), data.row_ids, "x")
+    vectors = unit(rng.normal(size=(n, 4)))
+    save_catalog(folder, vectors, unit(rng.random((n, 4))), data.row_ids, "x", 0.5)
     (folder / "appearance.npy").unlink()
     with pytest.raises(ImgrecError, match=r"incomplete or from an older imgrec.*dvc repro"):
         load_catalog(folder, prepared)

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from imgrec.checkpoint import load_checkpoint, save_checkpoint
+from imgrec.checkpoint import check_matches, load_checkpoint, save_checkpoint
 from imgrec.config import TrainConfig
 from imgrec.errors import ImgrecError
 from imgrec.model import CNNClassifier, ModelConfig
@@ -110,3 +110,11 @@ def test_the_message_never_advises_weights_only_false(tmp_path):
     with pytest.raises(ImgrecError) as info:
         load_checkpoint(path)
     assert "weights_only=False" not in str(info.value) and "\n" not in str(info.value)
+
+
+def test_check_matches_refuses_another_image_size(tmp_path, model):
+    save(tmp_path / "model.pt", model)
+    checkpoint = load_checkpoint(tmp_path / "model.pt")
+    check_matches(checkpoint, 32, "data/prepared")
+    with pytest.raises(ImgrecError, match=r"trained on 32 px images, but data/prepared holds 64"):
+        check_matches(checkpoint, 64, "data/prepared")

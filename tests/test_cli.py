@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from imgrec import cli
-from imgrec.catalog import load_catalog, save_catalog
+from imgrec.catalog import load_catalog, no_close_match_threshold, save_catalog
 from imgrec.checkpoint import checkpoint_md5, load_checkpoint, save_checkpoint
 from imgrec.config import PrepareConfig, TrainConfig
 from imgrec.inference import embed
@@ -75,12 +75,14 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory) -> Pipeline:
         train_config=config, prepared_md5=prepared_md5(prepared),
     )  # fmt: skip
     model = load_checkpoint(root / "model.pt").model
+    appearance = embed(model, data.images, space="appearance")
     save_catalog(
         embeddings,
         embed(model, data.images),
-        embed(model, data.images, space="appearance"),
+        appearance,
         data.row_ids,
         checkpoint_md5(root / "model.pt"),
+        no_close_match_threshold(appearance, data.train_index, data.val_index),
     )
     return Pipeline(raw, prepared, root / "model.pt", embeddings)
 

@@ -45,6 +45,18 @@ def test_native_lifts_the_caps_portable_set_and_keeps_a_users_own(environment):
     assert os.environ["ONEDNN_MAX_CPU_ISA"] == "AVX2"
 
 
+@x86_only
+def test_environment_for_a_child_process():
+    inherited = {"ATEN_CPU_CAPABILITY": "avx2", "OPENBLAS_CORETYPE": "Haswell", "PATH": "/bin"}
+    native = kernels.environment_for("native", inherited)
+    assert "ATEN_CPU_CAPABILITY" not in native  # portable's cap, inherited: lifted
+    assert native["OPENBLAS_CORETYPE"] == "Haswell"  # not portable's value: left alone
+    assert native["PATH"] == "/bin" and native[kernels.MODE_VARIABLE] == "native"
+    portable = kernels.environment_for("portable", {"PATH": "/bin"})
+    assert portable == {"PATH": "/bin", kernels.MODE_VARIABLE: "portable",
+                        **kernels.PORTABLE_ENVIRONMENT}  # fmt: skip
+
+
 def test_an_unknown_mode_is_refused():
     with pytest.raises(ValueError, match="portable, native"):
         kernels.apply("fastest")
@@ -53,6 +65,7 @@ def test_an_unknown_mode_is_refused():
 @x86_only
 def test_check_portable_names_what_is_wrong(environment):
     environment.setenv(kernels.MODE_VARIABLE, "portable")
+    environment.setattr(kernels, "portable_in_force", lambda: False)
     environment.setattr(kernels, "in_force", lambda: {"torch_isa": "AVX512", "blas": "x"})
     with pytest.raises(ImgrecError, match="torch uses AVX512"):
         kernels.check_portable()
@@ -80,7 +93,41 @@ def test_the_query_command_runs_portable_kernels_by_default():
 
 
 def test_the_query_command_follows_imgrec_kernels():
-    assert "kernels native" in _machine("native")
+    line = _machine("native")
+    assert "kernels native" in line
+    if kernels.applies_here() and "avx512f" in kernels.cpu_flags():
+        assert "AVX2" not in line.split("torch", 1)[1].split(",")[0]  # torch's widest ISA
+
+
+def _clean_environment() -> dict[str, str]:
+    """As a user's shell would be: none of the caps, no OpenBLAS core type forced."""
+    drop = {kernels.MODE_VARIABLE, "OPENBLAS_CORETYPE", *kernels.PORTABLE_ENVIRONMENT}
+    return {k: v for k, v in os.environ.items() if k not in drop}
+
+
+@x86_only
+def test_a_stage_that_loads_numpy_first_still_runs_portable_kernels(tmp_path):
+    """The harness restarts such a stage once, with the caps set before numpy loads."""
+    (tmp_path / "params.yaml").write_text("source: builtin:digits\nrows: 5\n")
+    script = tmp_path / "fetch.py"  # the harness takes the stage's name from the script's
+    script.write_text(
+        "import numpy  # before imgrec: OpenBLAS picks its kernels now\n"
+        "from imgrec import kernels, stage\n"
+        "def main(args, config):\n"
+        "    print('in force:', kernels.portable_in_force(), kernels.in_force()['blas'])\n"
+        "stage.run(main, ['out'])\n"
+    )
+    done = subprocess.run(
+        [sys.executable, str(script), "--out", "x"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=_clean_environment(),
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "in force: True" in done.stdout
+    assert done.stdout.count("machine: ") == 1  # one line, from the restarted process
 
 
 def test_a_bad_imgrec_kernels_falls_back_to_portable():

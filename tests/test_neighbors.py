@@ -163,11 +163,30 @@ def test_make_index_follows_the_config():
 
 
 def test_retrieval_metrics_by_hand():
-    neighbor_labels = np.array([[1, 0, 1], [2, 2, 2], [0, 0, 0], [0, 3, 3]])
-    query_labels = np.array([1, 2, 1, 3])
-    # precision@3 per query: 2/3, 1, 0, 2/3
-    # AP@3 per query: (1/1 + 2/3) / 2 = 5/6; 1; 0; (1/2 + 2/3) / 2 = 7/12
-    metrics = retrieval_metrics(neighbor_labels, query_labels)
-    assert metrics["precision@k"] == pytest.approx((2 / 3 + 1 + 0 + 2 / 3) / 4)
-    assert metrics["map@k"] == pytest.approx((5 / 6 + 1 + 0 + 7 / 12) / 4)
+    # Catalog labels: five 1s, three 2s, one 3 (a class of one: nothing to find).
+    labels = np.array([1, 1, 1, 1, 1, 2, 2, 2, 3])
+    neighbor_labels = np.array(
+        [
+            [1, 2, 1],  # a 1: precision@3 2/3; AP = (1/1 + 2/3) / min(3, 4) = 5/9
+            [1, 1, 1],  # a 1: 1; AP = 3 / 3 = 1
+            [2, 2, 1],  # a 1: 1/3; AP = (1/3) / 3 = 1/9
+            [1, 1, 1],
+            [1, 1, 1],
+            [2, 2, 1],  # a 2: 2/3; AP = (1 + 1) / min(3, 2) = 1
+            [1, 2, 1],  # a 2: 1/3; AP = (1/2) / 2 = 1/4
+            [2, 2, 1],  # a 2: 2/3; AP = 1
+            [1, 2, 2],  # the 3: precision 0; AP 0 (nothing could be found)
+        ]
+    )
+    metrics = retrieval_metrics(neighbor_labels, labels)
+    precision = [2 / 3, 1, 1 / 3, 1, 1, 2 / 3, 1 / 3, 2 / 3, 0]
+    average_precision = [5 / 9, 1, 1 / 9, 1, 1, 1, 1 / 4, 1, 0]
+    assert metrics["precision@k"] == pytest.approx(np.mean(precision))
+    assert metrics["map@k"] == pytest.approx(np.mean(average_precision))
     assert set(metrics) == {"precision@k", "map@k"}
+
+
+def test_one_hit_at_rank_one_is_not_a_perfect_average_precision():
+    labels = np.array([0] * 6 + [1] * 6)
+    one_hit = np.array([[0, 1, 1, 1, 1]] * 6 + [[1, 1, 1, 1, 1]] * 6)
+    assert retrieval_metrics(one_hit, labels)["map@k"] == pytest.approx((6 * 0.2 + 6 * 1) / 12)

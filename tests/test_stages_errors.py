@@ -207,9 +207,9 @@ def test_terminated_prepare_ends_its_workers_and_leaves_nothing(tmp_path, busy_p
     assert process.returncode == 130, stderr
     assert "Traceback" not in stderr
     assert [line for line in stderr.splitlines() if line.startswith("error:")] == [
-        f"error: stopped by {signal.Signals(signum).name}; no output was written."
+        f"error: stopped by {signal.Signals(signum).name}; dvc repro reruns this stage."
         if signum == signal.SIGTERM
-        else "error: interrupted; no output was written."
+        else "error: interrupted; dvc repro reruns this stage."
     ]
     time.sleep(0.5)
     assert not [pid for pid in workers if _alive(pid)], "workers outlived prepare"

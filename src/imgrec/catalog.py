@@ -7,10 +7,12 @@ Layout (written by `save_catalog`, read by `load_catalog`; nothing else touches 
   meta.json       the md5 of the checkpoint that made them (so staleness is exact), and
                   the "no close match" threshold calibrated on the catalog itself
 
-Calibration: for every catalog item, the cosine of its appearance to its nearest
-other item; the threshold is the NOVELTY_QUANTILE of those. A query whose nearest
-catalog item is less alike than that is "unlike the catalog": by construction
-99% of catalog items, had they been left out, would have found a closer match.
+Calibration: every validation image's appearance cosine to its nearest training
+image; the threshold is the NOVELTY_QUANTILE of those. Validation images are what
+new images drawn like the catalog's look like to a model that never trained on
+them (training images sit closer together), so about that share of such new
+images is flagged; a query whose nearest catalog item is less alike than the
+threshold is "unlike the catalog".
 """
 
 import os
@@ -48,9 +50,12 @@ class Catalog:
         return ExactIndex().fit(self.appearance).search(appearance, 1)[0][:, 0]
 
 
-def no_close_match_threshold(appearance: np.ndarray) -> float:
-    """The NOVELTY_QUANTILE of each catalog item's appearance cosine to its nearest other."""
-    nearest, _ = ExactIndex().fit(appearance).search_catalog(1)
+def no_close_match_threshold(
+    appearance: np.ndarray, train_index: np.ndarray, val_index: np.ndarray
+) -> float:
+    """The NOVELTY_QUANTILE of each validation image's appearance cosine to its nearest
+    training image."""
+    nearest, _ = ExactIndex().fit(appearance[train_index]).search(appearance[val_index], 1)
     return float(np.quantile(nearest[:, 0], NOVELTY_QUANTILE))
 
 
@@ -60,6 +65,7 @@ def save_catalog(
     appearance: np.ndarray,
     row_ids: np.ndarray,
     model_md5: str,
+    no_close_match_below: float,
 ) -> None:
     with atomic_dir(folder) as tmp:
         np.save(tmp / "embeddings.npy", embeddings)
@@ -67,9 +73,9 @@ def save_catalog(
         np.save(tmp / "row_ids.npy", row_ids)
         meta = {
             "model_md5": model_md5,
-            "no_close_match_below": no_close_match_threshold(appearance),
-            "calibration": f"quantile {NOVELTY_QUANTILE} of each item's appearance cosine "
-            "to its nearest other catalog item",
+            "no_close_match_below": no_close_match_below,
+            "calibration": f"quantile {NOVELTY_QUANTILE} of each validation image's "
+            "appearance cosine to its nearest training image",
         }
         write_json(tmp / "meta.json", meta)
 

@@ -65,7 +65,7 @@ def load_checkpoint(path: str | os.PathLike, device: torch.device | str = "cpu")
         model.load_state_dict(checkpoint["state_dict"])
         provenance = checkpoint["provenance"]
         loaded = Checkpoint(
-            model=model.to(device).eval(),
+            model=model.eval(),
             class_names=list(checkpoint["class_names"]),
             img_size=int(checkpoint["preprocessing"]["img_size"]),
             train_config=TrainConfig(**provenance["train_config"]),
@@ -75,7 +75,17 @@ def load_checkpoint(path: str | os.PathLike, device: torch.device | str = "cpu")
         # torch's own message advises weights_only=False: never, for a file from outside.
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise ImgrecError(f"{path} is not an imgrec checkpoint ({reason}).") from error
+    loaded.model.to(device)  # outside the try: a device problem is no format problem
     return loaded
+
+
+def check_matches(checkpoint: Checkpoint, img_size: int, where: str) -> None:
+    """Refuse images of another size than the model was trained on."""
+    if checkpoint.img_size != img_size:
+        raise ImgrecError(
+            f"the model was trained on {checkpoint.img_size} px images, but {where} holds "
+            f"{img_size} px ones; run `dvc repro` to bring them in step."
+        )
 
 
 def checkpoint_md5(path: str | os.PathLike) -> str:

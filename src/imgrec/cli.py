@@ -263,7 +263,8 @@ class Novelty:
         return (
             f"no close match: unlike every catalog image (appearance similarity "
             f"{self.appearance_similarity:.3f} < {self.threshold:.3f}, which "
-            f"{1 - NOVELTY_QUANTILE:.0%} of catalog images exceed with their nearest other)"
+            f"{1 - NOVELTY_QUANTILE:.0%} of validation images exceed with their nearest "
+            "training image)"
         )
 
 
@@ -479,7 +480,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Print the top-k most similar catalog items (row id, label, cosine score) "
         "for each image, embedded exactly as the pipeline embeds its catalog, and say when an "
         "image is unlike every catalog image (no close match: its appearance is less like its "
-        "nearest catalog image than 99%% of catalog images are like theirs).",
+        "nearest catalog image than 99%% of validation images are like their nearest training "
+        "image).",
     )
     recommend.add_argument(
         "--top-k",

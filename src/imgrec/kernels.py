@@ -32,45 +32,61 @@ PORTABLE_ENVIRONMENT = {
     # kernels; they are AVX2 kernels, so any AVX2 CPU runs them, Intel's included.
     "OPENBLAS_CORETYPE": "ZEN",
 }
-_ENVIRONMENT_BEFORE: dict[str, str] = {}  # as the process started, before `apply`
+# The environment before `apply_from_environment` changed it: a restarted stage starts
+# from it, so portable's caps never hide the user's own settings from native.
+_ENVIRONMENT_AT_START: dict[str, str] = {}
 _ISA_FLAGS = (("amx_tile", "AMX"), ("avx512f", "AVX-512"), ("avx2", "AVX2"))
 # What threadpoolctl calls OpenBLAS's AVX2 kernels once OPENBLAS_CORETYPE=ZEN is in force.
 _PORTABLE_OPENBLAS = {"haswell", "zen"}
 
 
 def applies_here() -> bool:
-    """The caps name x86-64 instruction sets; elsewhere (ARM, ...) there is nothing to cap."""
-    return platform.machine().lower() in ("x86_64", "amd64")
+    """The caps name x86-64 instruction sets and need AVX2: elsewhere there is nothing to cap
+    (ARM) or nothing to cap to (an x86-64 CPU without AVX2 would crash on Zen kernels)."""
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return False
+    flags = cpu_flags()
+    return not flags or "avx2" in flags  # no /proc/cpuinfo to read: trust the caps
+
+
+def environment_for(mode: str, environment: dict[str, str] | None = None) -> dict[str, str]:
+    """`environment` (default: the one this process started with) with `mode` applied:
+    portable sets the caps; native lifts them (a value equal to portable's is taken as
+    portable's, inherited say from a parent process) and leaves any other value, the
+    user's own, alone."""
+    if mode not in MODES:
+        raise ValueError(f"kernels must be one of {', '.join(MODES)}, got {mode!r}")
+    if environment is None:
+        environment = _ENVIRONMENT_AT_START or os.environ
+    environment = dict(environment)
+    environment[MODE_VARIABLE] = mode
+    if applies_here():
+        for name, value in PORTABLE_ENVIRONMENT.items():
+            if mode == "portable":
+                environment[name] = value
+            elif environment.get(name) == value:
+                del environment[name]
+    return environment
 
 
 def apply(mode: str) -> None:
-    """Set the environment for `mode`; takes effect only for libraries not yet loaded."""
-    if mode not in MODES:
-        raise ValueError(f"kernels must be one of {', '.join(MODES)}, got {mode!r}")
-    os.environ[MODE_VARIABLE] = mode
-    if not applies_here():
-        return
-    for name, value in PORTABLE_ENVIRONMENT.items():
-        if mode == "portable":
-            os.environ[name] = value
-        elif os.environ.get(name) == value:  # set by portable mode, say before a restart
-            del os.environ[name]
+    """Set this process's environment for `mode`; only libraries not yet loaded see it."""
+    wanted = environment_for(mode, os.environ)
+    for name in (MODE_VARIABLE, *PORTABLE_ENVIRONMENT):
+        if name in wanted:
+            os.environ[name] = wanted[name]
+        else:
+            os.environ.pop(name, None)
 
 
 def apply_from_environment() -> None:
     """Apply IMGREC_KERNELS (default portable); called once, when `imgrec` is imported."""
-    global _ENVIRONMENT_BEFORE
-    _ENVIRONMENT_BEFORE = dict(os.environ)
+    _ENVIRONMENT_AT_START.update(os.environ)
     mode = os.environ.get(MODE_VARIABLE, "portable")
     if mode not in MODES:
         log.warning("%s=%r is not one of %s; using portable", MODE_VARIABLE, mode, MODES)
         mode = "portable"
     apply(mode)
-
-
-def environment_for(mode: str) -> dict[str, str]:
-    """The environment this process started with, asking for `mode`: for a restart in it."""
-    return _ENVIRONMENT_BEFORE | {MODE_VARIABLE: mode}
 
 
 def active() -> str:
@@ -99,24 +115,38 @@ def in_force() -> dict[str, str]:
     }
 
 
-def check_portable() -> None:
-    """Raise if portable kernels were asked for but a library loaded before they were set."""
+def portable_in_force() -> bool:
+    """False if portable kernels were asked for but a library loaded before they were set
+    (numpy's OpenBLAS picks its kernels when numpy loads; torch's ISA on its first op)."""
     if active() != "portable" or not applies_here():
-        return
-    from imgrec.errors import ImgrecError
+        return True
+    from threadpoolctl import threadpool_info
 
-    state = in_force()
-    blas = {arch.split()[-1].lower() for arch in state["blas"].split(", ") if "openblas" in arch}
-    if state["torch_isa"] not in ("AVX2", "not loaded") or not blas <= _PORTABLE_OPENBLAS:
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.backends.cpu.get_cpu_capability() != "AVX2":
+        return False
+    return all(
+        (info.get("architecture") or "").lower() in _PORTABLE_OPENBLAS
+        for info in threadpool_info()
+        if info["internal_api"] == "openblas"
+    )
+
+
+def check_portable() -> None:
+    """Raise if portable kernels were asked for but are not in force (see portable_in_force)."""
+    if not portable_in_force():
+        from imgrec.errors import ImgrecError
+
+        state = in_force()
         raise ImgrecError(
             f"portable kernels are not in force (torch uses {state['torch_isa']}, "
             f"BLAS: {state['blas']}): numpy or torch was loaded before imgrec; import imgrec first."
         )
 
 
-def cpu() -> str:
-    """The CPU's model and the widest vector instructions it offers."""
-    model, flags = platform.processor() or platform.machine(), set()
+def _cpuinfo() -> tuple[str, set[str]]:
+    """(model name, flags) of the first CPU in /proc/cpuinfo; ("", set()) where there is none."""
+    model, flags = "", set()
     try:
         with open("/proc/cpuinfo") as cpuinfo:
             for line in cpuinfo:
@@ -128,6 +158,17 @@ def cpu() -> str:
                     break
     except OSError:
         pass
+    return model, flags
+
+
+def cpu_flags() -> set[str]:
+    return _cpuinfo()[1]
+
+
+def cpu() -> str:
+    """The CPU's model and the widest vector instructions it offers."""
+    model, flags = _cpuinfo()
+    model = model or platform.processor() or platform.machine()
     widest = next((name for flag, name in _ISA_FLAGS if flag in flags), None)
     return f"{model} ({platform.machine()}{', ' + widest if widest else ''})"
 

@@ -135,18 +135,21 @@ def make_index(config: RecommendConfig) -> ExactIndex | FaissIndex:
     return FaissIndex(config.hnsw_m, config.hnsw_ef_construction, config.hnsw_ef_search)
 
 
-def retrieval_metrics(neighbor_labels: np.ndarray, query_labels: np.ndarray) -> dict:
-    """precision@k and mAP@k by label agreement.
+def retrieval_metrics(neighbor_labels: np.ndarray, labels: np.ndarray) -> dict:
+    """precision@k and mAP@k by label agreement, for every catalog item against the others.
 
-    precision@k: share of the k neighbours that carry the query's label.
-    AP@k: mean of precision@i over the ranks i where a relevant item appears
-    (0 when none does); mAP@k averages it over queries.
+    `labels` (N,): the catalog's; `neighbor_labels` (N, k): those of each item's top-k
+    (self excluded, as `search_catalog` gives them).
+    precision@k: share of the k neighbours that carry the item's label.
+    AP@k: sum of precision@i over the ranks i holding such a neighbour, divided by
+    min(k, how many other items carry the label), the most that could be found (0 when
+    none can); mAP@k averages it over items.
     """
-    relevant = neighbor_labels == query_labels[:, None]  # (Q, k)
+    relevant = neighbor_labels == labels[:, None]  # (N, k)
     k = relevant.shape[1]
     precision_at_rank = np.cumsum(relevant, axis=1) / np.arange(1, k + 1)
-    hits = relevant.sum(axis=1)
+    findable = np.minimum(k, np.bincount(labels)[labels] - 1)  # others with the label
     average_precision = np.where(
-        hits > 0, (precision_at_rank * relevant).sum(axis=1) / np.maximum(hits, 1), 0.0
+        findable > 0, (precision_at_rank * relevant).sum(axis=1) / np.maximum(findable, 1), 0.0
     )
     return {"precision@k": float(relevant.mean()), "map@k": float(average_precision.mean())}

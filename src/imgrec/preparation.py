@@ -94,9 +94,12 @@ def has_label(label: object) -> bool:
 def _reserve(path: Path) -> None:
     """Allocate a memory-mapped file's blocks now: a full disk is then an ENOSPC error here,
     not a SIGBUS in a worker writing pixels into a hole."""
+    fallocate = getattr(os, "posix_fallocate", None)  # not on macOS: sparse files there
+    if fallocate is None:
+        return
     with open(path, "r+b") as handle:
         try:
-            os.posix_fallocate(handle.fileno(), 0, os.fstat(handle.fileno()).st_size)
+            fallocate(handle.fileno(), 0, os.fstat(handle.fileno()).st_size)
         except OSError as error:
             if error.errno not in (errno.EOPNOTSUPP, errno.EINVAL):  # no fallocate here
                 raise

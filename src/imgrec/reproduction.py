@@ -3,23 +3,29 @@
     python -m imgrec.reproduction [--against HEAD] [--tolerances reproducibility.yaml]
                                   [--summary FILE]
 
-On x86-64 with portable kernels a fresh run rewrites every tracked output
-byte for byte, and this says so in one line. Where bits cannot match (ARM, a
-GPU, `kernels: native`) it compares each metric with the committed value
-against the tolerance declared for it, prints a Markdown table (also appended
-to `--summary`, e.g. `$GITHUB_STEP_SUMMARY`), and fails only when a metric
-leaves its tolerance or an exact output (fetch's, prepare's) changed a byte.
+On x86-64 with portable kernels on the CPU a fresh run must rewrite every
+tracked output byte for byte: this says so in one line, and fails (showing the
+metrics for reference) if a byte moved. Where bits cannot match (ARM, a GPU,
+`kernels: native`) it compares each metric of every metrics file dvc.yaml
+declares with the committed value against the tolerance declared for it,
+prints a Markdown table (also appended to `--summary`, e.g.
+`$GITHUB_STEP_SUMMARY`), and fails only when a metric leaves its tolerance
+(or has none declared) or an exact output (fetch's, prepare's) changed a byte.
 """
 
 import argparse
 import fnmatch
 import json
+import platform
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
+
+from imgrec import kernels
+from imgrec.errors import ImgrecError
 
 TOLERANCES_FILE = "reproducibility.yaml"
 
@@ -97,13 +103,16 @@ def markdown_table(rows: list[Row]) -> str:
 
 
 def _git(*args: str) -> str:
-    return subprocess.run(["git", *args], capture_output=True, text=True, check=True).stdout
+    try:
+        return subprocess.run(["git", *args], capture_output=True, text=True, check=True).stdout
+    except subprocess.CalledProcessError as error:
+        raise ImgrecError(f"git {' '.join(args)}: {error.stderr.strip() or error}") from error
 
 
 def _committed_json(revision: str, path: str) -> dict:
     try:
-        return json.loads(_git("show", f"{revision}:{path}"))
-    except subprocess.CalledProcessError:
+        return json.loads(_git("show", f"{revision}:./{path}"))
+    except ImgrecError:
         return {}  # not committed at that revision: every metric in it is new
 
 
@@ -117,8 +126,59 @@ def _lock_hashes(lock_text: str) -> dict[str, str]:
     }
 
 
+def metrics_files(pipeline_path: str = "dvc.yaml") -> list[str]:
+    """Every metrics file dvc.yaml declares, in its order."""
+    pipeline = yaml.safe_load(Path(pipeline_path).read_text())
+    return [
+        next(iter(entry)) if isinstance(entry, dict) else entry
+        for stage in pipeline["stages"].values()
+        for entry in stage.get("metrics", [])
+    ]
+
+
+def read_tolerances(path: str) -> dict:
+    """The declared tolerances, checked: one sentence on the first thing wrong."""
+    try:
+        declared = yaml.safe_load(Path(path).read_text())
+        rules = {f"{name}:{key}": tol for name, keys in declared["metrics"].items()
+                 for key, tol in keys.items()}  # fmt: skip
+        list(declared["exact_outputs"])
+    except (OSError, yaml.YAMLError, KeyError, TypeError, AttributeError) as error:
+        raise ImgrecError(f"{path} must hold 'exact_outputs' and 'metrics' ({error}).") from error
+    for where, tolerance in rules.items():
+        number = isinstance(tolerance, int | float) and not isinstance(tolerance, bool)
+        if tolerance not in ("exact", "free") and not (number and tolerance >= 0):
+            raise ImgrecError(
+                f"{path}: tolerance of {where} must be exact, free or a number >= 0, "
+                f"got {tolerance!r}."
+            )
+    return declared
+
+
+def bits_expected() -> tuple[bool, str]:
+    """Whether this machine and params.yaml promise bit-identical outputs, and why (not)."""
+    params = yaml.safe_load(Path("params.yaml").read_text()) or {}
+    if not kernels.applies_here():
+        return False, f"a {platform.machine()} CPU (portable kernels are x86-64 AVX2 ones)"
+    if params.get("kernels", "portable") != "portable":
+        return False, f"kernels: {params['kernels']}"
+    device = str(params.get("device", "auto"))
+    if device.startswith("cuda"):
+        return False, "a CUDA GPU"
+    if device == "auto":
+        import torch
+
+        if torch.cuda.is_available():
+            return False, "a CUDA GPU (device: auto)"
+    return True, "x86-64 with AVX2 or better, portable kernels, the CPU"
+
+
 def check(revision: str, tolerances_path: str) -> tuple[bool, str]:
     """(passed, report) for the working tree against `revision`."""
+    try:
+        _git("rev-parse", "--verify", "--quiet", f"{revision}^{{commit}}")
+    except ImgrecError as error:
+        raise ImgrecError(f"--against {revision!r} names no commit of this repository.") from error
     changed = sorted(
         line[3:]
         for line in _git("status", "--porcelain", "--untracked-files=all").splitlines()
@@ -127,27 +187,41 @@ def check(revision: str, tolerances_path: str) -> tuple[bool, str]:
     if not changed:
         return True, f"reproduced bit for bit: every tracked output is identical to {revision}."
 
-    declared = yaml.safe_load(Path(tolerances_path).read_text())
+    declared = read_tolerances(tolerances_path)
     rows = []
-    for name, rules in declared["metrics"].items():
+    for name in metrics_files():
         reproduced = json.loads(Path(name).read_text()) if Path(name).exists() else {}
+        rules = declared["metrics"].get(name, {})  # none declared: every metric in it fails
         rows += compare(_committed_json(revision, name), reproduced, rules, name)
-    old_lock = _lock_hashes(_git("show", f"{revision}:dvc.lock"))
+    old_lock = _lock_hashes(_git("show", f"{revision}:./dvc.lock"))
     new_lock = _lock_hashes(Path("dvc.lock").read_text())
     moved = [p for p in declared["exact_outputs"] if old_lock.get(p) != new_lock.get(p)]
 
-    passed = all(row.ok for row in rows) and not moved
+    strict, why = bits_expected()
+    within = all(row.ok for row in rows) and not moved
+    passed = within and not strict
     shown = [row for row in rows if not row.ok or row.committed != row.reproduced]
+    listed = f"{', '.join(changed[:8])}{', ...' if len(changed) > 8 else ''}"
+    if strict:
+        verdict = "FAILED: not bit-identical"
+        reading = (
+            f"On {why} every tracked output must come back byte for byte, but "
+            f"{len(changed)} tracked file(s) differ ({listed}). The metrics, for reference:"
+        )
+    else:
+        verdict = "within tolerance" if passed else "FAILED"
+        reading = (
+            f"Bits cannot be expected to match on {why}: {len(changed)} tracked file(s) differ "
+            f"({listed}), so metrics are compared with the tolerances in {tolerances_path}."
+        )
     lines = [
-        f"## Reproduction against {revision}: {'within tolerance' if passed else 'FAILED'}",
+        f"## Reproduction against {revision}: {verdict}",
         "",
-        f"Not bit-identical: {len(changed)} tracked file(s) differ ({', '.join(changed[:8])}"
-        f"{', ...' if len(changed) > 8 else ''}), so metrics are compared with the "
-        f"tolerances in {tolerances_path}.",
+        reading,
         "",
-        markdown_table(shown),
+        markdown_table(shown) if shown else "Every metric is identical to the committed run.",
         "",
-        f"{len(rows) - len(shown)} more metric(s) identical to the committed run.",
+        f"{len(rows) - len(shown)} more metric(s) identical to the committed run." if shown else "",
         "",
     ]
     for path in declared["exact_outputs"]:
@@ -162,7 +236,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tolerances", default=TOLERANCES_FILE, help="declared tolerances")
     parser.add_argument("--summary", help="also append the report to this file")
     args = parser.parse_args(argv)
-    passed, report = check(args.against, args.tolerances)
+    try:
+        passed, report = check(args.against, args.tolerances)
+    except ImgrecError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     print(report)
     if args.summary:
         with open(args.summary, "a") as summary:

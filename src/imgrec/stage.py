@@ -49,12 +49,17 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt(f"stopped by {signal.Signals(signum).name}")
 
 
+_RESTARTED = "IMGREC_RESTARTED"  # set in a restarted stage, so it never restarts twice
+
+
 def _restart_with_kernels(mode: str) -> None:
     """Start this stage again with `mode` in force: the libraries choose kernels at load."""
     sys.stdout.flush()
     sys.stderr.flush()
-    # The environment the stage started with: portable's caps must not carry over.
-    os.execve(sys.executable, [sys.executable, *sys.argv], kernels.environment_for(mode))
+    # Caps set for portable, lifted for native, before anything loads; the interpreter's
+    # own flags (sys.orig_argv) carry over.
+    env = kernels.environment_for(mode) | {_RESTARTED: "1"}
+    os.execve(sys.executable, sys.orig_argv, env)
 
 
 def run(
@@ -75,11 +80,19 @@ def run(
         if options is not None:
             options(parser)
         args = parser.parse_args()
+        if name not in STAGE_CONFIGS:
+            raise ImgrecError(f"{name} is no stage of this pipeline ({', '.join(STAGE_CONFIGS)}).")
         config = STAGE_CONFIGS[name].from_params(read_params())
         wanted = getattr(config, "kernels", kernels.active())
-        if wanted != kernels.active():
-            _restart_with_kernels(wanted)
-        kernels.check_portable()
+        if not kernels.applies_here():
+            kernels.apply(wanted)  # nothing to cap: record the mode and go on
+        elif wanted != kernels.active() or not kernels.portable_in_force():
+            # A mode change, or numpy loaded before imgrec could cap OpenBLAS (a stage script
+            # importing a library first): either way, the kernels need a fresh process.
+            if os.environ.get(_RESTARTED):
+                kernels.check_portable()  # one sentence on what is wrong
+            else:
+                _restart_with_kernels(wanted)
         if not isinstance(config, ComputeConfig):  # those print it in `runtime.start`
             print(kernels.machine_line())
         main(args, config)
@@ -90,8 +103,9 @@ def run(
         if error.errno not in _ENVIRONMENT_ERRORS:
             raise  # a bug: keep the traceback
         where = f" ({error.filename})" if error.filename else ""
-        print(f"error: {error.strerror}{where}; no output was written.", file=sys.stderr)
+        print(f"error: {error.strerror}{where}; dvc repro reruns this stage.", file=sys.stderr)
         sys.exit(1)
     except KeyboardInterrupt as interrupt:
-        print(f"error: {str(interrupt) or 'interrupted'}; no output was written.", file=sys.stderr)
+        stopped = str(interrupt) or "interrupted"
+        print(f"error: {stopped}; dvc repro reruns this stage.", file=sys.stderr)
         sys.exit(130)
