@@ -195,6 +195,7 @@ def test_missing_pipeline_output_says_run_dvc_repro(
     assert len(err.splitlines()) == 1
     assert err.startswith("error: ")
     assert "dvc repro" in err
+    assert str(tmp_path / "absent" / mentions) in err
 
 
 def test_undecodable_image_is_one_line_naming_the_file(pipeline, tmp_path, capsys):

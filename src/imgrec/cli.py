@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING
 
 from imgrec.errors import ImgrecError, MissingOutput
 
-# torch, dask, scikit-learn and matplotlib load inside the commands that need them,
+# torch, fsspec, scikit-learn and matplotlib load inside the commands that need them,
 # so `--help` and argument errors answer at once instead of after seconds of imports.
 if TYPE_CHECKING:
     import numpy as np

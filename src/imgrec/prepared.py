@@ -1,6 +1,7 @@
 """The prepared dataset (data/prepared): images decoded once into a memory-mappable array.
 
-Layout (written by `save_prepared`, read by `load_prepared`; nothing else touches it):
+Layout (read by `load_prepared`; written by `preparation.prepare`, which streams the
+pixels into IMAGES_FILE from its workers, then `save_prepared_labels` for the rest):
   images.npy      uint8 (N, S, S, 3), ready to memory-map
   labels.npy      int64 (N,) contiguous class ids
   row_ids.npy     int64 (N,) row of each image in the fetched parquet

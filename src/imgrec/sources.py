@@ -360,7 +360,7 @@ def fetch(source: str, rows: int, out_path: str | Path) -> FetchResult:
     writer = None  # opened at the first rows, so a source without rows leaves no file
     written = 0
     try:
-        with tqdm(total=min(rows, available), desc="fetch", unit="row") as progress:
+        with tqdm(total=min(rows, available), desc="fetch", unit="row", disable=None) as progress:
             for batch in _output_groups(_read_rows(fs, files, rows)):
                 if writer is None:
                     writer = pq.ParquetWriter(out_path, batch.schema.with_metadata(metadata))
