@@ -190,3 +190,18 @@ def test_one_hit_at_rank_one_is_not_a_perfect_average_precision():
     labels = np.array([0] * 6 + [1] * 6)
     one_hit = np.array([[0, 1, 1, 1, 1]] * 6 + [[1, 1, 1, 1, 1]] * 6)
     assert retrieval_metrics(one_hit, labels)["map@k"] == pytest.approx((6 * 0.2 + 6 * 1) / 12)
+
+
+def test_faiss_padding_is_one_sentence_not_a_wrong_neighbour():
+    pytest.importorskip("faiss")
+    index = FaissIndex().fit(unit_vectors(10, 4))
+
+    class PaddedGraph:  # what FAISS returns when a graph walk finds fewer than k items
+        def search(self, queries, k):
+            indices = np.full((len(queries), k), -1)
+            indices[:, 0] = 0
+            return np.zeros((len(queries), k), np.float32), indices
+
+    index.index_ = PaddedGraph()
+    with pytest.raises(ImgrecError, match=r"fewer than 3 neighbours.*hnsw_ef_search"):
+        index.search(unit_vectors(2, 4), 3)

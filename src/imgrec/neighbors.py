@@ -116,6 +116,11 @@ class FaissIndex:
                 f"top_k must be between 1 and the catalog size {self.n_items_}, got {k}."
             )
         scores, indices = self.index_.search(np.ascontiguousarray(queries, dtype=np.float32), k)
+        if (indices < 0).any():  # FAISS pads with -1 where the graph walk found fewer than k
+            raise ImgrecError(
+                f"the HNSW graph found fewer than {k} neighbours for some items; raise "
+                f"param hnsw_ef_search (now {self.hnsw_ef_search}) or use index=exact."
+            )
         return scores, indices.astype(np.int64)
 
     def search_catalog(self, k: int) -> tuple[np.ndarray, np.ndarray]:
