@@ -24,7 +24,10 @@ import numpy as np
 import yaml
 
 from imgrec import kernels
-from imgrec.config import EmbedConfig, PrepareConfig, RecommendConfig, TrainConfig
+from imgrec.catalog import EmbedConfig
+from imgrec.preparation import PrepareConfig
+from imgrec.neighbors import RecommendConfig
+from imgrec.training import TrainConfig
 from imgrec.preparation import prepare
 from imgrec.prepared import load_prepared
 from imgrec.sources import fetch

@@ -1,9 +1,8 @@
 """Stage embed: the catalog: each prepared image's embedding and appearance vectors."""
 
 from imgrec import runtime, stage
-from imgrec.catalog import no_close_match_threshold, save_catalog
+from imgrec.catalog import EmbedConfig, no_close_match_threshold, save_catalog
 from imgrec.checkpoint import check_matches, checkpoint_md5, load_checkpoint
-from imgrec.config import EmbedConfig
 from imgrec.inference import embed
 from imgrec.prepared import load_prepared
 
@@ -24,4 +23,4 @@ def main(args, config: EmbedConfig) -> None:
 
 
 if __name__ == "__main__":
-    stage.run(main, ["prepared", "model", "out"])
+    stage.run(main, EmbedConfig, ["prepared", "model", "out"])

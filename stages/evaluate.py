@@ -2,8 +2,7 @@
 
 from imgrec import runtime, stage
 from imgrec.checkpoint import check_matches, load_checkpoint
-from imgrec.config import EvaluateConfig
-from imgrec.evaluation import classification_metrics, confusion_rows, save_rows
+from imgrec.evaluation import EvaluateConfig, classification_metrics, confusion_rows, save_rows
 from imgrec.figures import confusion_matrix_figure, save_figure, validation_samples_figure
 from imgrec.files import write_json
 from imgrec.inference import predict_logits
@@ -33,4 +32,4 @@ def main(args, config: EvaluateConfig) -> None:
 
 if __name__ == "__main__":
     paths = ["prepared", "model", "metrics", "per_class", "confusion", "confusion_png"]
-    stage.run(main, [*paths, "samples_png"])
+    stage.run(main, EvaluateConfig, [*paths, "samples_png"])

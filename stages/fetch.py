@@ -1,9 +1,8 @@
 """Stage fetch: the first `rows` rows of `source` as one parquet file in the HF Image schema."""
 
 from imgrec import stage
-from imgrec.config import FetchConfig
 from imgrec.files import atomic_file, write_json
-from imgrec.sources import fetch
+from imgrec.sources import FetchConfig, fetch
 
 
 def main(args, config: FetchConfig) -> None:
@@ -15,4 +14,4 @@ def main(args, config: FetchConfig) -> None:
 
 
 if __name__ == "__main__":
-    stage.run(main, ["out", "report"])
+    stage.run(main, FetchConfig, ["out", "report"])

@@ -1,8 +1,7 @@
 """Stage figure: query images and their top-k recommendations, with labels and scores."""
 
 from imgrec import stage
-from imgrec.config import FigureConfig
-from imgrec.figures import catalog_recommendations_figure, save_figure
+from imgrec.figures import FigureConfig, catalog_recommendations_figure, save_figure
 from imgrec.prepared import load_prepared
 from imgrec.recommendations import load_recommendations
 
@@ -14,4 +13,4 @@ def main(args, config: FigureConfig) -> None:
 
 
 if __name__ == "__main__":
-    stage.run(main, ["prepared", "recommendations", "out"])
+    stage.run(main, FigureConfig, ["prepared", "recommendations", "out"])

@@ -1,9 +1,8 @@
 """Stage prepare: decode every image once, resize, split train/val, count what was skipped."""
 
 from imgrec import stage
-from imgrec.config import PrepareConfig
 from imgrec.files import atomic_dir, write_json
-from imgrec.preparation import prepare
+from imgrec.preparation import PrepareConfig, prepare
 
 
 def main(args, config: PrepareConfig) -> None:
@@ -15,4 +14,4 @@ def main(args, config: PrepareConfig) -> None:
 
 
 if __name__ == "__main__":
-    stage.run(main, ["data", "out", "metrics", "report"])
+    stage.run(main, PrepareConfig, ["data", "out", "metrics", "report"])

@@ -2,9 +2,8 @@
 
 from imgrec import stage
 from imgrec.catalog import load_catalog
-from imgrec.config import RecommendConfig
 from imgrec.files import write_json
-from imgrec.neighbors import make_index, retrieval_metrics
+from imgrec.neighbors import RecommendConfig, make_index, retrieval_metrics
 from imgrec.recommendations import Recommendations, save_recommendations
 
 
@@ -22,4 +21,4 @@ def main(args, config: RecommendConfig) -> None:
 
 
 if __name__ == "__main__":
-    stage.run(main, ["embeddings", "prepared", "out", "metrics"])
+    stage.run(main, RecommendConfig, ["embeddings", "prepared", "out", "metrics"])

@@ -2,11 +2,10 @@
 
 from imgrec import runtime, stage
 from imgrec.checkpoint import save_checkpoint
-from imgrec.config import TrainConfig
 from imgrec.files import write_json
 from imgrec.model import CNNClassifier, ModelConfig
 from imgrec.prepared import load_prepared, prepared_md5
-from imgrec.training import train
+from imgrec.training import TrainConfig, train
 
 
 def main(args, config: TrainConfig) -> None:
@@ -48,4 +47,4 @@ def options(parser) -> None:
 
 
 if __name__ == "__main__":
-    stage.run(main, ["prepared", "model", "live_dir", "metrics"], options=options)
+    stage.run(main, TrainConfig, ["prepared", "model", "live_dir", "metrics"], options=options)

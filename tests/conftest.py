@@ -4,8 +4,10 @@
 import imgrec  # noqa: F401 - first: it picks the CPU kernels before numpy and torch load
 # isort: on
 
+import importlib.util
 import io
 import json
+import typing
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -15,6 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+ROOT = Path(__file__).resolve().parents[1]
 IMAGE_TYPE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
 
 
@@ -92,3 +95,14 @@ def tmp_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(0)
+
+
+def stage_configs() -> dict[str, type]:
+    """Each stage's config class, as its script's `main(args, config: ...)` declares it."""
+    configs = {}
+    for script in sorted((ROOT / "stages").glob("*.py")):
+        spec = importlib.util.spec_from_file_location(f"stage_script_{script.stem}", script)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)  # defines main; runs nothing under __main__
+        configs[script.stem] = typing.get_type_hints(module.main)["config"]
+    return configs

@@ -12,9 +12,8 @@ from imgrec.catalog import (
     no_close_match_threshold,
     save_catalog,
 )
-from imgrec.config import PrepareConfig
 from imgrec.errors import ImgrecError
-from imgrec.preparation import prepare
+from imgrec.preparation import PrepareConfig, prepare
 from imgrec.prepared import load_prepared
 
 

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from imgrec.checkpoint import check_matches, load_checkpoint, save_checkpoint
-from imgrec.config import TrainConfig
 from imgrec.errors import ImgrecError
 from imgrec.model import CNNClassifier, ModelConfig
+from imgrec.training import TrainConfig
 
 CLASS_NAMES = ["cat", "dog", "fish"]
 

@@ -20,14 +20,13 @@ import torch
 from imgrec import cli
 from imgrec.catalog import load_catalog, no_close_match_threshold, save_catalog
 from imgrec.checkpoint import checkpoint_md5, load_checkpoint, save_checkpoint
-from imgrec.config import PrepareConfig, TrainConfig
 from imgrec.inference import embed
 from imgrec.model import CNNClassifier, ModelConfig
-from imgrec.preparation import prepare
+from imgrec.preparation import PrepareConfig, prepare
 from imgrec.prepared import load_prepared, prepared_md5
 from imgrec.runtime import seed_everything
 from imgrec.sources import BUILTIN_DIGITS, fetch
-from imgrec.training import train
+from imgrec.training import TrainConfig, train
 
 IMG_SIZE = 16
 

@@ -4,15 +4,13 @@ import dataclasses
 import math
 
 import pytest
+from conftest import stage_configs
 
-from imgrec.config import (
-    STAGE_CONFIGS,
-    FetchConfig,
-    PrepareConfig,
-    RecommendConfig,
-    TrainConfig,
-)
 from imgrec.errors import ImgrecError
+from imgrec.neighbors import RecommendConfig
+from imgrec.preparation import PrepareConfig
+from imgrec.sources import FetchConfig
+from imgrec.training import TrainConfig
 
 GOOD = [
     (TrainConfig, "epochs", 1, 1),
@@ -101,6 +99,6 @@ def test_configs_are_frozen():
         TrainConfig().lr = 1.0
 
 
-@pytest.mark.parametrize("config", STAGE_CONFIGS.values(), ids=_id)
+@pytest.mark.parametrize("config", stage_configs().values(), ids=_id)
 def test_defaults_are_valid(config):
     config()

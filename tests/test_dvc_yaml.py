@@ -6,12 +6,12 @@ from pathlib import Path
 
 import pytest
 import yaml
-
-from imgrec.config import STAGE_CONFIGS
+from conftest import stage_configs
 
 ROOT = Path(__file__).resolve().parents[1]
 PIPELINE = yaml.safe_load((ROOT / "dvc.yaml").read_text())
 PARAMS = yaml.safe_load((ROOT / "params.yaml").read_text())
+CONFIGS = stage_configs()
 
 
 def _type_checking_only(tree: ast.AST) -> set[int]:
@@ -76,7 +76,7 @@ def test_neither_the_decoder_nor_the_fetch_code_is_a_dep_after_prepare(name):
 
 @pytest.mark.parametrize("name", list(PIPELINE["stages"]))
 def test_stage_params_are_exactly_its_config_fields(name):
-    fields = [field.name for field in dataclasses.fields(STAGE_CONFIGS[name])]
+    fields = [field.name for field in dataclasses.fields(CONFIGS[name])]
     assert set(PIPELINE["stages"][name].get("params", [])) == set(fields)
     assert set(fields) <= set(PARAMS), f"{name} uses params missing from params.yaml"
 

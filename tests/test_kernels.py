@@ -109,13 +109,14 @@ def _clean_environment() -> dict[str, str]:
 def test_a_stage_that_loads_numpy_first_still_runs_portable_kernels(tmp_path):
     """The harness restarts such a stage once, with the caps set before numpy loads."""
     (tmp_path / "params.yaml").write_text("source: builtin:digits\nrows: 5\n")
-    script = tmp_path / "fetch.py"  # the harness takes the stage's name from the script's
+    script = tmp_path / "fetch.py"
     script.write_text(
         "import numpy  # before imgrec: OpenBLAS picks its kernels now\n"
         "from imgrec import kernels, stage\n"
+        "from imgrec.sources import FetchConfig\n"
         "def main(args, config):\n"
         "    print('in force:', kernels.portable_in_force(), kernels.in_force()['blas'])\n"
-        "stage.run(main, ['out'])\n"
+        "stage.run(main, FetchConfig, ['out'])\n"
     )
     done = subprocess.run(
         [sys.executable, str(script), "--out", "x"],

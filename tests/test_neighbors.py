@@ -3,9 +3,14 @@
 import numpy as np
 import pytest
 
-from imgrec.config import RecommendConfig
 from imgrec.errors import ImgrecError
-from imgrec.neighbors import ExactIndex, FaissIndex, make_index, retrieval_metrics
+from imgrec.neighbors import (
+    ExactIndex,
+    FaissIndex,
+    RecommendConfig,
+    make_index,
+    retrieval_metrics,
+)
 
 
 def unit_vectors(n: int, dim: int, seed: int = 0) -> np.ndarray:

@@ -7,9 +7,15 @@ import numpy as np
 import pytest
 from conftest import hf_metadata, make_parquet, png_bytes
 
-from imgrec.config import PrepareConfig
 from imgrec.errors import ImgrecError
-from imgrec.preparation import SKIP_REASONS, class_ids, has_label, prepare, stratified_split
+from imgrec.preparation import (
+    SKIP_REASONS,
+    PrepareConfig,
+    class_ids,
+    has_label,
+    prepare,
+    stratified_split,
+)
 from imgrec.prepared import load_prepared
 
 IMG_SIZE = 4

@@ -11,15 +11,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from conftest import make_parquet, tagged_images
+from conftest import make_parquet, stage_configs, tagged_images
 from PIL import Image
-
-from imgrec.config import STAGE_CONFIGS
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_PARAMS = {
     field.name: field.default
-    for config in STAGE_CONFIGS.values()
+    for config in stage_configs().values()
     for field in dataclasses.fields(config)
 }
 

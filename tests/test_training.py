@@ -7,10 +7,9 @@ import pytest
 import torch
 
 from imgrec import runtime
-from imgrec.config import TrainConfig
 from imgrec.model import CNNClassifier, ModelConfig
 from imgrec.prepared import Prepared
-from imgrec.training import augment_batch, train
+from imgrec.training import TrainConfig, augment_batch, train
 
 IMG_SIZE, N_IMAGES, N_CLASSES = 16, 40, 4
 

@@ -21,12 +21,18 @@ from pathlib import Path
 
 import numpy as np
 
+from imgrec.config import ComputeConfig
 from imgrec.errors import ImgrecError, MissingOutput
 from imgrec.files import atomic_dir, read_json, write_json
 from imgrec.neighbors import ExactIndex
 from imgrec.prepared import load_prepared
 
 NOVELTY_QUANTILE = 0.01
+
+
+@dataclass(frozen=True)
+class EmbedConfig(ComputeConfig):
+    pass
 
 
 @dataclass(frozen=True)

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import torch
 
-from imgrec.config import TrainConfig
 from imgrec.errors import ImgrecError, MissingOutput
 from imgrec.files import atomic_file
 from imgrec.model import CNNClassifier, ModelConfig
+from imgrec.training import TrainConfig
 
 # What `images.decode` + `inference.to_tensor` do to an image before the model sees it.
 PREPROCESSING = {"resample": "bilinear", "scale": "0..1"}

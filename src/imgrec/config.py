@@ -1,8 +1,11 @@
-"""One frozen, self-validating config per stage, built from the params DVC tracks for it.
+"""The machinery of stage configs: frozen dataclasses that validate themselves.
 
-A hyperparameter lives in params.yaml, in its stage's `params:` list in
-dvc.yaml, and as one field here (a test keeps the three in step). Stages read
-params.yaml themselves: no param travels through a shell command line.
+Each stage's config lives beside the code it configures (`sources.FetchConfig`,
+`training.TrainConfig`, ...), so a new hyperparameter changes only the modules
+its own stage depends on. A hyperparameter lives in params.yaml, in its stage's
+`params:` list in dvc.yaml, and as one field of that config (a test keeps the
+three in step). Stages read params.yaml themselves (`stage.run`): no param
+travels through a shell command line.
 """
 
 import math
@@ -83,75 +86,9 @@ class StageConfig:
 
 
 @dataclass(frozen=True)
-class FetchConfig(StageConfig):
-    source: str = "builtin:digits"
-    rows: int = param(40000, ge=1)
-
-
-@dataclass(frozen=True)
-class PrepareConfig(StageConfig):
-    img_size: int = param(64, ge=1)
-    val_fraction: float = param(0.2, gt=0, lt=1)
-    seed: int = param(42, ge=0)
-    max_bad_fraction: float = param(0.1, ge=0, le=1)
-
-
-@dataclass(frozen=True)
 class ComputeConfig(StageConfig):
     """Where and how a stage computes: these change the float bits of what it writes."""
 
     device: str = "auto"
     num_threads: int = param(2, ge=1)
     kernels: Literal["portable", "native"] = "portable"
-
-
-@dataclass(frozen=True)
-class TrainConfig(ComputeConfig):
-    batch_size: int = param(32, ge=1)
-    epochs: int = param(30, ge=1)
-    lr: float = param(0.001, gt=0)
-    patience: int = param(5, ge=1)
-    lr_factor: float = param(0.1, gt=0, lt=1)
-    lr_patience: int = param(3, ge=0)
-    dropout: float = param(0.5, ge=0, le=1)
-    augment: bool = False
-    seed: int = param(42, ge=0)
-    channels_last: bool = True
-    precision: Literal["fp32", "bf16"] = "fp32"
-
-
-@dataclass(frozen=True)
-class EvaluateConfig(ComputeConfig):
-    pass
-
-
-@dataclass(frozen=True)
-class EmbedConfig(ComputeConfig):
-    pass
-
-
-@dataclass(frozen=True)
-class RecommendConfig(StageConfig):
-    top_k: int = param(5, ge=1)
-    index: Literal["exact", "faiss"] = "exact"
-    hnsw_m: int = param(32, ge=1)
-    hnsw_ef_construction: int = param(200, ge=1)
-    hnsw_ef_search: int = param(128, ge=1)
-    # numpy's matrix products score the catalog: the BLAS kernels change the last bits.
-    kernels: Literal["portable", "native"] = "portable"
-
-
-@dataclass(frozen=True)
-class FigureConfig(StageConfig):
-    pass
-
-
-STAGE_CONFIGS: dict[str, type[StageConfig]] = {
-    "fetch": FetchConfig,
-    "prepare": PrepareConfig,
-    "train": TrainConfig,
-    "evaluate": EvaluateConfig,
-    "embed": EmbedConfig,
-    "recommend": RecommendConfig,
-    "figure": FigureConfig,
-}

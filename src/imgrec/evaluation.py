@@ -2,11 +2,18 @@
 
 import csv
 import os
+from dataclasses import dataclass
 
 import numpy as np
 from sklearn.metrics import accuracy_score, precision_recall_fscore_support
 
+from imgrec.config import ComputeConfig
 from imgrec.files import atomic_file
+
+
+@dataclass(frozen=True)
+class EvaluateConfig(ComputeConfig):
+    pass
 
 
 def classification_metrics(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import matplotlib
@@ -18,6 +19,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from sklearn.metrics import ConfusionMatrixDisplay
 
+from imgrec.config import StageConfig
 from imgrec.files import atomic_file
 from imgrec.prepared import Prepared
 
@@ -33,6 +35,11 @@ _NO_STAMPS = {
     "jpg": None,
     "jpeg": None,
 }
+
+
+@dataclass(frozen=True)
+class FigureConfig(StageConfig):
+    pass
 
 
 def save_figure(fig: plt.Figure, path: str | os.PathLike, dpi: int = 100) -> None:

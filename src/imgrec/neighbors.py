@@ -4,13 +4,27 @@
 `FaissIndex` wraps an HNSW graph from FAISS for catalogs of millions.
 """
 
+from dataclasses import dataclass
+from typing import Literal
+
 import numpy as np
 import torch
 
-from imgrec.config import RecommendConfig
+from imgrec.config import StageConfig, param
 from imgrec.errors import ImgrecError
 
 _BLOCK_ROWS = 1024  # queries per block: 1024 x 40k float32 scores is 160 MB
+
+
+@dataclass(frozen=True)
+class RecommendConfig(StageConfig):
+    top_k: int = param(5, ge=1)
+    index: Literal["exact", "faiss"] = "exact"
+    hnsw_m: int = param(32, ge=1)
+    hnsw_ef_construction: int = param(200, ge=1)
+    hnsw_ef_search: int = param(128, ge=1)
+    # numpy's matrix products score the catalog: the BLAS kernels change the last bits.
+    kernels: Literal["portable", "native"] = "portable"
 
 
 def _top_k_rows(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

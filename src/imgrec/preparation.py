@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from imgrec import images
-from imgrec.config import PrepareConfig
+from imgrec.config import StageConfig, param
 from imgrec.errors import ImgrecError
 from imgrec.prepared import IMAGES_FILE, save_prepared_labels
 from imgrec.raw_parquet import class_names_from_metadata
@@ -27,6 +27,14 @@ log = logging.getLogger(__name__)
 
 SKIP_REASONS = (*images.SKIP_REASONS, "unlabeled")
 _COMPACT_ROWS = 1024  # images copied at once when skipped rows are squeezed out
+
+
+@dataclass(frozen=True)
+class PrepareConfig(StageConfig):
+    img_size: int = param(64, ge=1)
+    val_fraction: float = param(0.2, gt=0, lt=1)
+    seed: int = param(42, ge=0)
+    max_bad_fraction: float = param(0.1, ge=0, le=1)
 
 
 def class_ids(labels: list, label_names: list[str] | None) -> tuple[np.ndarray, list[str]]:

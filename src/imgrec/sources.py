@@ -32,6 +32,7 @@ from fsspec.implementations.local import LocalFileSystem
 from PIL import Image
 from tqdm import tqdm
 
+from imgrec.config import StageConfig, param
 from imgrec.errors import ImgrecError
 from imgrec.raw_parquet import IMAGE_TYPE, class_names_from_metadata, hf_features
 
@@ -46,6 +47,12 @@ OUT_ROW_GROUP_ROWS = 256
 # Bytes the reader buffers per column: pages stream through it, never a whole column chunk.
 READ_BUFFER_BYTES = 1 << 20
 _HF_DATASET_ROOT = re.compile(r"^hf://datasets/(?P<repo>[^/@]+/[^/@]+)(?:@(?P<rev>[^/]+))?/?$")
+
+
+@dataclass(frozen=True)
+class FetchConfig(StageConfig):
+    source: str = "builtin:digits"
+    rows: int = param(40000, ge=1)
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """The harness every stage script runs in: paths from dvc.yaml, params from params.yaml.
 
 `dvc.yaml` passes paths only; a stage reads the params DVC tracks for it from
-params.yaml into its config (`config.STAGE_CONFIGS`), so no value ever goes
+params.yaml into its config (the class it hands to `run`), so no value ever goes
 through a shell. User errors end in one `error:` line and exit status 1.
 """
 
@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 
 from imgrec import kernels
-from imgrec.config import STAGE_CONFIGS, ComputeConfig
+from imgrec.config import ComputeConfig, StageConfig
 from imgrec.errors import ImgrecError
 
 PARAMS_FILE = "params.yaml"  # DVC runs stage commands beside dvc.yaml, where this lives
@@ -64,6 +64,7 @@ def _restart_with_kernels(mode: str) -> None:
 
 def run(
     main: Callable[[argparse.Namespace, Any], None],
+    config_type: type[StageConfig],
     paths: Sequence[str],
     *,
     options: Callable[[argparse.ArgumentParser], None] | None = None,
@@ -80,9 +81,7 @@ def run(
         if options is not None:
             options(parser)
         args = parser.parse_args()
-        if name not in STAGE_CONFIGS:
-            raise ImgrecError(f"{name} is no stage of this pipeline ({', '.join(STAGE_CONFIGS)}).")
-        config = STAGE_CONFIGS[name].from_params(read_params())
+        config = config_type.from_params(read_params())
         wanted = getattr(config, "kernels", kernels.active())
         if not kernels.applies_here():
             kernels.apply(wanted)  # nothing to cap: record the mode and go on

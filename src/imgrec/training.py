@@ -5,6 +5,7 @@ import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 import torch
@@ -12,7 +13,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, RandomSampler
 from tqdm import tqdm
 
-from imgrec.config import TrainConfig
+from imgrec.config import ComputeConfig, param
 from imgrec.inference import memory_format, predict_logits, to_tensor
 from imgrec.model import CNNClassifier
 from imgrec.prepared import Prepared
@@ -20,6 +21,21 @@ from imgrec.prepared import Prepared
 log = logging.getLogger(__name__)
 
 MAX_ROTATION_DEGREES = 10.0
+
+
+@dataclass(frozen=True)
+class TrainConfig(ComputeConfig):
+    batch_size: int = param(32, ge=1)
+    epochs: int = param(30, ge=1)
+    lr: float = param(0.001, gt=0)
+    patience: int = param(5, ge=1)
+    lr_factor: float = param(0.1, gt=0, lt=1)
+    lr_patience: int = param(3, ge=0)
+    dropout: float = param(0.5, ge=0, le=1)
+    augment: bool = False
+    seed: int = param(42, ge=0)
+    channels_last: bool = True
+    precision: Literal["fp32", "bf16"] = "fp32"
 
 
 @dataclass
