@@ -3,7 +3,7 @@
 from imgrec import runtime, stage
 from imgrec.catalog import EmbedConfig, no_close_match_threshold, save_catalog
 from imgrec.checkpoint import check_matches, checkpoint_md5, load_checkpoint
-from imgrec.inference import embed
+from imgrec.inference import catalog_vectors
 from imgrec.prepared import load_prepared
 
 
@@ -13,8 +13,7 @@ def main(args, config: EmbedConfig) -> None:
     checkpoint = load_checkpoint(args.model, device)
     check_matches(checkpoint, data.img_size, args.prepared)
     model = checkpoint.model
-    embeddings = embed(model, data.images, device=device, desc="embed")  # (N, embedding_dim)
-    appearance = embed(model, data.images, space="appearance", device=device, desc="appearance")
+    embeddings, appearance = catalog_vectors(model, data.images, device=device, desc="embed")
     print(f"embedded {len(embeddings)} images into {embeddings.shape[1]} dimensions")
     threshold = no_close_match_threshold(appearance, data.train_index, data.val_index)
     save_catalog(

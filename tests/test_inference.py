@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from imgrec.inference import embed, predict_logits
+from imgrec.inference import catalog_vectors, embed, predict_logits
 from imgrec.model import CNNClassifier, ModelConfig
 
 N_CLASSES = 3
@@ -96,3 +96,19 @@ def test_inference_runs_in_eval_mode(model, images):
     model.train()
     torch.testing.assert_close(predict_logits(model, images, batch_size=2), expected)
     assert not model.training
+
+
+def test_catalog_vectors_are_embed_in_both_spaces_to_the_bit(model, images):
+    embeddings, appearance = catalog_vectors(model, images, batch_size=3)
+    np.testing.assert_array_equal(embeddings, embed(model, images, batch_size=3))
+    np.testing.assert_array_equal(
+        appearance, embed(model, images, space="appearance", batch_size=3)
+    )
+    assert embeddings.shape == (len(images), model.config.embedding_dim)
+    assert appearance.shape == (len(images), model.config.widths[-1])
+
+
+def test_catalog_vectors_of_no_image(model, images):
+    embeddings, appearance = catalog_vectors(model, images[:0])
+    assert embeddings.shape == (0, model.config.embedding_dim)
+    assert appearance.shape == (0, model.config.widths[-1])

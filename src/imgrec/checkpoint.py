@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from imgrec.errors import ImgrecError, MissingOutput
+from imgrec.errors import ImgrecError, MissingOutput, first_line
 from imgrec.files import atomic_file
 from imgrec.model import CNNClassifier, ModelConfig
 from imgrec.training import TrainConfig
@@ -73,8 +73,7 @@ def load_checkpoint(path: str | os.PathLike, device: torch.device | str = "cpu")
         )
     except Exception as error:
         # torch's own message advises weights_only=False: never, for a file from outside.
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise ImgrecError(f"{path} is not an imgrec checkpoint ({reason}).") from error
+        raise ImgrecError(f"{path} is not an imgrec checkpoint ({first_line(error)}).") from error
     loaded.model.to(device)  # outside the try: a device problem is no format problem
     return loaded
 

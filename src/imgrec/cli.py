@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from imgrec.errors import ImgrecError, MissingOutput
+from imgrec.errors import ImgrecError, MissingOutput, first_line
 
 # torch, fsspec, scikit-learn and matplotlib load inside the commands that need them,
 # so `--help` and argument errors answer at once instead of after seconds of imports.
@@ -82,7 +82,7 @@ class UnusableQuery(ImgrecError):
     """A query image that cannot be read or decoded; `reason` says why without naming it."""
 
     def __init__(self, source: str, reason: str):
-        reason = _one_line(reason).rstrip(".")
+        reason = first_line(reason).rstrip(".")
         super().__init__(f"{source}: {reason}.")
         self.source = source
         self.reason = reason
@@ -268,14 +268,9 @@ class Novelty:
         )
 
 
-def novelty(
-    checkpoint: Checkpoint, catalog: Catalog, images: np.ndarray, device: torch.device
-) -> list[Novelty]:
-    from imgrec.inference import embed
-
-    closest = catalog.closest_appearance(
-        embed(checkpoint.model, images, space="appearance", device=device)
-    )
+def novelty(catalog: Catalog, appearance: np.ndarray) -> list[Novelty]:
+    """Each query's appearance against the catalog's threshold."""
+    closest = catalog.closest_appearance(appearance)
     threshold = catalog.no_close_match_below
     return [Novelty(bool(c < threshold), round(float(c), 6), threshold) for c in closest]
 
@@ -316,7 +311,7 @@ def write_figure(
 
 def cmd_recommend(args: argparse.Namespace) -> int:
     from imgrec.catalog import load_catalog
-    from imgrec.inference import embed
+    from imgrec.inference import catalog_vectors
 
     checkpoint, device = _load_model(args)
     catalog = load_catalog(args.catalog, args.prepared)
@@ -325,9 +320,11 @@ def cmd_recommend(args: argparse.Namespace) -> int:
     if args.top_k > catalog_size:
         raise ImgrecError(f"--top-k {args.top_k} is more than the {catalog_size} catalog items.")
     sources, images, failed = _load_queries(args.images, checkpoint.img_size)
-    queries = embed(checkpoint.model, images, batch_size=args.batch_size, device=device)
+    queries, appearance = catalog_vectors(
+        checkpoint.model, images, batch_size=args.batch_size, device=device
+    )
     results = search(catalog, queries, args.top_k)
-    novel = novelty(checkpoint, catalog, images, device)
+    novel = novelty(catalog, appearance)
 
     try:
         if args.json:
@@ -366,7 +363,7 @@ def cmd_recommend(args: argparse.Namespace) -> int:
 
 def cmd_classify(args: argparse.Namespace) -> int:
     from imgrec.catalog import load_catalog
-    from imgrec.inference import predict_logits
+    from imgrec.inference import embed, predict_logits
 
     checkpoint, device = _load_model(args)
     sources, images, failed = _load_queries(args.images, checkpoint.img_size)
@@ -375,9 +372,10 @@ def cmd_classify(args: argparse.Namespace) -> int:
     try:
         catalog = load_catalog(args.catalog, args.prepared)
         check_catalog(args.model, catalog)
-        novel = [n.no_close_match for n in novelty(checkpoint, catalog, images, device)]
+        appearance = embed(checkpoint.model, images, space="appearance", device=device)
+        novel = [n.no_close_match for n in novelty(catalog, appearance)]
     except ImgrecError as error:  # a classifier needs no catalog; the flag does
-        print(f"warning: no novelty check ({_one_line(str(error))})", file=sys.stderr)
+        print(f"warning: no novelty check ({first_line(error)})", file=sys.stderr)
         novel = [None] * len(sources)
     predictions = [
         {
@@ -530,11 +528,6 @@ def resolve_defaults(args: argparse.Namespace, root: Path) -> None:
             setattr(args, name, root / default)
 
 
-def _one_line(text: str) -> str:
-    """The first line of a message: some libraries' errors run to a paragraph."""
-    return next((line.strip() for line in text.splitlines() if line.strip()), "")
-
-
 # 128 + SIGPIPE: what the shell reports for a tool that SIGPIPE ended (`seq 1e6 | head -1`
 # under `set -o pipefail`), so a script can tell "the reader left early" from a real failure
 # (1); Python's docs suggest 1, which would blur the two.
@@ -563,10 +556,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_BROKEN_PIPE
     except MissingOutput as error:
         pull = " Or `dvc pull` it: this project has a DVC remote." if has_dvc_remote() else ""
-        print(f"error: {_one_line(str(error))}{pull}", file=sys.stderr)
+        print(f"error: {first_line(error)}{pull}", file=sys.stderr)
         return 1
     except ImgrecError as error:
-        print(f"error: {_one_line(str(error))}", file=sys.stderr)
+        print(f"error: {first_line(error)}", file=sys.stderr)
         return 1
     except OSError as error:  # the machine's, not the input's: disk full, permissions, ...
         where = f" ({error.filename})" if error.filename else ""
@@ -579,7 +572,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if os.environ.get("IMGREC_DEBUG"):
             raise
         print(
-            f"error: unexpected {type(error).__name__}: {_one_line(str(error))} "
+            f"error: unexpected {type(error).__name__}: {first_line(error)} "
             "(a bug: rerun with IMGREC_DEBUG=1 for the traceback and report it).",
             file=sys.stderr,
         )

@@ -7,3 +7,11 @@ class ImgrecError(Exception):
 
 class MissingOutput(ImgrecError):
     """A pipeline output that is not there yet: `dvc repro` makes it (or `dvc pull`)."""
+
+
+def first_line(error: BaseException | str) -> str:
+    """The first non-empty line of an error's text (its type's name if it has none):
+    some libraries' messages run to a paragraph, and ours stay one line."""
+    text = str(error)
+    line = next((line.strip() for line in text.splitlines() if line.strip()), "")
+    return line or (type(error).__name__ if isinstance(error, BaseException) else "")

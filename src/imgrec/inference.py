@@ -58,12 +58,18 @@ def _forward(
             "logits": model,
             "embedding": model.forward_features,
             "appearance": model.forward_appearance,
+            "catalog": model.forward_catalog,
         }[output]
         outputs.append(forward(x).float().cpu())
     if not outputs:
         config = model.config
-        width = {"logits": config.num_classes, "embedding": config.embedding_dim}
-        return torch.empty(0, width.get(output, config.widths[-1]))
+        width = {
+            "logits": config.num_classes,
+            "embedding": config.embedding_dim,
+            "appearance": config.widths[-1],
+            "catalog": config.embedding_dim + config.widths[-1],
+        }
+        return torch.empty(0, width[output])
     return torch.cat(outputs)
 
 
@@ -116,4 +122,34 @@ def embed(
         channels_last=channels_last,
         desc=desc,
     )
-    return F.normalize(vectors, dim=1).numpy().astype(np.float32)
+    return _unit_rows(vectors)
+
+
+def catalog_vectors(
+    model: CNNClassifier,
+    images: np.ndarray,
+    *,
+    batch_size: int = 256,
+    device: torch.device | str = "cpu",
+    channels_last: bool = True,
+    desc: str | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(embeddings, appearance) of every image, as `embed` gives each, from one pass of the
+    conv blocks instead of two: what the catalog stores and a query is compared on."""
+    both = _forward(
+        model,
+        images,
+        None,
+        output="catalog",
+        batch_size=batch_size,
+        device=device,
+        channels_last=channels_last,
+        desc=desc,
+    )
+    split = model.config.embedding_dim
+    return _unit_rows(both[:, :split]), _unit_rows(both[:, split:])
+
+
+def _unit_rows(vectors: torch.Tensor) -> np.ndarray:
+    # contiguous: the same memory layout, so the same kernels and bits, as a tensor of its own.
+    return F.normalize(vectors.contiguous(), dim=1).numpy().astype(np.float32)

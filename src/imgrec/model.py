@@ -54,6 +54,13 @@ class CNNClassifier(nn.Module):
         the embedding, which training pulls toward the classes (see `catalog`)."""
         return self.features[:-2](x).mean(dim=(2, 3))  # features[:-2]: the conv blocks
 
+    def forward_catalog(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> (B, embedding_dim + widths[-1]): `forward_features` and
+        `forward_appearance` side by side, from one pass of the conv blocks."""
+        maps = self.features[:-2](x)  # (B, C, h, w)
+        embedding = self.embed(self.features[-2:](maps))  # the pool and flatten, then embed
+        return torch.cat([embedding, maps.mean(dim=(2, 3))], dim=1)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) -> (B, num_classes) logits."""
         return self.head(self.forward_features(x))

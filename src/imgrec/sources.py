@@ -33,7 +33,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from imgrec.config import StageConfig, param
-from imgrec.errors import ImgrecError
+from imgrec.errors import ImgrecError, first_line
 from imgrec.raw_parquet import IMAGE_TYPE, class_names_from_metadata, hf_features
 
 BUILTIN_PREFIX = "builtin:"
@@ -118,8 +118,7 @@ def list_parquet_files(source: str) -> tuple[fsspec.AbstractFileSystem, list[str
             f"source {source!r} needs an extra package: {error}; pip install it and rerun."
         ) from error
     except Exception as error:  # network and auth errors come in many types
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise ImgrecError(f"cannot reach source {source!r}: {reason}") from error
+        raise ImgrecError(f"cannot reach source {source!r}: {first_line(error)}") from error
     if not files:
         raise ImgrecError(f"source {source!r} matches no parquet file.")
     return fs, sorted(files)
@@ -157,8 +156,7 @@ def _decoded(data_type: pa.DataType) -> pa.DataType:
 
 def _reason(error: BaseException) -> str:
     """The first sentence of an error, so a message stays one sentence."""
-    text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-    return text.split(". ")[0].rstrip(".")
+    return first_line(error).split(". ")[0].rstrip(".")
 
 
 def _read_footer(fs: fsspec.AbstractFileSystem, path: str) -> _SourceFile:
