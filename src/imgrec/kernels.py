@@ -2,9 +2,10 @@
 
 torch (ATen), oneDNN, MKL and OpenBLAS each choose their kernels for the CPU
 they run on, so an AVX-512 machine computes other float bits than an AVX2 one
-and training diverges to another early-stopping epoch. `portable` caps them
-all at AVX2, the kernels every x86-64 machine from 2015 on has: the committed
-results then come back bit for bit on AVX2 and AVX-512 CPUs alike. `native`
+and training diverges to another early-stopping epoch. `portable` caps torch,
+oneDNN and OpenBLAS at AVX2, the kernels every x86-64 machine from 2015 on has,
+and pins MKL to the branch it gives the same bits with on Intel and AMD CPUs:
+the committed results then come back bit for bit on any of them. `native`
 leaves each library its own choice (AVX-512, AMX, bf16 where present): faster,
 but the bits follow the CPU.
 
@@ -27,7 +28,11 @@ MODE_VARIABLE = "IMGREC_KERNELS"
 PORTABLE_ENVIRONMENT = {
     "ATEN_CPU_CAPABILITY": "avx2",  # torch's own vectorised ops
     "ONEDNN_MAX_CPU_ISA": "AVX2",  # convolutions, through oneDNN
-    "MKL_ENABLE_INSTRUCTIONS": "AVX2",  # torch's matrix products, through MKL (Intel CPUs)
+    # torch's matrix products, through MKL. MKL picks its code path by vendor as well as by
+    # ISA: capped at AVX2, an Intel Xeon trained differently from AMD EPYCs from the first
+    # epoch. COMPATIBLE (SSE2, no approximate reciprocals) is the one branch MKL documents
+    # as giving the same bits on Intel and AMD CPUs.
+    "MKL_CBWR": "COMPATIBLE",
     # numpy's matrix products (OpenBLAS). The committed results were made with its Zen
     # kernels; they are AVX2 kernels, so any AVX2 CPU runs them, Intel's included.
     "OPENBLAS_CORETYPE": "ZEN",
