@@ -100,7 +100,10 @@ def imgrec_train(cfg: dict, batches: int, val_images: int, init: str | None, **o
 
 
 def fetch_imgrec(cfg: dict) -> dict:  # each side's clock includes its reader's imports
-    fetched, seconds = clocked(fetch, cfg["source"], cfg["rows"], cfg["raw"])
+    scheduler = cfg["params"]["dask_scheduler"]
+    fetched, seconds = clocked(
+        fetch, cfg["source"], cfg["rows"], cfg["raw"], dask_scheduler=scheduler
+    )
     return timed(fetched.rows_fetched, seconds)
 
 

@@ -21,6 +21,20 @@ ROOT = Path(__file__).resolve().parents[1]
 IMAGE_TYPE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
 
 
+@pytest.fixture(scope="session")
+def dask_scheduler() -> str:
+    """The address of a 2-worker Dask cluster on localhost, shared by the whole session: what
+    tests pass as the `dask_scheduler` param instead of starting a local cluster each time."""
+    from distributed import LocalCluster
+
+    from imgrec.cluster import NO_DASHBOARD
+
+    with LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, scheduler_kwargs=NO_DASHBOARD
+    ) as cluster:
+        yield cluster.scheduler_address
+
+
 def image_bytes(
     size: tuple[int, int] = (8, 8),
     color: tuple[int, ...] | int = (200, 30, 60),

@@ -22,11 +22,13 @@ def unit(rows: np.ndarray) -> np.ndarray:
 
 
 @pytest.fixture
-def prepared(tmp_path):
+def prepared(tmp_path, dask_scheduler):
     parquet = make_parquet(tmp_path / "raw.parquet", tagged_images(40), [0, 1] * 20)
     (tmp_path / "prepared").mkdir()
-    config = PrepareConfig(img_size=4, val_fraction=0.25, seed=0, max_bad_fraction=0.0)
-    prepare(parquet, tmp_path / "prepared", config, workers=1)
+    config = PrepareConfig(
+        img_size=4, val_fraction=0.25, seed=0, max_bad_fraction=0.0, dask_scheduler=dask_scheduler
+    )
+    prepare(parquet, tmp_path / "prepared", config)
     return tmp_path / "prepared"
 
 

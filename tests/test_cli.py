@@ -57,14 +57,17 @@ class Pipeline:
 
 
 @pytest.fixture(scope="module")
-def pipeline(tmp_path_factory: pytest.TempPathFactory) -> Pipeline:
+def pipeline(tmp_path_factory: pytest.TempPathFactory, dask_scheduler: str) -> Pipeline:
     """fetch -> prepare -> train (1 epoch) -> embed, tiny, through the package's functions."""
     root = tmp_path_factory.mktemp("pipeline")
     raw, prepared, embeddings = root / "raw.parquet", root / "prepared", root / "embeddings"
     fetch(BUILTIN_DIGITS, 120, raw)
     prepared.mkdir()
-    config = PrepareConfig(img_size=IMG_SIZE, val_fraction=0.2, seed=0, max_bad_fraction=0.0)
-    prepare(raw, prepared, config, workers=1)
+    config = PrepareConfig(
+        img_size=IMG_SIZE, val_fraction=0.2, seed=0, max_bad_fraction=0.0,
+        dask_scheduler=dask_scheduler,
+    )  # fmt: skip
+    prepare(raw, prepared, config)
     data = load_prepared(prepared)
     model = CNNClassifier(ModelConfig(num_classes=len(data.class_names)))
     config = TrainConfig(epochs=1, patience=1, lr_patience=1)

@@ -28,7 +28,7 @@ GOOD = [
     (TrainConfig, "augment", True, True),
     (TrainConfig, "precision", "bf16", "bf16"),
     (TrainConfig, "kernels", "native", "native"),
-    (RecommendConfig, "index", "faiss", "faiss"),
+    (RecommendConfig, "index", "hnsw", "hnsw"),
     (FetchConfig, "source", "/data/O'Brien/$HOME *.parquet", "/data/O'Brien/$HOME *.parquet"),
 ]
 
@@ -85,7 +85,7 @@ def test_bad_values_raise_naming_the_param(config, name, value):
 
 
 def test_from_params_takes_only_the_stages_own_params():
-    params = {"source": "builtin:digits", "rows": 10, "lr": "not read by fetch"}
+    params = {"source": "builtin:digits", "rows": 10, "dask_scheduler": "local", "lr": "x"}
     assert FetchConfig.from_params(params) == FetchConfig(rows=10)
 
 

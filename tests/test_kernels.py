@@ -108,7 +108,8 @@ def _clean_environment() -> dict[str, str]:
 @x86_only
 def test_a_stage_that_loads_numpy_first_still_runs_portable_kernels(tmp_path):
     """The harness restarts such a stage once, with the caps set before numpy loads."""
-    (tmp_path / "params.yaml").write_text("source: builtin:digits\nrows: 5\n")
+    params = "source: builtin:digits\nrows: 5\ndask_scheduler: local\n"
+    (tmp_path / "params.yaml").write_text(params)
     script = tmp_path / "fetch.py"
     script.write_text(
         "import numpy  # before imgrec: OpenBLAS picks its kernels now\n"

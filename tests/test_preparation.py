@@ -25,11 +25,11 @@ def _grey(value: int) -> bytes:
     return png_bytes((2, 2), (value, value, value))
 
 
-def _prepare(parquet, out, workers=1, **overrides):
+def _prepare(parquet, out, **overrides):
     """prepare with test-sized params; `overrides` are PrepareConfig fields."""
     settings = {"img_size": IMG_SIZE, "val_fraction": 0.25, "seed": 0, "max_bad_fraction": 0.5}
     out.mkdir(exist_ok=True)
-    return prepare(parquet, out, PrepareConfig(**(settings | overrides)), workers=workers)
+    return prepare(parquet, out, PrepareConfig(**(settings | overrides)))
 
 
 @pytest.fixture
@@ -63,10 +63,10 @@ def dirty_parquet(tmp_path):
     return path, good_rows
 
 
-def test_prepare_skips_and_counts_bad_rows(dirty_parquet, tmp_path):
+def test_prepare_skips_and_counts_bad_rows(dirty_parquet, tmp_path, dask_scheduler):
     parquet, good_rows = dirty_parquet
     out = tmp_path / "prepared"
-    counts = _prepare(parquet, out)
+    counts = _prepare(parquet, out, dask_scheduler=dask_scheduler)
     assert counts["rows_read"] == 24
     assert counts["rows_skipped"] == 8
     assert counts["images"] == 16
@@ -91,13 +91,15 @@ def test_prepare_skips_and_counts_bad_rows(dirty_parquet, tmp_path):
     assert not (out / "staging.npy").exists()
 
 
-def test_nan_labels_are_unlabeled(tmp_path):
+def test_nan_labels_are_unlabeled(tmp_path, dask_scheduler):
     parquet = make_parquet(
         tmp_path / "raw.parquet",
         [_grey(v) for v in (10, 20, 30, 40, 50)],
         [0.0, math.nan, 1.0, 0.0, 1.0],
     )
-    counts = _prepare(parquet, tmp_path / "prepared", val_fraction=0.5)
+    counts = _prepare(
+        parquet, tmp_path / "prepared", val_fraction=0.5, dask_scheduler=dask_scheduler
+    )
     assert counts["skipped_by_reason"]["unlabeled"] == 1
     assert load_prepared(tmp_path / "prepared").row_ids.tolist() == [0, 2, 3, 4]
 
@@ -118,76 +120,81 @@ def test_has_label(label, usable):
     assert has_label(label) is usable
 
 
-def test_prepare_too_many_bad_rows_raises(dirty_parquet, tmp_path):
+def test_prepare_too_many_bad_rows_raises(dirty_parquet, tmp_path, dask_scheduler):
     parquet, _ = dirty_parquet
     with pytest.raises(ImgrecError, match=r"max_bad_fraction=0\.1") as info:
-        _prepare(parquet, tmp_path / "prepared", max_bad_fraction=0.1)
+        _prepare(
+            parquet, tmp_path / "prepared", max_bad_fraction=0.1, dask_scheduler=dask_scheduler
+        )
     assert "8 of 24 rows" in str(info.value)
 
 
-def test_prepare_all_bad_rows_raises(tmp_path):
+def test_prepare_all_bad_rows_raises(tmp_path, dask_scheduler):
     parquet = make_parquet(tmp_path / "raw.parquet", [b"junk", b"more junk"], [0, 1])
     with pytest.raises(ImgrecError, match="no row"):
-        _prepare(parquet, tmp_path / "prepared", max_bad_fraction=1.0)
+        _prepare(
+            parquet, tmp_path / "prepared", max_bad_fraction=1.0, dask_scheduler=dask_scheduler
+        )
 
 
-def test_prepare_clean_data_keeps_every_row(tmp_path):
+def test_prepare_clean_data_keeps_every_row(tmp_path, dask_scheduler):
     parquet = make_parquet(tmp_path / "raw.parquet", [_grey(i) for i in range(8)], [0, 1] * 4)
     out = tmp_path / "prepared"
-    counts = _prepare(parquet, out, max_bad_fraction=0.0)
+    counts = _prepare(parquet, out, max_bad_fraction=0.0, dask_scheduler=dask_scheduler)
     assert counts["rows_skipped"] == 0
     assert counts["skipped_by_reason"] == dict.fromkeys(SKIP_REASONS, 0)
     assert load_prepared(out).row_ids.tolist() == list(range(8))
 
 
-def test_prepare_is_reproducible(dirty_parquet, tmp_path):
+def test_prepare_gives_the_same_bytes_on_any_scheduler(dirty_parquet, tmp_path, dask_scheduler):
+    """The default local cluster (one worker per core) and a running 2-worker one."""
     parquet, _ = dirty_parquet
-    outs = [tmp_path / "a", tmp_path / "b"]
-    for out in outs:
-        _prepare(parquet, out, workers=2)
+    outs = [tmp_path / "local", tmp_path / "cluster"]
+    for out, scheduler in zip(outs, ["local", dask_scheduler], strict=True):
+        _prepare(parquet, out, dask_scheduler=scheduler)
     for name in ("images.npy", "labels.npy", "row_ids.npy", "train_index.npy", "val_index.npy"):
         assert (outs[0] / name).read_bytes() == (outs[1] / name).read_bytes(), name
     assert (outs[0] / "meta.json").read_text() == (outs[1] / "meta.json").read_text()
 
 
-def test_prepare_non_contiguous_int_labels(tmp_path):
+def test_prepare_non_contiguous_int_labels(tmp_path, dask_scheduler):
     raw = [42, 3, 7, 3, 42, 7, 7, 3, 42]
     parquet = make_parquet(tmp_path / "raw.parquet", [_grey(i) for i in range(9)], raw)
     out = tmp_path / "prepared"
-    _prepare(parquet, out, val_fraction=0.34)
+    _prepare(parquet, out, val_fraction=0.34, dask_scheduler=dask_scheduler)
     prepared = load_prepared(out)
     assert prepared.class_names == ["3", "7", "42"]
     assert prepared.labels.tolist() == [{3: 0, 7: 1, 42: 2}[label] for label in raw]
 
 
-def test_prepare_uses_classlabel_names(tmp_path):
+def test_prepare_uses_classlabel_names(tmp_path, dask_scheduler):
     names = ["airplane", "bird", "cat"]
     raw = [0, 2, 0, 2, 0, 2]  # "bird" never appears
     parquet = make_parquet(
         tmp_path / "raw.parquet", [_grey(i) for i in range(6)], raw, metadata=hf_metadata(names)
     )
     out = tmp_path / "prepared"
-    _prepare(parquet, out, val_fraction=0.34)
+    _prepare(parquet, out, val_fraction=0.34, dask_scheduler=dask_scheduler)
     prepared = load_prepared(out)
     assert prepared.class_names == ["airplane", "cat"]
     assert prepared.labels.tolist() == [0, 1, 0, 1, 0, 1]
 
 
-def test_prepare_string_labels_map_to_sorted_ids(tmp_path):
+def test_prepare_string_labels_map_to_sorted_ids(tmp_path, dask_scheduler):
     raw = ["dog", "cat", "bird", "dog", "cat", "bird"]
     parquet = make_parquet(tmp_path / "raw.parquet", [_grey(i) for i in range(6)], raw)
     out = tmp_path / "prepared"
-    _prepare(parquet, out, val_fraction=0.5)
+    _prepare(parquet, out, val_fraction=0.5, dask_scheduler=dask_scheduler)
     prepared = load_prepared(out)
     assert prepared.class_names == ["bird", "cat", "dog"]
     assert prepared.labels.tolist() == [2, 1, 0, 2, 1, 0]
 
 
-def test_prepare_single_example_class_goes_to_train(tmp_path):
+def test_prepare_single_example_class_goes_to_train(tmp_path, dask_scheduler):
     raw = [0, 1] * 5 + [2]
     parquet = make_parquet(tmp_path / "raw.parquet", [_grey(i) for i in range(11)], raw)
     out = tmp_path / "prepared"
-    counts = _prepare(parquet, out, val_fraction=0.2)
+    counts = _prepare(parquet, out, val_fraction=0.2, dask_scheduler=dask_scheduler)
     prepared = load_prepared(out)
     assert counts["classes"] == 3
     assert 10 in prepared.train_index.tolist()

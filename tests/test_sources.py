@@ -56,10 +56,10 @@ def three_files(tmp_path):
     ],
 )
 def test_fetch_takes_first_rows_in_order_across_files_and_row_groups(
-    three_files, tmp_path, rows, expected
+    three_files, tmp_path, rows, expected, dask_scheduler
 ):
     out = tmp_path / "out.parquet"
-    result = fetch(str(three_files), rows, out)
+    result = fetch(str(three_files), rows, out, dask_scheduler=dask_scheduler)
     table = pq.read_table(out)
     assert result.rows_fetched == expected
     assert result.files_read == 3
@@ -67,10 +67,12 @@ def test_fetch_takes_first_rows_in_order_across_files_and_row_groups(
     assert table.column("label").to_pylist() == list(range(expected))
 
 
-def test_fetch_caps_the_rows_per_written_row_group(three_files, tmp_path, monkeypatch):
+def test_fetch_caps_the_rows_per_written_row_group(
+    three_files, tmp_path, monkeypatch, dask_scheduler
+):
     monkeypatch.setattr(sources, "OUT_ROW_GROUP_ROWS", 2)
     out = tmp_path / "out.parquet"
-    fetch(str(three_files), 15, out)
+    fetch(str(three_files), 15, out, dask_scheduler=dask_scheduler)
     metadata = pq.ParquetFile(out).metadata
     sizes = [metadata.row_group(group).num_rows for group in range(metadata.num_row_groups)]
     assert max(sizes) == 2
@@ -78,9 +80,9 @@ def test_fetch_caps_the_rows_per_written_row_group(three_files, tmp_path, monkey
     assert pq.read_table(out).column("label").to_pylist() == list(range(15))
 
 
-def test_fetch_rows_match_the_source_bytes(three_files, tmp_path):
+def test_fetch_rows_match_the_source_bytes(three_files, tmp_path, dask_scheduler):
     out = tmp_path / "out.parquet"
-    fetch(str(three_files), 9, out)
+    fetch(str(three_files), 9, out, dask_scheduler=dask_scheduler)
     images = pq.read_table(out).column("image").to_pylist()
     assert [image["bytes"] for image in images] == tagged_images(9)
     assert [image["path"] for image in images] == [f"img/{i}.png" for i in range(3)] + [
@@ -88,9 +90,9 @@ def test_fetch_rows_match_the_source_bytes(three_files, tmp_path):
     ]
 
 
-def test_fetch_writes_hf_schema(three_files, tmp_path):
+def test_fetch_writes_hf_schema(three_files, tmp_path, dask_scheduler):
     out = tmp_path / "out.parquet"
-    fetch(str(three_files), 4, out)
+    fetch(str(three_files), 4, out, dask_scheduler=dask_scheduler)
     schema = pq.read_schema(out)
     assert schema.names == ["image", "label"]
     assert schema.field("image").type == IMAGE_TYPE
@@ -98,37 +100,37 @@ def test_fetch_writes_hf_schema(three_files, tmp_path):
 
 
 @pytest.mark.parametrize("pattern", ["000[12].parquet", "000?.parquet", "*[12].parquet"])
-def test_fetch_glob_source(three_files, tmp_path, pattern):
+def test_fetch_glob_source(three_files, tmp_path, pattern, dask_scheduler):
     out = tmp_path / "out.parquet"
     if pattern == "000?.parquet":  # matches 0000 too: rename it away so every glob means 1-2
         (three_files / "0000.parquet").rename(three_files / "first.parquet.bak")
-    result = fetch(str(three_files / pattern), 100, out)
+    result = fetch(str(three_files / pattern), 100, out, dask_scheduler=dask_scheduler)
     assert result.files_read == 2
     assert pq.read_table(out).column("label").to_pylist() == list(range(3, 15))
 
 
-def test_fetch_single_file_source(three_files, tmp_path):
+def test_fetch_single_file_source(three_files, tmp_path, dask_scheduler):
     out = tmp_path / "out.parquet"
-    result = fetch(str(three_files / "0001.parquet"), 4, out)
+    result = fetch(str(three_files / "0001.parquet"), 4, out, dask_scheduler=dask_scheduler)
     assert result.files_read == 1
     assert pq.read_table(out).column("label").to_pylist() == [3, 4, 5, 6]
 
 
-def test_fetch_class_names_from_hf_metadata(tmp_path):
+def test_fetch_class_names_from_hf_metadata(tmp_path, dask_scheduler):
     names = ["cat", "dog", "fish"]
     source = make_parquet(
         tmp_path / "src.parquet", tagged_images(4), [0, 1, 2, 1], metadata=hf_metadata(names)
     )
     out = tmp_path / "out.parquet"
-    result = fetch(str(source), 10, out)
+    result = fetch(str(source), 10, out, dask_scheduler=dask_scheduler)
     assert result.class_names == names
     # The names travel with the output so prepare can use them.
     assert class_names_from_metadata(pq.read_schema(out).metadata) == names
 
 
-def test_fetch_class_names_none_without_metadata(three_files, tmp_path):
+def test_fetch_class_names_none_without_metadata(three_files, tmp_path, dask_scheduler):
     out = tmp_path / "out.parquet"
-    result = fetch(str(three_files), 3, out)
+    result = fetch(str(three_files), 3, out, dask_scheduler=dask_scheduler)
     assert result.class_names is None
     assert class_names_from_metadata(pq.read_schema(out).metadata) is None
 
@@ -202,13 +204,13 @@ def test_builtin_digits_respects_rows(tmp_path):
     assert result.rows_fetched == pq.read_metadata(out).num_rows == 600
 
 
-def test_plain_binary_images_and_string_labels_are_normalised(tmp_path):
+def test_plain_binary_images_and_string_labels_are_normalised(tmp_path, dask_scheduler):
     images = tagged_images(3)
     source = make_parquet(
         tmp_path / "src.parquet", images, ["cat", "dog", "cat"], image_struct=False
     )
     out = tmp_path / "out.parquet"
-    assert fetch(str(source), 10, out).rows_fetched == 3
+    assert fetch(str(source), 10, out, dask_scheduler=dask_scheduler).rows_fetched == 3
     table = pq.read_table(out)
     assert table.schema.field("image").type == IMAGE_TYPE
     assert table.schema.field("label").type == pa.string()
@@ -217,19 +219,19 @@ def test_plain_binary_images_and_string_labels_are_normalised(tmp_path):
     assert _paths(table) == [None, None, None]
 
 
-def test_null_images_stay_null(tmp_path):
+def test_null_images_stay_null(tmp_path, dask_scheduler):
     source = make_parquet(tmp_path / "src.parquet", tagged_images(3), [0, 1, 2], null_images=[1])
     out = tmp_path / "out.parquet"
-    fetch(str(source), 10, out)
+    fetch(str(source), 10, out, dask_scheduler=dask_scheduler)
     images = pq.read_table(out).column("image").to_pylist()
     assert images[1] is None
     assert images[0]["bytes"] == tagged_images(1)[0]
 
 
-def test_fetch_is_bit_identical_across_runs(three_files, tmp_path):
+def test_fetch_is_bit_identical_across_runs(three_files, tmp_path, dask_scheduler):
     digests = []
     for name in ("a.parquet", "b.parquet"):
-        fetch(str(three_files), 11, tmp_path / name)
+        fetch(str(three_files), 11, tmp_path / name, dask_scheduler=dask_scheduler)
         digests.append(hashlib.sha256((tmp_path / name).read_bytes()).hexdigest())
     assert digests[0] == digests[1]
 
@@ -277,26 +279,26 @@ def _bad_table(tmp_path, columns: dict) -> str:
         "unreachable-url",
     ],
 )
-def test_bad_sources_raise_one_sentence(tmp_path, make_source, expected):
+def test_bad_sources_raise_one_sentence(tmp_path, make_source, expected, dask_scheduler):
     source_dir = tmp_path / "src"
     source_dir.mkdir()
     source = make_source(source_dir)
     out = tmp_path / "out.parquet"
     with pytest.raises(ImgrecError) as info:
-        fetch(source, 10, out)
+        fetch(source, 10, out, dask_scheduler=dask_scheduler)
     message = str(info.value)
     assert expected in message
     assert "\n" not in message
     assert not out.exists()
 
 
-def test_struct_without_path_and_narrow_int_labels_are_normalised(tmp_path):
+def test_struct_without_path_and_narrow_int_labels_are_normalised(tmp_path, dask_scheduler):
     images = tagged_images(2)
     bytes_only = pa.array([{"bytes": data} for data in images], pa.struct([("bytes", pa.binary())]))
     source = tmp_path / "src.parquet"
     pq.write_table(pa.table({"image": bytes_only, "label": pa.array([4, 2], pa.int32())}), source)
     out = tmp_path / "out.parquet"
-    fetch(str(source), 10, out)
+    fetch(str(source), 10, out, dask_scheduler=dask_scheduler)
     table = pq.read_table(out)
     assert table.schema.field("image").type == IMAGE_TYPE
     assert table.schema.field("label").type == pa.int64()
@@ -315,11 +317,9 @@ def _random_blobs(count: int, size: int, seed: int = 0) -> list[bytes]:
 
 @pytest.mark.parametrize("small_group_rows", [1, 3, 8])
 @pytest.mark.parametrize("rows", [1, 8, 20, 50])
-def test_one_huge_row_group_gives_the_bytes_of_small_groups(
-    tmp_path, monkeypatch, rows, small_group_rows
+def test_one_huge_row_group_and_small_groups_give_the_same_rows(
+    tmp_path, monkeypatch, rows, small_group_rows, dask_scheduler
 ):
-    # Output groups are OUT_ROW_GROUP_ROWS rows from a big source group and from small ones
-    # gathered, so both layouts make the same file: any difference is a row taken wrongly.
     monkeypatch.setattr(sources, "OUT_ROW_GROUP_ROWS", 8)
     images, labels = _random_blobs(50, 300), list(range(50))
     one_group = make_parquet(tmp_path / "one/a.parquet", images, labels, row_group_size=50)
@@ -327,14 +327,11 @@ def test_one_huge_row_group_gives_the_bytes_of_small_groups(
         tmp_path / "small/a.parquet", images, labels, row_group_size=small_group_rows
     )
     assert pq.read_metadata(one_group).num_row_groups == 1
-    fetch(str(one_group), rows, tmp_path / "from_one.parquet")
-    fetch(str(small_groups), rows, tmp_path / "from_small.parquet")
-    out = pq.read_table(tmp_path / "from_one.parquet")
-    assert out.column("label").to_pylist() == list(range(min(rows, 50)))
-    assert [value["bytes"] for value in out.column("image").to_pylist()] == images[:rows]
-    assert (tmp_path / "from_one.parquet").read_bytes() == (
-        tmp_path / "from_small.parquet"
-    ).read_bytes()
+    for source, out in ((one_group, "from_one.parquet"), (small_groups, "from_small.parquet")):
+        fetch(str(source), rows, tmp_path / out, dask_scheduler=dask_scheduler)
+        table = pq.read_table(tmp_path / out)
+        assert table.column("label").to_pylist() == list(range(min(rows, 50)))
+        assert [value["bytes"] for value in table.column("image").to_pylist()] == images[:rows]
 
 
 def _write_groups(path, group_rows: list[int], start: int = 0) -> None:
@@ -353,25 +350,26 @@ def _write_groups(path, group_rows: list[int], start: int = 0) -> None:
     ("files", "rows", "expected"),
     [
         ([[10]], 100, [4, 4, 2]),
-        ([[5, 5]], 100, [4, 1, 4, 1]),  # groups of 4+ rows keep their bounds, as they always did
-        ([[1] * 10], 100, [4, 4, 2]),  # smaller ones are gathered
+        ([[5, 5]], 100, [4, 1, 4, 1]),  # groups of 4+ rows keep their bounds
+        ([[1] * 10], 100, [4, 4, 2]),  # smaller ones are gathered, up to 4 rows
         ([[2, 2, 5, 1, 1]], 100, [4, 4, 1, 2]),
         ([[3, 6, 3]], 100, [3, 4, 2, 3]),
-        ([[1, 1], [1], [3, 1]], 100, [4, 3]),  # across files too
-        ([[1, 0, 1], [0, 2]], 100, [4]),  # empty row groups are passed over
+        ([[1, 1], [1], [3, 1]], 100, [2, 1, 4]),  # within a file: a task reads one file
+        ([[1, 0, 1], [0, 2]], 100, [2, 2]),  # empty row groups are passed over
+        ([[3, 2, 2, 4]], 100, [3, 4, 4]),  # a gathered group never splits a source group
         ([[5, 0, 5]], 100, [4, 1, 4, 1]),
         ([[1] * 10], 6, [4, 2]),
         ([[10]], 6, [4, 2]),
     ],
 )
-def test_output_row_groups(tmp_path, monkeypatch, files, rows, expected):
+def test_output_row_groups(tmp_path, monkeypatch, files, rows, expected, dask_scheduler):
     monkeypatch.setattr(sources, "OUT_ROW_GROUP_ROWS", 4)
     start = 0
     for index, group_rows in enumerate(files):
         _write_groups(tmp_path / f"src/{index}.parquet", group_rows, start)
         start += sum(group_rows)
     out = tmp_path / "out.parquet"
-    fetch(str(tmp_path / "src"), rows, out)
+    fetch(str(tmp_path / "src"), rows, out, dask_scheduler=dask_scheduler)
     metadata = pq.read_metadata(out)
     assert [metadata.row_group(i).num_rows for i in range(metadata.num_row_groups)] == expected
     table = pq.read_table(out)
@@ -381,7 +379,9 @@ def test_output_row_groups(tmp_path, monkeypatch, files, rows, expected):
     ]
 
 
-def test_first_rows_of_a_huge_row_group_read_only_their_pages(tmp_path, monkeypatch):
+def test_first_rows_of_a_huge_row_group_read_only_their_pages(
+    tmp_path, monkeypatch, dask_scheduler
+):
     # Memory follows what is read: taking 2 of 40 rows from one row group must not read the
     # group whole. Small pages (one row each) make the reader's granularity visible.
     monkeypatch.setattr(sources, "READ_BUFFER_BYTES", 4096)
@@ -404,12 +404,12 @@ def test_first_rows_of_a_huge_row_group_read_only_their_pages(tmp_path, monkeypa
         return data
 
     monkeypatch.setattr(LocalFileOpener, "read", counting_read)
-    fetch(str(source), 2, tmp_path / "out.parquet")
+    fetch(str(source), 2, tmp_path / "out.parquet", dask_scheduler=dask_scheduler)
     assert pq.read_table(tmp_path / "out.parquet").column("label").to_pylist() == [0, 1]
     assert sum(bytes_read) < source.stat().st_size / 4
 
 
-def test_thousands_of_one_row_groups(tmp_path):
+def test_thousands_of_one_row_groups(tmp_path, dask_scheduler):
     count = 2000
     source = make_parquet(
         tmp_path / "src.parquet", tagged_images(count), list(range(count)), row_group_size=1
@@ -417,7 +417,8 @@ def test_thousands_of_one_row_groups(tmp_path):
     assert pq.read_metadata(source).num_row_groups == count
     for rows in (1500, count + 10):
         out = tmp_path / f"out{rows}.parquet"
-        assert fetch(str(source), rows, out).rows_fetched == min(rows, count)
+        result = fetch(str(source), rows, out, dask_scheduler=dask_scheduler)
+        assert result.rows_fetched == min(rows, count)
         table = pq.read_table(out)
         assert table.column("label").to_pylist() == list(range(min(rows, count)))
         assert [value["bytes"] for value in table.column("image").to_pylist()[-3:]] == (
@@ -489,13 +490,13 @@ def _write_columns(path, image: pa.Array, label: pa.Array) -> None:
         "zero-bytes",
     ],
 )
-def test_every_file_is_checked_before_a_row_is_written(tmp_path, write, expected):
+def test_every_file_is_checked_before_a_row_is_written(tmp_path, write, expected, dask_scheduler):
     folder = tmp_path / "src"
     folder.mkdir()
     _second_file(folder, write)
     out = tmp_path / "out.parquet"
-    with pytest.raises(ImgrecError) as info:
-        fetch(str(folder), 1, out)  # one row: the first file alone could give it
+    with pytest.raises(ImgrecError) as info:  # one row: the first file alone could give it
+        fetch(str(folder), 1, out, dask_scheduler=dask_scheduler)
     message = str(info.value)
     for part in expected:
         assert part in message
@@ -503,32 +504,32 @@ def test_every_file_is_checked_before_a_row_is_written(tmp_path, write, expected
     assert not out.exists()
 
 
-def test_pandas_float_labels_become_class_ids_and_nan_no_label(tmp_path):
+def test_pandas_float_labels_become_class_ids_and_nan_no_label(tmp_path, dask_scheduler):
     # pandas writes an integer column with missing values as float64 with NaN.
     source = tmp_path / "src.parquet"
     _write_columns(source, pa.array(tagged_images(3)), pa.array([1.0, math.nan, 0.0]))
-    fetch(str(source), 10, tmp_path / "out.parquet")
+    fetch(str(source), 10, tmp_path / "out.parquet", dask_scheduler=dask_scheduler)
     label = pq.read_table(tmp_path / "out.parquet").column("label")
     assert label.type == pa.int64()
     assert label.to_pylist() == [1, None, 0]
 
 
-def test_a_fractional_label_is_one_sentence(tmp_path):
+def test_a_fractional_label_is_one_sentence(tmp_path, dask_scheduler):
     source = tmp_path / "src.parquet"
     _write_columns(source, pa.array(tagged_images(2)), pa.array([1.0, 0.5]))
     with pytest.raises(ImgrecError, match=r"cannot read source file .*src\.parquet"):
-        fetch(str(source), 10, tmp_path / "out.parquet")
+        fetch(str(source), 10, tmp_path / "out.parquet", dask_scheduler=dask_scheduler)
     assert not (tmp_path / "out.parquet").exists()
 
 
-def test_string_labels_first_then_integer_labels_is_a_mismatch_too(tmp_path):
+def test_string_labels_first_then_integer_labels_is_a_mismatch_too(tmp_path, dask_scheduler):
     make_parquet(tmp_path / "src/a.parquet", tagged_images(2), ["cat", "dog"])
     make_parquet(tmp_path / "src/b.parquet", tagged_images(2), [0, 1])
     with pytest.raises(ImgrecError, match=r"b\.parquet: column 'label' is int64, but .*a\.parquet"):
-        fetch(str(tmp_path / "src"), 10, tmp_path / "out.parquet")
+        fetch(str(tmp_path / "src"), 10, tmp_path / "out.parquet", dask_scheduler=dask_scheduler)
 
 
-def test_an_unreadable_page_leaves_no_output(tmp_path):
+def test_an_unreadable_page_leaves_no_output(tmp_path, dask_scheduler):
     # The footer is sound, so the schema check passes; the second row group's pages are not.
     source = make_parquet(
         tmp_path / "src.parquet", _random_blobs(8, 300), list(range(8)), row_group_size=4
@@ -540,33 +541,37 @@ def test_an_unreadable_page_leaves_no_output(tmp_path):
     source.write_bytes(bytes(data))
     out = tmp_path / "out.parquet"
     with pytest.raises(ImgrecError, match=r"cannot read source file .*src\.parquet after 4 rows"):
-        fetch(str(source), 8, out)
+        fetch(str(source), 8, out, dask_scheduler=dask_scheduler)
     assert not out.exists()
 
 
-def test_empty_files_beside_full_ones_are_skipped(tmp_path):
+def test_empty_files_beside_full_ones_are_skipped(tmp_path, dask_scheduler):
     make_parquet(tmp_path / "src/a.parquet", [], [])  # null-typed columns: nothing to check
     make_parquet(tmp_path / "src/b.parquet", tagged_images(3), [5, 6, 7])
-    result = fetch(str(tmp_path / "src"), 10, tmp_path / "out.parquet")
+    result = fetch(
+        str(tmp_path / "src"), 10, tmp_path / "out.parquet", dask_scheduler=dask_scheduler
+    )
     assert result.rows_fetched == 3
     assert pq.read_table(tmp_path / "out.parquet").column("label").to_pylist() == [5, 6, 7]
 
 
-def test_categorical_labels_are_read_as_their_values(tmp_path):
+def test_categorical_labels_are_read_as_their_values(tmp_path, dask_scheduler):
     labels = pa.array(["cat", "dog", "cat"]).dictionary_encode()
     image = pa.array([{"bytes": data, "path": None} for data in tagged_images(3)], IMAGE_TYPE)
     pq.write_table(pa.table({"image": image, "label": labels}), tmp_path / "src.parquet")
-    fetch(str(tmp_path / "src.parquet"), 10, tmp_path / "out.parquet")
+    fetch(
+        str(tmp_path / "src.parquet"), 10, tmp_path / "out.parquet", dask_scheduler=dask_scheduler
+    )
     table = pq.read_table(tmp_path / "out.parquet")
     assert table.schema.field("label").type == pa.string()
     assert table.column("label").to_pylist() == ["cat", "dog", "cat"]
 
 
 @pytest.mark.parametrize("source", ["builtin:mnist", "builtin:", "builtin:Digits"])
-def test_unknown_builtin_lists_the_builtins(tmp_path, source):
+def test_unknown_builtin_lists_the_builtins(tmp_path, source, dask_scheduler):
     out = tmp_path / "out.parquet"
     with pytest.raises(ImgrecError) as info:
-        fetch(source, 10, out)
+        fetch(source, 10, out, dask_scheduler=dask_scheduler)
     message = str(info.value)
     assert repr(source) in message
     assert f"the built-in sources are: {BUILTIN_DIGITS}." in message
@@ -575,7 +580,9 @@ def test_unknown_builtin_lists_the_builtins(tmp_path, source):
 
 
 @pytest.mark.parametrize(("rows", "total"), [(4, 4), (15, 15), (40_000, 15)])
-def test_progress_total_is_what_the_source_holds(three_files, tmp_path, monkeypatch, rows, total):
+def test_progress_total_is_what_the_source_holds(
+    three_files, tmp_path, monkeypatch, rows, total, dask_scheduler
+):
     totals = []
 
     class RecordingBar:
@@ -593,14 +600,14 @@ def test_progress_total_is_what_the_source_holds(three_files, tmp_path, monkeypa
             self.done += count
 
     monkeypatch.setattr(sources, "tqdm", RecordingBar)
-    fetch(str(three_files), rows, tmp_path / "out.parquet")
+    fetch(str(three_files), rows, tmp_path / "out.parquet", dask_scheduler=dask_scheduler)
     assert totals == [total]
 
 
-def test_an_unwritable_output_is_one_sentence(three_files, tmp_path):
+def test_an_unwritable_output_is_one_sentence(three_files, tmp_path, dask_scheduler):
     out = tmp_path / "missing" / "out.parquet"  # fetch writes into a folder the caller made
     with pytest.raises(ImgrecError, match=r"^cannot write .*out\.parquet: [^\n]*\.$"):
-        fetch(str(three_files), 3, out)
+        fetch(str(three_files), 3, out, dask_scheduler=dask_scheduler)
     assert not out.exists()
 
 
@@ -611,3 +618,21 @@ def test_builtin_digits_keeps_its_row_groups(tmp_path):
     metadata = pq.read_metadata(out)
     sizes = [metadata.row_group(group).num_rows for group in range(metadata.num_row_groups)]
     assert sizes == [256, 244] * 3 + [256, 41]
+
+
+def test_fetch_gives_the_same_bytes_on_any_scheduler(tmp_path, dask_scheduler):
+    """The default local cluster (one worker per core) and a running 2-worker one, on a
+    source that mixes big row groups, small ones and several files."""
+    _write_groups(tmp_path / "src/a.parquet", [300, 7, 9, 260, 1, 1])
+    _write_groups(tmp_path / "src/b.parquet", [5] * 80, start=578)
+    outs = [tmp_path / "local.parquet", tmp_path / "cluster.parquet"]
+    for out, scheduler in zip(outs, ["local", dask_scheduler], strict=True):
+        assert fetch(str(tmp_path / "src"), 900, out, dask_scheduler=scheduler).rows_fetched == 900
+    assert outs[0].read_bytes() == outs[1].read_bytes()
+    assert pq.read_table(outs[0]).column("label").to_pylist() == list(range(900))
+
+
+def test_an_unreachable_scheduler_is_one_sentence(three_files, tmp_path):
+    with pytest.raises(ImgrecError, match=r"cannot reach the Dask scheduler at .*127\.0\.0\.1:9"):
+        fetch(str(three_files), 3, tmp_path / "out.parquet", dask_scheduler="tcp://127.0.0.1:9")
+    assert not (tmp_path / "out.parquet").exists()

@@ -1,5 +1,6 @@
 """Stage scripts stop on bad input with one `error:` line, exit status 1 and no output."""
 
+import contextlib
 import dataclasses
 import io
 import signal
@@ -144,10 +145,12 @@ def test_stages_succeed_on_good_input(tmp_path, raw_parquet):
 
 
 def _children(pid: int) -> set[int]:
-    try:
-        return {int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()}
-    except OSError:
-        return set()
+    """Every thread's children: Dask's local cluster starts its workers from its own thread."""
+    children = set()
+    for thread in Path(f"/proc/{pid}/task").glob("*"):
+        with contextlib.suppress(OSError):
+            children |= {int(p) for p in (thread / "children").read_text().split()}
+    return children
 
 
 def _alive(pid: int) -> bool:

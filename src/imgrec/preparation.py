@@ -1,23 +1,22 @@
 """prepare: decode every fetched image exactly once into the prepared arrays."""
 
-import ctypes
 import errno
 import logging
 import math
-import multiprocessing
 import os
-import signal
 from collections import Counter
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from imgrec import images
+from imgrec.cluster import LOCAL, dask_client, ordered_results
 from imgrec.config import StageConfig, param
 from imgrec.errors import ImgrecError
 from imgrec.prepared import IMAGES_FILE, save_prepared_labels
@@ -35,6 +34,7 @@ class PrepareConfig(StageConfig):
     val_fraction: float = param(0.2, gt=0, lt=1)
     seed: int = param(42, ge=0)
     max_bad_fraction: float = param(0.1, ge=0, le=1)
+    dask_scheduler: str = LOCAL  # where the decoding runs; the output is the same anywhere
 
 
 def class_ids(labels: list, label_names: list[str] | None) -> tuple[np.ndarray, list[str]]:
@@ -79,19 +79,6 @@ def stratified_split(labels: np.ndarray, val_fraction: float, seed: int) -> tupl
     return np.sort(train).astype(np.int64), np.sort(val).astype(np.int64)
 
 
-# Each worker process opens the fetched parquet and the staging array once.
-_worker: dict = {}
-
-
-def _die_with_parent() -> None:
-    """Linux: the kernel kills this worker when prepare dies, even by SIGKILL."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass  # not Linux: Pool.terminate still ends the workers on any error or SIGTERM
-
-
 def has_label(label: object) -> bool:
     """False for null, NaN and the Hugging Face ClassLabel's -1 ("no label")."""
     if label is None or (isinstance(label, float) and math.isnan(label)):
@@ -101,7 +88,7 @@ def has_label(label: object) -> bool:
 
 def _reserve(path: Path) -> None:
     """Allocate a memory-mapped file's blocks now: a full disk is then an ENOSPC error here,
-    not a SIGBUS in a worker writing pixels into a hole."""
+    not a SIGBUS while pixels are written into a hole."""
     fallocate = getattr(os, "posix_fallocate", None)  # not on macOS: sparse files there
     if fallocate is None:
         return
@@ -113,38 +100,28 @@ def _reserve(path: Path) -> None:
                 raise
 
 
-def _open_worker(parquet_path: str, staging_path: str) -> None:
-    _die_with_parent()
-    # The parent handles interrupts and ends its workers; a worker just stops when told.
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _worker["parquet"] = pq.ParquetFile(parquet_path)
-    _worker["staging"] = np.load(staging_path, mmap_mode="r+")
+def decode_group(group: pa.Table, img_size: int) -> tuple[np.ndarray, list, list[str | None]]:
+    """A Dask task: one row group's images decoded, on whichever worker runs it.
 
-
-def _decode_row_group(task: tuple[int, int], img_size: int) -> tuple[list, list[str | None]]:
-    """Decode one row group straight into the staging array at its row positions.
-
-    Workers read their own bytes and write their own pixels, so the parent
-    neither pickles ~100 KB of JPEG in nor ~50 KB of pixels out per image.
-    Returns the group's labels and each row's skip reason (None: kept).
+    The row group travels in with the task and the pixels come back, so a worker needs
+    no view of the stage's files: it may be a process here or a machine of a cluster.
+    Returns the kept rows' pixels (K, S, S, 3), the group's labels and each row's skip
+    reason (None: kept).
     """
-    group, first_row = task
-    table = _worker["parquet"].read_row_group(group, columns=["image", "label"])
-    data = pc.struct_field(table.column("image").combine_chunks(), "bytes").to_pylist()
-    labels = table.column("label").to_pylist()
-    staging = _worker["staging"]
-    reasons: list[str | None] = []
-    for offset, (blob, label) in enumerate(zip(data, labels, strict=True)):
+    blobs = pc.struct_field(group.column("image").combine_chunks(), "bytes").to_pylist()
+    labels = group.column("label").to_pylist()
+    kept, reasons = [], []
+    for blob, label in zip(blobs, labels, strict=True):
         if not has_label(label):
             reasons.append("unlabeled")
             continue
         try:
-            staging[first_row + offset] = images.decode(blob, img_size)
+            kept.append(images.decode(blob, img_size))
             reasons.append(None)
         except images.SkippedImage as skipped:
             reasons.append(skipped.reason)
-    return labels, reasons
+    pixels = np.stack(kept) if kept else np.empty((0, img_size, img_size, 3), np.uint8)
+    return pixels, labels, reasons
 
 
 @dataclass
@@ -157,30 +134,27 @@ class Decoded:
     examples: dict[str, list[int]] = field(default_factory=dict)  # reason -> row numbers
 
 
-def decode_rows(
-    parquet: pq.ParquetFile, parquet_path: str, staging_path: Path, img_size: int, workers: int
-) -> Decoded:
-    """Decode every row group in worker processes, straight into the staging array."""
+def decode_rows(parquet: pq.ParquetFile, staging_path: Path, img_size: int, client: Any) -> Decoded:
+    """Decode every row group as a Dask task; write the pixels into the staging array."""
     sizes = [parquet.metadata.row_group(group).num_rows for group in range(parquet.num_row_groups)]
-    firsts = np.cumsum(sizes, dtype=np.int64) - sizes  # each group's first row
-    tasks = list(enumerate(firsts.tolist()))
+    firsts = (np.cumsum(sizes, dtype=np.int64) - sizes).tolist()  # each group's first row
+    # Scattered one by one as the window of tasks moves on, so the client holds a few
+    # groups, not the file; `hash=False`: two equal groups are still two pieces of data.
+    tasks = (
+        (client.scatter(parquet.read_row_group(group, columns=["image", "label"]), hash=False),
+         img_size)
+        for group in range(len(sizes))
+    )  # fmt: skip
+    staging = np.load(staging_path, mmap_mode="r+")
     found = Decoded()
-    # Pool, not ProcessPoolExecutor: leaving the block on any error, SIGTERM included,
-    # terminates the workers instead of waiting for their row groups.
-    with (
-        multiprocessing.Pool(
-            min(workers, max(len(tasks), 1)),
-            initializer=_open_worker,
-            initargs=(parquet_path, str(staging_path)),
-        ) as pool,
-        # disable=None: a bar on a terminal only; a log gets prepare's summary line.
-        tqdm(total=sum(sizes), desc="prepare", unit="img", disable=None) as progress,
-    ):
-        decoded = pool.imap(partial(_decode_row_group, img_size=img_size), tasks)
-        for (_, first_row), (labels, reasons) in zip(tasks, decoded, strict=True):
-            for row, label, reason in zip(
-                range(first_row, first_row + len(labels)), labels, reasons, strict=True
-            ):
+    # disable=None: a bar on a terminal only; a log gets prepare's summary line.
+    with tqdm(total=sum(sizes), desc="prepare", unit="img", disable=None) as progress:
+        decoded = ordered_results(client, decode_group, tasks)
+        for first_row, (pixels, labels, reasons) in zip(firsts, decoded, strict=True):
+            rows = range(first_row, first_row + len(labels))
+            kept = [row for row, reason in zip(rows, reasons, strict=True) if reason is None]
+            staging[kept] = pixels
+            for row, label, reason in zip(rows, labels, reasons, strict=True):
                 if reason is None:
                     found.kept_rows.append(row)
                     found.kept_labels.append(label)
@@ -188,6 +162,7 @@ def decode_rows(
                     found.skipped[reason] += 1
                     found.examples.setdefault(reason, []).append(row)
             progress.update(len(labels))
+    staging.flush()
     return found
 
 
@@ -229,10 +204,9 @@ def prepare(
     parquet_path: str | os.PathLike,
     out_dir: str | os.PathLike,
     config: PrepareConfig,
-    *,
-    workers: int | None = None,
 ) -> dict:
-    """Decode every image exactly once into `out_dir`; return the counts for the report."""
+    """Decode every image exactly once into `out_dir`, as Dask tasks on
+    `config.dask_scheduler`'s workers; return the counts for the report."""
     parquet = pq.ParquetFile(parquet_path)
     total = parquet.metadata.num_rows
     out_dir = Path(out_dir)
@@ -241,10 +215,10 @@ def prepare(
     staging = np.lib.format.open_memmap(
         staging_path, mode="w+", dtype=np.uint8, shape=(total, config.img_size, config.img_size, 3)
     )
-    del staging  # the header is written; the workers fill the pixels
+    del staging  # the header is written; decode_rows fills in the pixels
     _reserve(staging_path)
-    workers = workers or os.cpu_count() or 1
-    found = decode_rows(parquet, str(parquet_path), staging_path, config.img_size, workers)
+    with dask_client(config.dask_scheduler, processes=True) as client:
+        found = decode_rows(parquet, staging_path, config.img_size, client)
     check_skips(found, total, config.max_bad_fraction)
     compact(staging_path, out_dir / IMAGES_FILE, found.kept_rows)
 

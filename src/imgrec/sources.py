@@ -3,15 +3,17 @@
 Every source reaches the rest of the pipeline in the Hugging Face Image schema:
 `image: struct<bytes: binary, path: string>`, `label: int | string`.
 
-Files are read with pyarrow's streaming parquet reader over fsspec file handles,
-a few rows at a time, and not through Dask: a Dask partition is a whole row group
-(a file written with pyarrow's defaults is one group of up to ~1M rows), and
-`get_partition(i).compute()` per partition made the time grow with the square of
-the number of row groups. Streaming keeps time linear and memory a constant plus
-the rows taken; a later move of fetch onto Dask tasks can run this reader per task.
-The least pyarrow can read is one page, and pyarrow's own writer puts up to 1,024
-values of a binary column in each page (~130 MB of photos), so for such files that
-stays the floor whatever `rows` is.
+Row groups are read as Dask tasks (`cluster.ordered_results`), each with pyarrow's
+streaming reader over an fsspec file handle, and written in order by the stage. Not
+with `dask.dataframe`: a Dask partition is a whole row group and `get_partition(i)`
+per partition made the time grow with the square of the number of row groups, while
+here a task is one big row group or a run of small ones, so a source of 40,000
+one-row groups is ~160 tasks. Memory is a constant plus the tasks in flight, each
+holding the rows it takes of its row groups (a source written as one huge group is
+best rewritten in smaller ones to spread over workers). The least pyarrow can read
+is one page, and pyarrow's own writer puts up to 1,024 values of a binary column in
+each page (~130 MB of photos), so for such files that stays the floor whatever
+`rows` is.
 """
 
 import contextlib
@@ -22,6 +24,7 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import fsspec
 import numpy as np
@@ -32,17 +35,23 @@ from fsspec.implementations.local import LocalFileSystem
 from PIL import Image
 from tqdm import tqdm
 
+from imgrec.cluster import LOCAL, dask_client, ordered_results
 from imgrec.config import StageConfig, param
 from imgrec.errors import ImgrecError, first_line
-from imgrec.raw_parquet import IMAGE_TYPE, class_names_from_metadata, hf_features
+from imgrec.raw_parquet import (
+    IMAGE_TYPE,
+    WRITE_OPTIONS,
+    class_names_from_metadata,
+    hf_features,
+)
 
 BUILTIN_PREFIX = "builtin:"
 BUILTIN_DIGITS = "builtin:digits"
 BUILTIN_SOURCES = (BUILTIN_DIGITS,)
 # The Hugging Face parquet export of a dataset lives on this revision.
 HF_PARQUET_REVISION = "refs%2Fconvert%2Fparquet"
-# Rows per row group in the fetched file: prepare hands one group to a worker at a time,
-# so this bounds a worker's memory (~25 MB of photo JPEGs) whatever the source's groups.
+# Rows per row group in the fetched file: prepare hands one group to a Dask task at a
+# time, so this bounds a task's memory (~25 MB of photo JPEGs) whatever the source's groups.
 OUT_ROW_GROUP_ROWS = 256
 # Bytes the reader buffers per column: pages stream through it, never a whole column chunk.
 READ_BUFFER_BYTES = 1 << 20
@@ -53,6 +62,7 @@ _HF_DATASET_ROOT = re.compile(r"^hf://datasets/(?P<repo>[^/@]+/[^/@]+)(?:@(?P<re
 class FetchConfig(StageConfig):
     source: str = "builtin:digits"
     rows: int = param(40000, ge=1)
+    dask_scheduler: str = LOCAL  # where row groups are read; the output is the same anywhere
 
 
 @dataclass(frozen=True)
@@ -130,6 +140,7 @@ class _SourceFile:
     name: str  # as messages show it
     schema: pa.Schema
     num_rows: int
+    group_rows: tuple[int, ...]
 
 
 def _is_binary(data_type: pa.DataType) -> bool:
@@ -164,7 +175,9 @@ def _read_footer(fs: fsspec.AbstractFileSystem, path: str) -> _SourceFile:
     try:
         with fs.open(path, "rb") as handle:
             parquet = pq.ParquetFile(handle, pre_buffer=False)
-            return _SourceFile(path, name, parquet.schema_arrow, parquet.metadata.num_rows)
+            meta = parquet.metadata
+            group_rows = tuple(meta.row_group(g).num_rows for g in range(meta.num_row_groups))
+            return _SourceFile(path, name, parquet.schema_arrow, meta.num_rows, group_rows)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as error:
         raise ImgrecError(
             f"source file {name} is not a readable parquet file: {_reason(error)}."
@@ -261,69 +274,86 @@ def _path_field(chunk: pa.StructArray) -> pa.Array:
     return pa.nulls(len(chunk), pa.string())
 
 
-def _read_rows(
-    fs: fsspec.AbstractFileSystem, files: list[_SourceFile], rows: int
-) -> Iterator[pa.Table | None]:
-    """The first `rows` rows of `files`, in order and in the HF schema, a few at a time.
+@dataclass(frozen=True)
+class _Task:
+    """Row groups of one file that one Dask task reads and that become the fetched file's
+    row groups: one source group of OUT_ROW_GROUP_ROWS rows or more, or consecutive
+    smaller ones gathered up to that many rows."""
 
-    None marks where an output row group must end: around every source row group of
-    OUT_ROW_GROUP_ROWS rows or more, so those map to output groups as they always have
-    (data/raw.parquet's bytes depend on it). Smaller source groups run together, so a
-    source of tiny row groups does not make a fetched file of tiny row groups.
+    path: str
+    name: str
+    groups: list[int]
+    first_row: int  # in the file, for messages
+    rows: int  # the rows to take: all of them, except where `rows` runs out
+
+
+def _tasks(files: list[_SourceFile], rows: int) -> Iterator[_Task]:
+    """The first `rows` rows of `files`, in order, as tasks.
+
+    Small source groups are gathered, so a source of tiny row groups makes neither tiny
+    tasks nor a fetched file of tiny row groups; a big one is a task of its own. No
+    output row group spans two tasks, so the stage writes each task's table as it
+    comes, without copying rows together.
     """
     for file in files:
-        if rows <= 0:
-            return
-        read = 0
-        try:
-            with fs.open(file.path, "rb") as handle:
-                # pre_buffer would read whole column chunks; a small read buffer streams pages.
-                parquet = pq.ParquetFile(handle, pre_buffer=False, buffer_size=READ_BUFFER_BYTES)
-                for group in range(parquet.num_row_groups):
-                    if read >= rows:
-                        break
-                    group_rows = parquet.metadata.row_group(group).num_rows
-                    if group_rows == 0:
-                        continue
-                    end = read + min(group_rows, rows - read)
-                    if group_rows >= OUT_ROW_GROUP_ROWS:
-                        yield None
-                    batches = parquet.iter_batches(
-                        batch_size=min(OUT_ROW_GROUP_ROWS, end - read),
-                        row_groups=[group],
-                        columns=["image", "label"],
-                        use_threads=False,
-                    )
-                    for batch in batches:
-                        batch = batch.slice(0, end - read)
-                        read += batch.num_rows
-                        yield to_hf_schema(pa.Table.from_batches([batch]))
-                        if read == end:
-                            break
-                    if group_rows >= OUT_ROW_GROUP_ROWS:
-                        yield None
-        except Exception as error:  # a corrupt page, a dropped connection, an odd value, ...
-            raise ImgrecError(
-                f"cannot read source file {file.name} after {read} rows: {_reason(error)}."
-            ) from error
-        rows -= read
+        groups, taken, first_row, row = [], 0, 0, 0
+        for group, group_rows in enumerate(file.group_rows):
+            if rows <= 0:
+                break
+            take = min(group_rows, rows)
+            if groups and (group_rows >= OUT_ROW_GROUP_ROWS or taken + take > OUT_ROW_GROUP_ROWS):
+                yield _Task(file.path, file.name, groups, first_row, taken)
+                groups, taken = [], 0
+            if group_rows >= OUT_ROW_GROUP_ROWS:
+                yield _Task(file.path, file.name, [group], row, take)
+            elif group_rows:
+                first_row = first_row if groups else row
+                groups.append(group)
+                taken += take
+            row += group_rows
+            rows -= take
+        if groups:
+            yield _Task(file.path, file.name, groups, first_row, taken)
 
 
-def _output_groups(pieces: Iterator[pa.Table | None]) -> Iterator[pa.Table]:
-    """Gather pieces into row groups of OUT_ROW_GROUP_ROWS rows, ending one early at a None."""
-    pending: list[pa.Table] = []
-    buffered = 0
-    for piece in pieces:
-        if piece is not None:
-            pending.append(piece)
-            buffered += piece.num_rows
-        while buffered >= OUT_ROW_GROUP_ROWS or (piece is None and buffered):
-            table = pa.concat_tables(pending).combine_chunks()
-            yield table.slice(0, OUT_ROW_GROUP_ROWS)
-            rest = table.slice(OUT_ROW_GROUP_ROWS)
-            pending, buffered = [rest], rest.num_rows
-    if buffered:
-        yield pa.concat_tables(pending).combine_chunks()
+def read_task(fs: fsspec.AbstractFileSystem, task: _Task) -> pa.Table:
+    """A Dask task: the task's rows, read where it runs, in the HF schema."""
+    read, pieces = 0, []
+    try:
+        with fs.open(task.path, "rb") as handle:
+            # pre_buffer would read whole column chunks; a small read buffer streams pages.
+            parquet = pq.ParquetFile(handle, pre_buffer=False, buffer_size=READ_BUFFER_BYTES)
+            # Group by group, so an error names the rows read before the group that broke.
+            batches = (
+                batch
+                for group in task.groups
+                for batch in parquet.iter_batches(
+                    batch_size=min(OUT_ROW_GROUP_ROWS, task.rows),
+                    row_groups=[group],
+                    columns=["image", "label"],
+                    use_threads=False,
+                )
+            )
+            for batch in batches:
+                batch = batch.slice(0, task.rows - read)
+                read += batch.num_rows
+                pieces.append(to_hf_schema(pa.Table.from_batches([batch])))
+                if read == task.rows:
+                    break
+    except Exception as error:  # a corrupt page, a dropped connection, an odd value, ...
+        raise ImgrecError(
+            f"cannot read source file {task.name} after {task.first_row + read} rows: "
+            f"{_reason(error)}."
+        ) from error
+    # One chunk: the writer is twice as slow on several; combined here, in parallel.
+    return pa.concat_tables(pieces).combine_chunks()
+
+
+def _output_groups(tables: Iterator[pa.Table]) -> Iterator[pa.Table]:
+    """Each task's table in row groups of OUT_ROW_GROUP_ROWS rows (slices: no copy)."""
+    for table in tables:
+        for start in range(0, table.num_rows, OUT_ROW_GROUP_ROWS):
+            yield table.slice(start, OUT_ROW_GROUP_ROWS)
 
 
 def _builtin_fetch(source: str, rows: int, out_path: str | Path) -> FetchResult:
@@ -334,23 +364,42 @@ def _builtin_fetch(source: str, rows: int, out_path: str | Path) -> FetchResult:
         )
     with tempfile.TemporaryDirectory() as tmp:
         # Materialised as parquet so the built-in data takes the same path as any other.
+        # Its tasks run here: a cluster's workers cannot see this folder, and 1,797 small
+        # images need no cluster.
         builtin = Path(tmp) / "digits.parquet"
         pq.write_table(digits_table(), builtin, row_group_size=500)
-        return fetch(str(builtin), rows, out_path)
+        fs, paths = list_parquet_files(str(builtin))
+        return _fetch(source, fs, paths, rows, out_path, client=None)
 
 
-def fetch(source: str, rows: int, out_path: str | Path) -> FetchResult:
+def fetch(
+    source: str, rows: int, out_path: str | Path, *, dask_scheduler: str = LOCAL
+) -> FetchResult:
     """Write the first `rows` rows of `source`, in order, to one parquet file.
 
-    Every file's footer is read and its schema checked before a row is written; rows
-    then stream through a few at a time, so memory is a constant plus the rows taken
-    whatever the files' row-group layout. A failure leaves no file at `out_path`.
+    Every file's footer is read and its schema checked before a row is written. Row
+    groups are then read as Dask tasks on `dask_scheduler`'s workers (which read the
+    source themselves: give a cluster a source its workers can reach) and written here
+    in order, so memory is a constant plus the row groups in flight whatever the source's
+    size, and the file is the same whichever scheduler ran the tasks. A failure leaves no
+    file at `out_path`.
     """
     if source.startswith(BUILTIN_PREFIX):
         return _builtin_fetch(source, rows, out_path)
-
     fs, paths = list_parquet_files(source)
-    files = [_read_footer(fs, path) for path in paths]
+    with dask_client(dask_scheduler, processes=False) as client:
+        return _fetch(source, fs, paths, rows, out_path, client)
+
+
+def _fetch(
+    source: str,
+    fs: fsspec.AbstractFileSystem,
+    paths: list[str],
+    rows: int,
+    out_path: str | Path,
+    client: Any,
+) -> FetchResult:
+    files = list(ordered_results(client, _read_footer, ((fs, path) for path in paths)))
     # Label types are compared with the first file that holds rows.
     first = next((file for file in files if file.num_rows), files[0])
     for file in files:
@@ -362,13 +411,15 @@ def fetch(source: str, rows: int, out_path: str | Path) -> FetchResult:
     first_metadata = files[0].schema.metadata or {}
     class_names = class_names_from_metadata(first_metadata)
     metadata = {b"huggingface": first_metadata[b"huggingface"]} if class_names else None
+    tables = ordered_results(client, read_task, ((fs, task) for task in _tasks(files, rows)))
     writer = None  # opened at the first rows, so a source without rows leaves no file
     written = 0
     try:
         with tqdm(total=min(rows, available), desc="fetch", unit="row", disable=None) as progress:
-            for batch in _output_groups(_read_rows(fs, files, rows)):
+            for batch in _output_groups(tables):
                 if writer is None:
-                    writer = pq.ParquetWriter(out_path, batch.schema.with_metadata(metadata))
+                    schema = batch.schema.with_metadata(metadata)
+                    writer = pq.ParquetWriter(out_path, schema, **WRITE_OPTIONS)
                 writer.write_table(batch, row_group_size=OUT_ROW_GROUP_ROWS)
                 written += batch.num_rows
                 progress.update(batch.num_rows)
