@@ -1,7 +1,7 @@
 """Nearest-neighbour search over L2-normalised embeddings, with scikit-learn's habits.
 
 `ExactIndex` is a blocked matrix product: memory is block x N, never N x N.
-`FaissIndex` wraps an HNSW graph from FAISS for catalogs of millions.
+For catalogs of millions, FAISS: `HnswIndex` (a graph) and `IvfIndex` (k-means cells).
 """
 
 from dataclasses import dataclass
@@ -19,10 +19,12 @@ _BLOCK_ROWS = 1024  # queries per block: 1024 x 40k float32 scores is 160 MB
 @dataclass(frozen=True)
 class RecommendConfig(StageConfig):
     top_k: int = param(5, ge=1)
-    index: Literal["exact", "faiss"] = "exact"
+    index: Literal["exact", "hnsw", "ivf"] = "exact"
     hnsw_m: int = param(32, ge=1)
     hnsw_ef_construction: int = param(200, ge=1)
     hnsw_ef_search: int = param(128, ge=1)
+    ivf_nlist: int = param(0, ge=0)  # 0: about 4 sqrt(N), capped by what the catalog trains
+    ivf_nprobe: int = param(32, ge=1)
     # numpy's matrix products score the catalog: the BLAS kernels change the last bits.
     kernels: Literal["portable", "native"] = "portable"
 
@@ -101,8 +103,67 @@ class ExactIndex:
         return scores_out, index_out
 
 
+def _faiss():
+    try:
+        import faiss
+    except ImportError as error:
+        raise ImgrecError("param index=hnsw or ivf needs faiss: pip install faiss-cpu.") from error
+    return faiss
+
+
 class FaissIndex:
-    """Approximate cosine top-k with a FAISS HNSW graph (inner product on unit vectors)."""
+    """What the FAISS indexes share: inner product on unit vectors, positions as ids, the
+    catalog searched against itself, and one sentence where FAISS pads results with -1."""
+
+    def _build(self, embeddings: np.ndarray):
+        """The FAISS index over `embeddings`, trained if it needs training, items not added."""
+        raise NotImplementedError
+
+    def _set_search_params(self) -> None:
+        """Copy the search-time params onto the FAISS index: they may change after fit."""
+        raise NotImplementedError
+
+    def _too_few_advice(self) -> str:
+        """What to change when a search finds fewer than k items."""
+        raise NotImplementedError
+
+    def fit(self, embeddings: np.ndarray) -> "FaissIndex":
+        # Kept (not copied when already float32) for search_catalog: reconstructing the
+        # items from FAISS would copy them all, 2 GB at 1,000,000 x 512.
+        self.embeddings_ = np.ascontiguousarray(embeddings, dtype=np.float32)
+        self.index_ = self._build(self.embeddings_)
+        self.index_.add(self.embeddings_)
+        self.n_items_ = len(self.embeddings_)
+        return self
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(scores, indices), each (Q, k), best first."""
+        if not 0 < k <= self.n_items_:
+            raise ImgrecError(
+                f"top_k must be between 1 and the catalog size {self.n_items_}, got {k}."
+            )
+        self._set_search_params()
+        scores, indices = self.index_.search(np.ascontiguousarray(queries, dtype=np.float32), k)
+        if (indices < 0).any():  # FAISS pads with -1 where it found fewer than k items
+            raise ImgrecError(
+                f"the index found fewer than {k} neighbours for some items; "
+                f"{self._too_few_advice()} or use index=exact."
+            )
+        return scores, indices.astype(np.int64)
+
+    def search_catalog(self, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k for every catalog item against the others (self excluded)."""
+        _check_catalog_k(k, self.n_items_)
+        scores, indices = self.search(self.embeddings_, k + 1)
+        # Drop each item's own entry (or the last one, when the search missed it).
+        own = indices == np.arange(self.n_items_)[:, None]
+        own[~own.any(axis=1), -1] = True
+        keep = ~own
+        return scores[keep].reshape(-1, k), indices[keep].reshape(-1, k)
+
+
+class HnswIndex(FaissIndex):
+    """Approximate cosine top-k with a FAISS HNSW graph."""
 
     def __init__(
         self, hnsw_m: int = 32, hnsw_ef_construction: int = 200, hnsw_ef_search: int = 128
@@ -111,48 +172,72 @@ class FaissIndex:
         self.hnsw_ef_construction = hnsw_ef_construction
         self.hnsw_ef_search = hnsw_ef_search
 
-    def fit(self, embeddings: np.ndarray) -> "FaissIndex":
-        try:
-            import faiss
-        except ImportError as error:
-            raise ImgrecError("param index=faiss needs faiss: pip install faiss-cpu.") from error
-        embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
+    def _build(self, embeddings: np.ndarray):
+        faiss = _faiss()
         index = faiss.IndexHNSWFlat(embeddings.shape[1], self.hnsw_m, faiss.METRIC_INNER_PRODUCT)
         index.hnsw.efConstruction = self.hnsw_ef_construction
-        index.hnsw.efSearch = self.hnsw_ef_search
-        index.add(embeddings)
-        self.index_, self.n_items_ = index, len(embeddings)
-        return self
+        return index
 
-    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        if not 0 < k <= self.n_items_:
-            raise ImgrecError(
-                f"top_k must be between 1 and the catalog size {self.n_items_}, got {k}."
-            )
-        scores, indices = self.index_.search(np.ascontiguousarray(queries, dtype=np.float32), k)
-        if (indices < 0).any():  # FAISS pads with -1 where the graph walk found fewer than k
-            raise ImgrecError(
-                f"the HNSW graph found fewer than {k} neighbours for some items; raise "
-                f"param hnsw_ef_search (now {self.hnsw_ef_search}) or use index=exact."
-            )
-        return scores, indices.astype(np.int64)
+    def _set_search_params(self) -> None:
+        self.index_.hnsw.efSearch = self.hnsw_ef_search
 
-    def search_catalog(self, k: int) -> tuple[np.ndarray, np.ndarray]:
-        _check_catalog_k(k, self.n_items_)
-        embeddings = self.index_.reconstruct_n(0, self.n_items_)
-        scores, indices = self.search(embeddings, k + 1)
-        # Drop each item's own entry (or the last one, when the graph missed it).
-        own = indices == np.arange(self.n_items_)[:, None]
-        own[~own.any(axis=1), -1] = True
-        keep = ~own
-        return scores[keep].reshape(-1, k), indices[keep].reshape(-1, k)
+    def _too_few_advice(self) -> str:
+        return f"raise param hnsw_ef_search (now {self.hnsw_ef_search})"
 
 
-def make_index(config: RecommendConfig) -> ExactIndex | FaissIndex:
-    """`exact` (default) or `faiss` (an approximate HNSW graph, for millions of items)."""
-    if config.index == "exact":
-        return ExactIndex()
-    return FaissIndex(config.hnsw_m, config.hnsw_ef_construction, config.hnsw_ef_search)
+# FAISS's k-means warns below 39 training points per centroid; the catalog caps the lists.
+_MIN_POINTS_PER_LIST = 39
+
+
+class IvfIndex(FaissIndex):
+    """Approximate cosine top-k with a FAISS inverted file (IVF-Flat): k-means cells, each
+    query scanning exactly the items of its `ivf_nprobe` nearest cells."""
+
+    def __init__(
+        self,
+        ivf_nlist: int = 0,
+        ivf_nprobe: int = 32,
+        train_points_per_list: int = 64,
+        kmeans_iterations: int = 10,
+        seed: int = 0,
+    ):
+        self.ivf_nlist = ivf_nlist  # 0: about 4 sqrt(N), as many as the catalog can train
+        self.ivf_nprobe = ivf_nprobe
+        self.train_points_per_list = train_points_per_list  # k-means sample, not the index
+        self.kmeans_iterations = kmeans_iterations
+        self.seed = seed
+
+    def _build(self, embeddings: np.ndarray):
+        faiss = _faiss()
+        n, dim = embeddings.shape
+        wanted = self.ivf_nlist or round(4 * np.sqrt(n))
+        self.nlist_ = max(1, min(wanted, n // _MIN_POINTS_PER_LIST))
+        index = faiss.IndexIVFFlat(
+            faiss.IndexFlatIP(dim), dim, self.nlist_, faiss.METRIC_INNER_PRODUCT
+        )
+        index.cp.seed, index.cp.niter = self.seed, self.kmeans_iterations
+        index.cp.spherical = True  # unit centroids: cells by cosine, as the items are scored
+        index.cp.max_points_per_centroid = self.train_points_per_list  # a seeded sample
+        # A catalog under 39 items gets one list (exact search); k-means must not warn there.
+        index.cp.min_points_per_centroid = min(_MIN_POINTS_PER_LIST, n // self.nlist_)
+        index.train(embeddings)
+        return index
+
+    def _set_search_params(self) -> None:
+        self.index_.nprobe = min(self.ivf_nprobe, self.nlist_)
+
+    def _too_few_advice(self) -> str:
+        return f"raise param ivf_nprobe (now {self.ivf_nprobe})"
+
+
+def make_index(config: RecommendConfig) -> ExactIndex | HnswIndex | IvfIndex:
+    """`exact` (default), or for millions of items approximate `hnsw` (a graph) or `ivf`
+    (k-means cells)."""
+    if config.index == "hnsw":
+        return HnswIndex(config.hnsw_m, config.hnsw_ef_construction, config.hnsw_ef_search)
+    if config.index == "ivf":
+        return IvfIndex(config.ivf_nlist, config.ivf_nprobe)
+    return ExactIndex()
 
 
 def retrieval_metrics(neighbor_labels: np.ndarray, labels: np.ndarray) -> dict:
