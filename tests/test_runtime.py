@@ -7,7 +7,9 @@ import pytest
 import torch
 
 from imgrec.errors import ImgrecError
-from imgrec.runtime import pick_device, seed_everything
+from imgrec.model import CNNClassifier, ModelConfig
+from imgrec.runtime import World, make_deterministic, pick_device, seed_everything, start
+from imgrec.training import TrainConfig
 
 no_gpu = pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA GPU")
 
@@ -61,3 +63,83 @@ def test_seed_everything_returns_a_seeded_generator():
     other = torch.rand(4, generator=seed_everything(4))
     assert torch.equal(first, again)
     assert not torch.equal(first, other)
+
+
+def test_world_is_one_process_outside_torchrun(monkeypatch):
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE"):
+        monkeypatch.delenv(name, raising=False)
+    assert World.from_environment() == World(rank=0, size=1, local_rank=0, local_size=1)
+
+
+def test_world_comes_from_torchruns_environment(monkeypatch):
+    env = {"RANK": "5", "WORLD_SIZE": "8", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "4"}
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    world = World.from_environment()
+    assert world == World(rank=5, size=8, local_rank=1, local_size=4)
+    assert not world.is_main
+
+
+@pytest.mark.parametrize(
+    ("world", "threads", "prints"),
+    [
+        (World(), 4, True),
+        (World(rank=0, size=2, local_rank=0, local_size=2), 2, True),
+        (World(rank=3, size=4, local_rank=1, local_size=2), 2, False),
+        (World(rank=1, size=8, local_rank=1, local_size=8), 1, False),  # never 0 threads
+    ],
+)
+def test_ranks_share_the_threads_and_rank_0_alone_prints(world, threads, prints, capsys):
+    before = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    try:
+        device = start(TrainConfig(device="cpu", num_threads=4), world)
+        assert torch.get_num_threads() == threads
+    finally:
+        torch.set_num_threads(before[0])
+        torch.use_deterministic_algorithms(before[1])
+    assert device == torch.device("cpu")
+    assert ("machine:" in capsys.readouterr().out) == prints
+
+
+@pytest.fixture
+def restores_determinism():
+    before = (
+        torch.get_num_threads(),
+        torch.are_deterministic_algorithms_enabled(),
+        torch.utils.deterministic.fill_uninitialized_memory,
+    )
+    yield
+    torch.set_num_threads(before[0])
+    torch.use_deterministic_algorithms(before[1])
+    torch.utils.deterministic.fill_uninitialized_memory = before[2]
+
+
+def test_make_deterministic_keeps_the_flag_but_not_the_nan_fill(restores_determinism):
+    torch.use_deterministic_algorithms(False)
+    torch.utils.deterministic.fill_uninitialized_memory = True
+    make_deterministic(1)
+    assert torch.are_deterministic_algorithms_enabled()
+    assert not torch.utils.deterministic.fill_uninitialized_memory
+    assert torch.get_num_threads() == 1
+
+
+def weights_after_two_steps() -> list[torch.Tensor]:
+    torch.manual_seed(0)
+    model = CNNClassifier(ModelConfig(num_classes=3)).to(memory_format=torch.channels_last)
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
+    for _ in range(2):
+        x = torch.rand(4, 3, 32, 32).contiguous(memory_format=torch.channels_last)
+        loss = torch.nn.functional.cross_entropy(model(x), torch.randint(0, 3, (4,)))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return [tensor.clone() for tensor in model.state_dict().values()]
+
+
+def test_skipping_the_nan_fill_changes_no_bit_of_training(restores_determinism):
+    make_deterministic(2)
+    torch.utils.deterministic.fill_uninitialized_memory = True
+    filled = weights_after_two_steps()
+    make_deterministic(2)
+    unfilled = weights_after_two_steps()
+    assert all(torch.equal(a, b) for a, b in zip(filled, unfilled, strict=True))

@@ -5,11 +5,16 @@ import copy
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
+from torch.utils.data import RandomSampler
 
-from imgrec import runtime
+from imgrec import runtime, training
+from imgrec.errors import ImgrecError
+from imgrec.inference import to_tensor
 from imgrec.model import CNNClassifier, ModelConfig
 from imgrec.prepared import Prepared
-from imgrec.training import TrainConfig, augment_batch, train
+from imgrec.runtime import World
+from imgrec.training import TrainConfig, augment_batch, rank_batch_size, train
 
 IMG_SIZE, N_IMAGES, N_CLASSES = 16, 40, 4
 
@@ -169,3 +174,54 @@ def test_same_seed_gives_bit_identical_weights(data):
     assert any(
         not torch.equal(other.state_dict()[key], value) for key, value in first.state_dict().items()
     )
+
+
+def test_one_rank_trains_exactly_as_the_plain_loop(data, monkeypatch):
+    """nproc=1 is the loop as it was before DDP: RandomSampler order, no collectives."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a single process must not touch torch.distributed")
+
+    for name in ("DistributedDataParallel", "DistributedSampler"):
+        monkeypatch.setattr(training, name, refuse)
+    for name in ("all_reduce", "broadcast"):
+        monkeypatch.setattr(torch.distributed, name, refuse)
+    # Dropout 0 leaves the global RNG out of the forward pass: only the data order is random.
+    model_config = ModelConfig(num_classes=N_CLASSES, dropout=0.0)
+    generator = runtime.seed_everything(3)
+    model = CNNClassifier(model_config)
+    config = TrainConfig(batch_size=8, epochs=1, dropout=0.0)
+    train(model, data, config, generator=generator, device=torch.device("cpu"), max_batches=2)
+
+    generator = runtime.seed_everything(3)
+    plain = CNNClassifier(model_config)
+    plain.to(memory_format=torch.channels_last).train()
+    optimizer = torch.optim.Adam(plain.parameters(), lr=1e-3)
+    order = list(RandomSampler(data.train_index, generator=generator))
+    for step in range(2):
+        rows = data.train_index[order[step * 8 : (step + 1) * 8]]
+        x = to_tensor(data.images[rows]).contiguous(memory_format=torch.channels_last)
+        loss = F.cross_entropy(plain(x), torch.from_numpy(data.labels[rows]))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    for key, value in plain.state_dict().items():
+        assert torch.equal(model.state_dict()[key], value), key
+
+
+@pytest.mark.parametrize(("batch_size", "ranks", "share"), [(32, 1, 32), (32, 2, 16), (9, 3, 3)])
+def test_each_rank_takes_its_share_of_the_global_batch(batch_size, ranks, share):
+    assert rank_batch_size(batch_size, ranks) == share
+
+
+def test_a_batch_that_does_not_split_over_the_ranks_is_refused_first(data):
+    world = World(rank=0, size=3, local_rank=0, local_size=3)  # no process group: refused first
+    with pytest.raises(ImgrecError, match=r"param batch_size \(8\) .* ranks \(3, param nproc"):
+        train(
+            CNNClassifier(ModelConfig(num_classes=N_CLASSES)),
+            data,
+            TrainConfig(batch_size=8),
+            generator=torch.Generator(),
+            device=torch.device("cpu"),
+            world=world,
+        )

@@ -3,6 +3,8 @@
 import logging
 import os
 import random
+from dataclasses import dataclass
+from typing import Self
 
 import numpy as np
 import torch
@@ -27,21 +29,59 @@ def make_deterministic(num_threads: int) -> None:
 
     CPU convolutions split their reductions by thread, so the thread count
     changes the last bits of the weights: it is a param, not the core count.
-    Deterministic kernels cost some speed (about a fifth of training throughput
-    on a 2-core CPU, measured with benchmarks/); on CUDA they also disable cuDNN
-    autotuning and need CUBLAS_WORKSPACE_CONFIG.
+    On the CPU the flag costs little once torch's NaN fill is off (off/on
+    images/s 1.08, CPU time per batch 1.02, within the noise of a shared 2-core
+    CPU; 1.18 with the fill: benchmarks/RESULTS.md); on CUDA it also disables
+    cuDNN autotuning and needs CUBLAS_WORKSPACE_CONFIG.
     """
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.set_num_threads(num_threads)
     torch.use_deterministic_algorithms(True)
+    # With the flag, torch also fills every new tensor with NaN before the op that
+    # writes it overwrites it: on the CPU that fill was the flag's whole cost in
+    # training, and it changes no bit of the weights (benchmarks/determinism.py).
+    torch.utils.deterministic.fill_uninitialized_memory = False
     torch.backends.cudnn.benchmark = False
 
 
-def start(config: ComputeConfig) -> torch.device:
-    """Threads, deterministic kernels and the device for a stage; prints where it runs."""
-    make_deterministic(config.num_threads)
+@dataclass(frozen=True)
+class World:
+    """This process's place among the data-parallel ranks (one rank unless torchrun started it)."""
+
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0  # rank among those on this machine: its GPU, its share of the cores
+    local_size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @classmethod
+    def from_environment(cls) -> Self:
+        """The world torchrun describes in the environment of each rank it starts."""
+        if "WORLD_SIZE" not in os.environ:
+            return cls()
+        names = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE")
+        return cls(*(int(os.environ[name]) for name in names))
+
+
+ONE_PROCESS = World()
+
+
+def start(config: ComputeConfig, world: World = ONE_PROCESS) -> torch.device:
+    """Threads, deterministic kernels and the device for a stage or one of its ranks; rank 0
+    prints where it runs."""
+    # The ranks on a machine share its cores; the share is fixed by nproc and num_threads
+    # (never the core count), so the bits stay a function of the params.
+    make_deterministic(max(1, config.num_threads // world.local_size))
     device = pick_device(config.device)
-    print(f"{kernels.machine_line()}; device {device}")
+    if device.type == "cuda" and world.size > 1:
+        device = torch.device("cuda", world.local_rank)  # one GPU per rank
+        torch.cuda.set_device(device)
+    if world.is_main:
+        ranks = f"; rank 0 of {world.size}" if world.size > 1 else ""
+        print(f"{kernels.machine_line()}; device {device}{ranks}")
     return device
 
 

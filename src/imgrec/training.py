@@ -9,14 +9,18 @@ from typing import Literal
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, RandomSampler
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 from tqdm import tqdm
 
 from imgrec.config import ComputeConfig, param
+from imgrec.errors import ImgrecError
 from imgrec.inference import memory_format, predict_logits, to_tensor
 from imgrec.model import CNNClassifier
 from imgrec.prepared import Prepared
+from imgrec.runtime import ONE_PROCESS, World
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +29,8 @@ MAX_ROTATION_DEGREES = 10.0
 
 @dataclass(frozen=True)
 class TrainConfig(ComputeConfig):
-    batch_size: int = param(32, ge=1)
+    nproc: int = param(1, ge=1)  # DDP ranks the stage starts here (under torchrun: its world)
+    batch_size: int = param(32, ge=1)  # the global batch, whatever nproc
     epochs: int = param(30, ge=1)
     lr: float = param(0.001, gt=0)
     patience: int = param(5, ge=1)
@@ -79,6 +84,25 @@ def augment_batch(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return F.grid_sample(x, grid, padding_mode="border", align_corners=False)
 
 
+def rank_batch_size(batch_size: int, world_size: int) -> int:
+    """Each rank's share of the global batch: nproc scales out, never changes the batch."""
+    if batch_size % world_size:
+        raise ImgrecError(
+            f"param batch_size ({batch_size}) must be divisible by the number of ranks "
+            f"({world_size}, param nproc or torchrun's world size)."
+        )
+    return batch_size // world_size
+
+
+def all_sum(values: list[float], world: World, device: torch.device) -> list[float]:
+    """Each value summed over the ranks, in float64: every rank gets the same totals."""
+    if world.size == 1:
+        return values
+    totals = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(totals)
+    return totals.tolist()
+
+
 class EarlyStopping:
     """Stop after `patience` epochs without a lower validation loss; keep the best weights."""
 
@@ -98,7 +122,7 @@ class EarlyStopping:
 
 
 def train_epoch(
-    model: CNNClassifier,
+    model: torch.nn.Module,
     loader: DataLoader,
     optimizer: torch.optim.Optimizer,
     config: TrainConfig,
@@ -107,14 +131,18 @@ def train_epoch(
     device: torch.device,
     n_batches: int,
     desc: str,
+    world: World = ONE_PROCESS,
 ) -> tuple[float, float]:
-    """One pass over at most `n_batches` batches; returns (mean loss, accuracy)."""
+    """One pass over at most `n_batches` batches; returns (mean loss, accuracy) over all ranks."""
     model.train()
     layout = memory_format(config.channels_last)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16")
     seen, loss_sum, correct = 0, 0.0, 0
     # disable=None: a bar on a terminal, none in a log (the epoch's line is logged instead).
-    progress = tqdm(loader, total=n_batches, desc=desc, unit="batch", leave=False, disable=None)
+    progress = tqdm(
+        loader, total=n_batches, desc=desc, unit="batch", leave=False,
+        disable=None if world.is_main else True,
+    )  # fmt: skip
     for step, (pixels, targets) in enumerate(progress):
         if step == n_batches:
             break
@@ -133,25 +161,44 @@ def train_epoch(
         loss_sum += loss.item() * len(targets)
         correct += (logits.argmax(1) == targets).sum().item()
         progress.set_postfix(loss=f"{loss_sum / seen:.4f}")
+    loss_sum, correct, seen = all_sum([loss_sum, correct, seen], world, device)
     return loss_sum / seen, correct / seen
 
 
 def validate(
-    model: CNNClassifier, data: Prepared, config: TrainConfig, device: torch.device
+    model: CNNClassifier,
+    data: Prepared,
+    config: TrainConfig,
+    device: torch.device,
+    world: World = ONE_PROCESS,
 ) -> tuple[float, float]:
-    """(loss, accuracy) on the validation split."""
+    """(loss, accuracy) on the validation split; under DDP each rank scores its share."""
+    index = data.val_index[world.rank :: world.size]  # shares without padding: none counts twice
     logits = predict_logits(
         model,
         data.images,
-        data.val_index,
+        index,
         batch_size=max(config.batch_size, 256),
         device=device,
         channels_last=config.channels_last,
     )
-    labels = torch.from_numpy(data.labels[data.val_index])
-    return F.cross_entropy(logits, labels).item(), (
-        logits.argmax(1) == labels
-    ).float().mean().item()
+    labels = torch.from_numpy(data.labels[index])
+    if world.size == 1:
+        return F.cross_entropy(logits, labels).item(), (
+            logits.argmax(1) == labels
+        ).float().mean().item()
+    # Totals over all ranks: every rank sees the same loss, so the LR schedule and early
+    # stopping decide alike everywhere.
+    loss_sum, correct, count = all_sum(
+        [
+            F.cross_entropy(logits, labels, reduction="sum").item(),
+            (logits.argmax(1) == labels).sum().item(),
+            len(labels),
+        ],
+        world,
+        device,
+    )
+    return loss_sum / count, correct / count
 
 
 def train(
@@ -161,30 +208,47 @@ def train(
     *,
     generator: torch.Generator,
     device: torch.device,
+    world: World = ONE_PROCESS,
     max_batches: int | None = None,
     on_epoch: Callable[[dict], None] | None = None,
 ) -> TrainResult:
     """Train in place; on return the model holds the weights of the best validation epoch.
 
-    `max_batches` caps batches per epoch (for smoke tests); `on_epoch` gets each epoch's record.
+    Under DDP (`world` of several ranks, its process group joined) each rank trains on its
+    share of every global batch and all ranks end with the same weights. `max_batches` caps
+    batches per epoch (for smoke tests); `on_epoch` gets each epoch's record.
     """
+    batch_size = rank_batch_size(config.batch_size, world.size)
     model.to(device=device, memory_format=memory_format(config.channels_last))
+    dataset = ArrayBatches(data.images, data.labels, data.train_index)
+    if world.size == 1:
+        network, sampler = model, RandomSampler(data.train_index, generator=generator)
+    else:
+        # DDP copies rank 0's weights to every rank, then averages the gradients.
+        network = DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+        sampler = DistributedSampler(
+            dataset, num_replicas=world.size, rank=world.rank, shuffle=True, seed=config.seed
+        )
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
         optimizer, mode="min", factor=config.lr_factor, patience=config.lr_patience
     )
     loader = DataLoader(
-        ArrayBatches(data.images, data.labels, data.train_index),
-        batch_size=config.batch_size,
-        sampler=RandomSampler(data.train_index, generator=generator),
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
         collate_fn=lambda batch: batch,  # __getitems__ already returns whole tensors
     )
     n_batches = len(loader) if max_batches is None else min(len(loader), max_batches)
     result, stopping = TrainResult(), EarlyStopping(config.patience)
 
     for epoch in range(1, config.epochs + 1):
+        if world.size > 1:
+            sampler.set_epoch(epoch)  # a new order each epoch, the same on every rank
         train_loss, train_acc = train_epoch(
-            model,
+            network,
             loader,
             optimizer,
             config,
@@ -192,8 +256,14 @@ def train(
             device=device,
             n_batches=n_batches,
             desc=f"epoch {epoch}/{config.epochs}",
+            world=world,
         )
-        val_loss, val_acc = validate(model, data, config, device)
+        if world.size > 1:
+            # BatchNorm statistics drift apart in each rank's last batch: take rank 0's, so
+            # all ranks validate, and keep, the same model.
+            for buffer in model.buffers():
+                dist.broadcast(buffer, src=0)
+        val_loss, val_acc = validate(model, data, config, device, world)
         record = {
             "epoch": epoch,
             "train_loss": train_loss,

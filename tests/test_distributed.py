@@ -1,0 +1,164 @@
+"""DDP through torchrun's launcher: ranks agree, repeat bit for bit, and fail in one line."""
+
+import argparse
+import dataclasses
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from conftest import stage_configs
+
+from imgrec import distributed
+from imgrec.checkpoint import load_checkpoint, save_checkpoint
+from imgrec.errors import ImgrecError
+from imgrec.model import CNNClassifier, ModelConfig
+from imgrec.prepared import IMAGES_FILE, save_prepared_labels
+from imgrec.training import TrainConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+IMG_SIZE, N_IMAGES, N_CLASSES = 16, 48, 4
+TINY = {"batch_size": 8, "epochs": 3, "patience": 1, "lr_patience": 0, "num_threads": 2}
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("prepared")
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (N_IMAGES, IMG_SIZE, IMG_SIZE, 3), dtype=np.uint8)
+    np.save(folder / IMAGES_FILE, images)
+    save_prepared_labels(
+        folder,
+        labels=np.arange(N_IMAGES, dtype=np.int64) % N_CLASSES,
+        row_ids=np.arange(N_IMAGES, dtype=np.int64),
+        train_index=np.arange(36),
+        val_index=np.arange(36, N_IMAGES),  # 12: the two ranks score 6 each
+        class_names=[str(c) for c in range(N_CLASSES)],
+        img_size=IMG_SIZE,
+    )
+    return folder
+
+
+# Each rank trains as the train stage does and saves what it ended with, so the ranks
+# can be compared with each other and not only rank 0's checkpoint with itself.
+RANK_SCRIPT = """
+import imgrec, json, sys, torch
+from imgrec import distributed, runtime
+from imgrec.model import CNNClassifier, ModelConfig
+from imgrec.prepared import load_prepared
+from imgrec.training import TrainConfig, train
+
+prepared, out, overrides = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+config = TrainConfig(**overrides)
+world = runtime.World.from_environment()
+device = runtime.start(config, world)
+generator = runtime.seed_everything(config.seed + world.rank)
+data = load_prepared(prepared)
+model = CNNClassifier(ModelConfig(num_classes=len(data.class_names)))
+with distributed.process_group(world, device):
+    result = train(model, data, config, generator=generator, device=device, world=world,
+                   max_batches=2)
+torch.save({"state": model.state_dict(), "history": result.history,
+            "threads": torch.get_num_threads()}, f"{out}/rank{world.rank}.pt")
+"""
+
+
+def train_in_two_ranks(prepared: Path, out: Path) -> list[dict]:
+    out.mkdir()
+    distributed.launch(2, ["-c", RANK_SCRIPT, str(prepared), str(out), json.dumps(TINY)])
+    return [torch.load(out / f"rank{rank}.pt", weights_only=True) for rank in (0, 1)]
+
+
+def assert_same_weights(first: dict, second: dict) -> None:
+    assert first.keys() == second.keys()
+    for key, value in first.items():
+        assert torch.equal(second[key], value), key
+
+
+def test_two_ranks_agree_and_repeat_bit_for_bit(prepared, tmp_path):
+    rank0, rank1 = train_in_two_ranks(prepared, tmp_path / "first")
+    # Same validation totals on both ranks: same LR steps, same early stop, same weights.
+    assert rank0["history"] == rank1["history"]
+    assert_same_weights(rank0["state"], rank1["state"])
+    assert rank0["threads"] == rank1["threads"] == 1  # num_threads 2 shared by 2 ranks
+    again, _ = train_in_two_ranks(prepared, tmp_path / "again")
+    assert again["history"] == rank0["history"]
+    assert_same_weights(again["state"], rank0["state"])
+
+
+def run_stage(project: Path, prepared: Path, **params) -> subprocess.CompletedProcess:
+    defaults = {field.name: field.default for field in dataclasses.fields(stage_configs()["train"])}
+    project.mkdir(exist_ok=True)
+    (project / "params.yaml").write_text(yaml.safe_dump(defaults | TINY | params))
+    return subprocess.run(
+        [sys.executable, str(ROOT / "stages" / "train.py"), "--prepared", str(prepared),
+         "--model", "models/model.pt", "--live-dir", "dvclive", "--metrics", "train.json",
+         "--max-batches", "2"],
+        cwd=project, capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+
+
+def test_the_stage_trains_in_two_ranks_and_rank_0_alone_writes(prepared, tmp_path):
+    result = run_stage(tmp_path, prepared, nproc=2)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("dataset:") == 1  # the other rank is quiet
+    assert result.stdout.count("epoch 1/3") == 1
+    assert "rank 0 of 2" in result.stdout
+    checkpoint = load_checkpoint(tmp_path / "models" / "model.pt")
+    assert checkpoint.train_config.nproc == 2
+    assert (tmp_path / "train.json").exists()
+    assert (tmp_path / "dvclive" / "plots" / "metrics" / "val" / "loss.tsv").exists()
+    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["model.pt"]
+
+
+def test_a_batch_that_does_not_split_is_refused_before_any_rank_starts(prepared, monkeypatch):
+    spec = importlib.util.spec_from_file_location("train_stage", ROOT / "stages" / "train.py")
+    stage = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(stage)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.setattr(distributed, "launch", lambda nproc: pytest.fail("a rank started"))
+    args = argparse.Namespace(prepared=str(prepared))
+    message = r"param batch_size \(8\) must be divisible by the number of ranks \(3, param nproc"
+    with pytest.raises(ImgrecError, match=message):
+        stage.main(args, TrainConfig(nproc=3, batch_size=8))
+
+
+def test_launch_gives_each_rank_torchruns_environment(tmp_path):
+    code = (
+        "import os, pathlib, sys; e = os.environ; pathlib.Path(sys.argv[1], e['RANK']).write_text("
+        "' '.join(e[k] for k in ('WORLD_SIZE', 'LOCAL_RANK', 'LOCAL_WORLD_SIZE', 'MASTER_ADDR')))"
+    )
+    distributed.launch(2, ["-c", code, str(tmp_path)])
+    assert (tmp_path / "0").read_text() == "2 0 2 localhost"
+    assert (tmp_path / "1").read_text() == "2 1 2 localhost"
+
+
+@pytest.mark.parametrize(
+    ("code", "message"),
+    [
+        ("import os, sys; sys.exit(int(os.environ['RANK']))", "rank 1 of 2 failed; its message"),
+        (
+            "import os; os.environ['RANK'] == '1' and os.kill(os.getpid(), 9)",
+            "rank 1 of 2 was killed by SIGKILL.",
+        ),
+    ],
+)
+def test_a_failed_rank_fails_the_launch_in_one_sentence(code, message, capfd):
+    with pytest.raises(ImgrecError, match=message):
+        distributed.launch(2, ["-c", code])
+    assert "Traceback" not in capfd.readouterr().err  # the launcher's own dump is silenced
+
+
+def test_a_checkpoint_from_before_nproc_loads_as_one_rank(tmp_path):
+    path = tmp_path / "model.pt"
+    model = CNNClassifier(ModelConfig(num_classes=2))
+    save_checkpoint(path, model, ["a", "b"], 16, train_config=TrainConfig(), prepared_md5="0")
+    checkpoint = torch.load(path, weights_only=True)
+    del checkpoint["provenance"]["train_config"]["nproc"]  # as files written before it
+    torch.save(checkpoint, path)
+    assert load_checkpoint(path).train_config.nproc == 1
