@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -50,3 +51,54 @@ def test_smoke_run_prints_every_stage_with_finite_ratios(tmp_path: Path):
             assert math.isfinite(float(ratio)) and float(ratio) > 0, (stage, metric, ratio)
     assert "kernels native: torch" in run.stdout and "kernels portable: torch" in run.stdout
     assert (tmp_path / "data" / "catalog-200" / "manifest.json").exists()
+
+
+def test_indexes_smoke_run_prints_recall_for_every_setting(tmp_path: Path):
+    from imgrec.catalog import save_catalog
+    from imgrec.prepared import IMAGES_FILE, save_prepared_labels
+
+    # A catalog of 120 items in three clusters, beside a prepared dataset of blank images.
+    labels, row_ids = np.arange(120) % 3, np.arange(120)
+    (tmp_path / "prepared").mkdir()
+    np.save(tmp_path / "prepared" / IMAGES_FILE, np.zeros((120, 4, 4, 3), np.uint8))
+    save_prepared_labels(
+        tmp_path / "prepared", labels=labels, row_ids=row_ids, train_index=row_ids[:90],
+        val_index=row_ids[90:], class_names=["a", "b", "c"], img_size=4,
+    )  # fmt: skip
+    rng = np.random.default_rng(0)
+    centres = np.abs(rng.normal(size=(3, 16)))
+    vectors = np.abs(centres[labels] + 0.3 * rng.normal(size=(120, 16)))
+    vectors = (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
+    save_catalog(tmp_path / "catalog", vectors, vectors, row_ids, "md5", 0.5)
+
+    command = [sys.executable, str(ROOT / "benchmarks" / "indexes.py")]
+    command += ["--embeddings", str(tmp_path / "catalog"), "--prepared", str(tmp_path / "prepared")]
+    command += ["--vectors", "3000", "--queries", "20", "--single-queries", "5"]
+    command += ["--index", "ivf", "--index", "hnsw:hnsw_m=8"]
+    command += ["--nprobe", "1,4", "--ef-search", "16"]
+    run = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+
+    rows = [line.strip(" |").split(" | ") for line in run.stdout.splitlines() if line[:2] == "| "]
+    searches = ["-", "ivf_nprobe=1", "ivf_nprobe=4", "hnsw_ef_search=16"]
+    assert [row[3] for row in rows[1:]] == searches
+    assert rows[1][4] == "1 (truth)"
+    recalls = [float(row[4]) for row in rows[2:]]
+    assert all(0 < value <= 1 for value in recalls) and recalls[0] <= recalls[1]
+    assert all(float(cell) > 0 for row in rows[1:] for cell in row[5:]), rows
+    assert "(nlist 76)" in rows[2][0]  # 3000 vectors: 39 training points per list at most
+
+
+def test_determinism_smoke_run_prints_ratios_and_the_same_weights(tmp_path: Path):
+    command = [sys.executable, str(ROOT / "benchmarks" / "determinism.py")]
+    command += ["--rounds", "1", "--batches", "2"]
+    run = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+
+    header, rows = tables(run.stdout)["determinism"]
+    assert header.startswith("metric | off | on+fill | on | ratio off/on+fill | ratio off/on")
+    for metric in ("train images/s", "CPU s per batch"):
+        for cell in rows[metric][:5]:
+            assert math.isfinite(float(cell)) and float(cell) > 0, (metric, rows[metric])
+    digests = dict(re.findall(r"^- (on\+fill|on): weights md5 (\w+)$", run.stdout, re.MULTILINE))
+    assert digests["on"] == digests["on+fill"], run.stdout  # skipping the NaN fill changes no bit
