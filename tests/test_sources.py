@@ -354,8 +354,8 @@ def _write_groups(path, group_rows: list[int], start: int = 0) -> None:
         ([[1] * 10], 100, [4, 4, 2]),  # smaller ones are gathered, up to 4 rows
         ([[2, 2, 5, 1, 1]], 100, [4, 4, 1, 2]),
         ([[3, 6, 3]], 100, [3, 4, 2, 3]),
-        ([[1, 1], [1], [3, 1]], 100, [2, 1, 4]),  # within a file: a task reads one file
-        ([[1, 0, 1], [0, 2]], 100, [2, 2]),  # empty row groups are passed over
+        ([[1, 1], [1], [3, 1]], 100, [3, 4]),  # across files too
+        ([[1, 0, 1], [0, 2]], 100, [4]),  # empty row groups are passed over
         ([[3, 2, 2, 4]], 100, [3, 4, 4]),  # a gathered group never splits a source group
         ([[5, 0, 5]], 100, [4, 1, 4, 1]),
         ([[1] * 10], 6, [4, 2]),
@@ -379,12 +379,13 @@ def test_output_row_groups(tmp_path, monkeypatch, files, rows, expected, dask_sc
     ]
 
 
-def test_first_rows_of_a_huge_row_group_read_only_their_pages(
-    tmp_path, monkeypatch, dask_scheduler
-):
+@pytest.mark.parametrize("max_task_rows", [2048, 1])  # a Dask task; streamed by the stage
+def test_first_rows_of_a_huge_row_group_read_only_their_pages(tmp_path, monkeypatch, max_task_rows):
     # Memory follows what is read: taking 2 of 40 rows from one row group must not read the
-    # group whole. Small pages (one row each) make the reader's granularity visible.
+    # group whole. Small pages (one row each) make the reader's granularity visible. The
+    # local scheduler runs fetch's tasks in threads of this process, where the count is.
     monkeypatch.setattr(sources, "READ_BUFFER_BYTES", 4096)
+    monkeypatch.setattr(sources, "MAX_TASK_ROWS", max_task_rows)
     images = _random_blobs(40, 20_000)
     table = pa.table(
         {
@@ -404,7 +405,8 @@ def test_first_rows_of_a_huge_row_group_read_only_their_pages(
         return data
 
     monkeypatch.setattr(LocalFileOpener, "read", counting_read)
-    fetch(str(source), 2, tmp_path / "out.parquet", dask_scheduler=dask_scheduler)
+    fetch(str(source), 2, tmp_path / "out.parquet", dask_scheduler="local")
+    assert bytes_read, "the reads were not counted"
     assert pq.read_table(tmp_path / "out.parquet").column("label").to_pylist() == [0, 1]
     assert sum(bytes_read) < source.stat().st_size / 4
 
@@ -636,3 +638,43 @@ def test_an_unreachable_scheduler_is_one_sentence(three_files, tmp_path):
     with pytest.raises(ImgrecError, match=r"cannot reach the Dask scheduler at .*127\.0\.0\.1:9"):
         fetch(str(three_files), 3, tmp_path / "out.parquet", dask_scheduler="tcp://127.0.0.1:9")
     assert not (tmp_path / "out.parquet").exists()
+
+
+def test_a_group_too_big_for_a_task_streams_through_the_stage(tmp_path, monkeypatch):
+    """No task holds more than MAX_TASK_ROWS rows, and the file is the one tasks make."""
+    monkeypatch.setattr(sources, "OUT_ROW_GROUP_ROWS", 4)
+    _write_groups(tmp_path / "src/a.parquet", [20, 3, 3, 9, 1])
+    fs, paths = sources.list_parquet_files(str(tmp_path / "src"))
+    files = [sources._read_footer(fs, path) for path in paths]
+    task_rows = []
+    read_task = sources.read_task
+
+    def counting_task(fs, task):
+        task_rows.append(sum(part.rows for part in task))
+        return read_task(fs, task)
+
+    monkeypatch.setattr(sources, "read_task", counting_task)
+    monkeypatch.setattr(sources, "MAX_TASK_ROWS", 8)
+    tables = list(sources._read(None, fs, sources._tasks(files, 36)))  # None: tasks run here
+    assert task_rows == [3, 3, 1]  # 20 and 9 streamed; 3 + 3 is more than 4 rows to gather
+    assert pa.concat_tables(tables).column("label").to_pylist() == list(range(36))
+    outs = [tmp_path / "tasks.parquet", tmp_path / "streamed.parquet"]
+    for out, max_task_rows in zip(outs, [100, 8], strict=True):
+        monkeypatch.setattr(sources, "MAX_TASK_ROWS", max_task_rows)
+        fetch(str(tmp_path / "src"), 36, out, dask_scheduler="local")
+    assert outs[0].read_bytes() == outs[1].read_bytes()
+
+
+def test_a_scheduler_without_workers_is_one_sentence(three_files, tmp_path, monkeypatch):
+    from distributed import LocalCluster
+
+    from imgrec import cluster
+
+    monkeypatch.setattr(cluster, "_WORKER_TIMEOUT", 1)
+    out = tmp_path / "out.parquet"
+    with (
+        LocalCluster(n_workers=0, scheduler_kwargs=cluster.NO_DASHBOARD) as empty,
+        pytest.raises(ImgrecError, match=r"has had no worker for 1 s; start one"),
+    ):
+        fetch(str(three_files), 3, out, dask_scheduler=empty.scheduler_address)
+    assert not out.exists()

@@ -23,18 +23,9 @@ LOCAL = "local"
 # in order, few enough that the results waiting for their turn stay a bounded memory.
 TASKS_PER_WORKER = 2
 _CONNECT_TIMEOUT = "10s"
+_WORKER_TIMEOUT = 60  # seconds
 # No dashboard, and its HTTP server on a free port: 8787 may belong to another cluster.
 NO_DASHBOARD = {"dashboard": False, "dashboard_address": "127.0.0.1:0"}
-
-
-def _die_with_parent() -> None:
-    """Linux: the kernel kills this process when the one that started it dies, even by
-    SIGKILL, so a killed stage never leaves workers behind."""
-    import ctypes
-
-    # Not Linux: closing the cluster on any error or SIGTERM still ends the workers.
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 def cpu_count() -> int:
@@ -44,25 +35,34 @@ def cpu_count() -> int:
 @contextlib.contextmanager
 def _signals_held() -> Iterator[None]:
     """SIGTERM and SIGINT wait until the block ends: a cluster stopped halfway through its
-    start is one nobody can close (its processes, and a traceback at exit, outlive us)."""
-    held = {signal.SIGTERM, signal.SIGINT}
+    start is one nobody can close (its processes, and a traceback at exit, outlive us).
+
+    A recording handler, not a blocked mask: the signal may reach any thread, and an
+    interrupt raised while Python runs a finalizer is swallowed, so the stage would go on.
+    """
+    held = (signal.SIGTERM, signal.SIGINT)
     if threading.current_thread() is not threading.main_thread():
-        yield  # signals only reach the main thread anyway
+        yield  # handlers can only be set, and only run, in the main thread
         return
-    signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    pending: list[int] = []
+    handlers = {signum: signal.signal(signum, lambda s, _: pending.append(s)) for signum in held}
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, held)  # a pending one is handled here
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
+        if pending:  # now the stage's own handler stops it, with the cluster closable
+            signal.raise_signal(pending[0])
 
 
 @contextlib.contextmanager
-def dask_client(scheduler: str, *, processes: bool) -> Iterator[Any]:
+def dask_client(scheduler: str, *, processes: bool, tasks: int | None = None) -> Iterator[Any]:
     """A `distributed.Client` of `scheduler`; `local`: a cluster closed on leaving, of one
     single-threaded worker process per core, each allowed an equal share of memory
     (`processes`: for Python-heavy tasks, such as decoding images), or of one thread per
     core in this process (for pyarrow's reading, which releases the GIL and whose results
-    then need no copy between processes: measured, 3x faster than processes on 2 cores)."""
+    then need no copy between processes: measured, 2-3x faster than processes on 2 cores).
+    `tasks`, where known, caps the local workers: a small job starts no idle processes."""
     from distributed import Client, LocalCluster
 
     # The scheduler and workers log their start and stop, and warn of slow shutdowns; a
@@ -73,15 +73,15 @@ def dask_client(scheduler: str, *, processes: bool) -> Iterator[Any]:
             with _signals_held():
                 local = stack.enter_context(
                     LocalCluster(
-                        n_workers=cpu_count() if processes else 1,
+                        n_workers=min(cpu_count(), tasks or cpu_count()) if processes else 1,
                         threads_per_worker=1 if processes else cpu_count(),
                         processes=processes,
                         scheduler_kwargs=NO_DASHBOARD,
                     )
                 )
+                # Its worker processes end when this one does, even by SIGKILL: each
+                # watches a pipe from its parent and exits when it closes.
                 client = stack.enter_context(Client(local))
-                if processes:
-                    client.run(_die_with_parent)
             yield client
         return
     try:
@@ -92,6 +92,13 @@ def dask_client(scheduler: str, *, processes: bool) -> Iterator[Any]:
             f"{first_line(error)}; give its address (tcp://HOST:8786) or `local`."
         ) from error
     with client:
+        try:  # a scheduler without workers would leave every task waiting
+            client.wait_for_workers(1, timeout=_WORKER_TIMEOUT)
+        except TimeoutError as error:
+            raise ImgrecError(
+                f"the Dask scheduler at param dask_scheduler={scheduler!r} has had no worker "
+                f"for {_WORKER_TIMEOUT} s; start one (dask worker {scheduler}) and rerun."
+            ) from error
         yield client
 
 

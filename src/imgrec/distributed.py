@@ -19,13 +19,13 @@ import torch
 import torch.distributed as dist
 
 from imgrec.errors import ImgrecError
-from imgrec.runtime import World
+from imgrec.runtime import TORCHRUN_VARIABLES, World
 
 HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT)  # torchrun's
 
 
 def under_torchrun() -> bool:
-    return "WORLD_SIZE" in os.environ or "LOCAL_RANK" in os.environ
+    return all(name in os.environ for name in TORCHRUN_VARIABLES)
 
 
 def launch(nproc: int, argv: list[str] | None = None) -> None:

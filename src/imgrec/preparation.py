@@ -217,7 +217,8 @@ def prepare(
     )
     del staging  # the header is written; decode_rows fills in the pixels
     _reserve(staging_path)
-    with dask_client(config.dask_scheduler, processes=True) as client:
+    groups = parquet.num_row_groups
+    with dask_client(config.dask_scheduler, processes=True, tasks=groups) as client:
         found = decode_rows(parquet, staging_path, config.img_size, client)
     check_skips(found, total, config.max_bad_fraction)
     compact(staging_path, out_dir / IMAGES_FILE, found.kept_rows)

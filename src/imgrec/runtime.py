@@ -44,6 +44,10 @@ def make_deterministic(num_threads: int) -> None:
     torch.backends.cudnn.benchmark = False
 
 
+# What torchrun sets in each rank's environment; a rank is under torchrun if it has them all.
+TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE")
+
+
 @dataclass(frozen=True)
 class World:
     """This process's place among the data-parallel ranks (one rank unless torchrun started it)."""
@@ -60,10 +64,9 @@ class World:
     @classmethod
     def from_environment(cls) -> Self:
         """The world torchrun describes in the environment of each rank it starts."""
-        if "WORLD_SIZE" not in os.environ:
+        if not all(name in os.environ for name in TORCHRUN_VARIABLES):
             return cls()
-        names = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE")
-        return cls(*(int(os.environ[name]) for name in names))
+        return cls(*(int(os.environ[name]) for name in TORCHRUN_VARIABLES))
 
 
 ONE_PROCESS = World()

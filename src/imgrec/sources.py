@@ -8,9 +8,10 @@ streaming reader over an fsspec file handle, and written in order by the stage. 
 with `dask.dataframe`: a Dask partition is a whole row group and `get_partition(i)`
 per partition made the time grow with the square of the number of row groups, while
 here a task is one big row group or a run of small ones, so a source of 40,000
-one-row groups is ~160 tasks. Memory is a constant plus the tasks in flight, each
-holding the rows it takes of its row groups (a source written as one huge group is
-best rewritten in smaller ones to spread over workers). The least pyarrow can read
+one-row groups is ~160 tasks. Memory is a constant plus the tasks in flight, each of at
+most MAX_TASK_ROWS rows; a bigger row group (pyarrow writes a file as one group of up
+to ~1M rows by default) streams through the stage a batch at a time instead, since
+pyarrow cannot start reading in the middle of a group. The least pyarrow can read
 is one page, and pyarrow's own writer puts up to 1,024 values of a binary column in
 each page (~130 MB of photos), so for such files that stays the floor whatever
 `rows` is.
@@ -53,6 +54,9 @@ HF_PARQUET_REVISION = "refs%2Fconvert%2Fparquet"
 # Rows per row group in the fetched file: prepare hands one group to a Dask task at a
 # time, so this bounds a task's memory (~25 MB of photo JPEGs) whatever the source's groups.
 OUT_ROW_GROUP_ROWS = 256
+# Rows one Dask task reads at most (~165 MB of photo JPEGs); a bigger source row group
+# streams through the stage instead (`_read`).
+MAX_TASK_ROWS = 8 * OUT_ROW_GROUP_ROWS
 # Bytes the reader buffers per column: pages stream through it, never a whole column chunk.
 READ_BUFFER_BYTES = 1 << 20
 _HF_DATASET_ROOT = re.compile(r"^hf://datasets/(?P<repo>[^/@]+/[^/@]+)(?:@(?P<rev>[^/]+))?/?$")
@@ -275,78 +279,92 @@ def _path_field(chunk: pa.StructArray) -> pa.Array:
 
 
 @dataclass(frozen=True)
-class _Task:
-    """Row groups of one file that one Dask task reads and that become the fetched file's
-    row groups: one source group of OUT_ROW_GROUP_ROWS rows or more, or consecutive
-    smaller ones gathered up to that many rows."""
+class _Part:
+    """Rows of one source row group: the first `rows` of them."""
 
     path: str
-    name: str
-    groups: list[int]
-    first_row: int  # in the file, for messages
-    rows: int  # the rows to take: all of them, except where `rows` runs out
+    name: str  # as messages show the file
+    group: int
+    first_row: int  # the group's first row in its file, for messages
+    rows: int
 
 
-def _tasks(files: list[_SourceFile], rows: int) -> Iterator[_Task]:
-    """The first `rows` rows of `files`, in order, as tasks.
+def _tasks(files: list[_SourceFile], rows: int) -> Iterator[list[_Part]]:
+    """The first `rows` rows of `files`, in order, as tasks: lists of parts.
 
-    Small source groups are gathered, so a source of tiny row groups makes neither tiny
-    tasks nor a fetched file of tiny row groups; a big one is a task of its own. No
-    output row group spans two tasks, so the stage writes each task's table as it
-    comes, without copying rows together.
+    Small source groups are gathered, across files too, into tasks of up to
+    OUT_ROW_GROUP_ROWS rows, so tiny groups or files make neither tiny tasks nor a fetched
+    file of tiny row groups; a bigger group is a task of its own. No output row group
+    spans two tasks, so the stage writes each task's rows as they come, copying nothing.
     """
+    task: list[_Part] = []
     for file in files:
-        groups, taken, first_row, row = [], 0, 0, 0
+        first_row = 0
         for group, group_rows in enumerate(file.group_rows):
             if rows <= 0:
                 break
-            take = min(group_rows, rows)
-            if groups and (group_rows >= OUT_ROW_GROUP_ROWS or taken + take > OUT_ROW_GROUP_ROWS):
-                yield _Task(file.path, file.name, groups, first_row, taken)
-                groups, taken = [], 0
+            part = _Part(file.path, file.name, group, first_row, min(group_rows, rows))
+            first_row += group_rows
+            rows -= part.rows
+            if not part.rows:
+                continue
+            if task and sum(p.rows for p in task) + part.rows > OUT_ROW_GROUP_ROWS:
+                yield task
+                task = []
             if group_rows >= OUT_ROW_GROUP_ROWS:
-                yield _Task(file.path, file.name, [group], row, take)
-            elif group_rows:
-                first_row = first_row if groups else row
-                groups.append(group)
-                taken += take
-            row += group_rows
-            rows -= take
-        if groups:
-            yield _Task(file.path, file.name, groups, first_row, taken)
+                yield [part]
+            else:
+                task.append(part)
+    if task:
+        yield task
 
 
-def read_task(fs: fsspec.AbstractFileSystem, task: _Task) -> pa.Table:
-    """A Dask task: the task's rows, read where it runs, in the HF schema."""
-    read, pieces = 0, []
-    try:
-        with fs.open(task.path, "rb") as handle:
-            # pre_buffer would read whole column chunks; a small read buffer streams pages.
-            parquet = pq.ParquetFile(handle, pre_buffer=False, buffer_size=READ_BUFFER_BYTES)
-            # Group by group, so an error names the rows read before the group that broke.
-            batches = (
-                batch
-                for group in task.groups
-                for batch in parquet.iter_batches(
-                    batch_size=min(OUT_ROW_GROUP_ROWS, task.rows),
-                    row_groups=[group],
+def read_rows(fs: fsspec.AbstractFileSystem, task: list[_Part]) -> Iterator[pa.Table]:
+    """The task's rows in the HF schema, at most OUT_ROW_GROUP_ROWS at a time."""
+    for part in task:
+        read = 0
+        try:
+            with fs.open(part.path, "rb") as handle:
+                # pre_buffer would read whole column chunks; a small buffer streams pages.
+                parquet = pq.ParquetFile(handle, pre_buffer=False, buffer_size=READ_BUFFER_BYTES)
+                batches = parquet.iter_batches(
+                    batch_size=min(OUT_ROW_GROUP_ROWS, part.rows),
+                    row_groups=[part.group],
                     columns=["image", "label"],
                     use_threads=False,
                 )
-            )
-            for batch in batches:
-                batch = batch.slice(0, task.rows - read)
-                read += batch.num_rows
-                pieces.append(to_hf_schema(pa.Table.from_batches([batch])))
-                if read == task.rows:
-                    break
-    except Exception as error:  # a corrupt page, a dropped connection, an odd value, ...
-        raise ImgrecError(
-            f"cannot read source file {task.name} after {task.first_row + read} rows: "
-            f"{_reason(error)}."
-        ) from error
-    # One chunk: the writer is twice as slow on several; combined here, in parallel.
-    return pa.concat_tables(pieces).combine_chunks()
+                for batch in batches:
+                    table = to_hf_schema(pa.Table.from_batches([batch.slice(0, part.rows - read)]))
+                    read += table.num_rows
+                    yield table
+                    if read == part.rows:
+                        break
+        except Exception as error:  # a corrupt page, a dropped connection, an odd value, ...
+            raise ImgrecError(
+                f"cannot read source file {part.name} after {part.first_row + read} rows: "
+                f"{_reason(error)}."
+            ) from error
+
+
+def read_task(fs: fsspec.AbstractFileSystem, task: list[_Part]) -> pa.Table:
+    """A Dask task: the task's rows, read where it runs, as one table of one chunk (the
+    writer is twice as slow on several; combined here, in parallel)."""
+    return pa.concat_tables(list(read_rows(fs, task))).combine_chunks()
+
+
+def _read(client: Any, fs: fsspec.AbstractFileSystem, tasks: Iterator[list[_Part]]):
+    """Every task's rows, in order: as Dask tasks, but a group too big for one (a file
+    written as one huge group, say) streams through here a batch at a time, so no worker
+    ever holds more than MAX_TASK_ROWS rows."""
+    run: list[list[_Part]] = []
+    for task in tasks:
+        if task[0].rows <= MAX_TASK_ROWS:
+            run.append(task)
+            continue
+        yield from ordered_results(client, read_task, ((fs, task) for task in run))
+        run = []
+        yield from read_rows(fs, task)
+    yield from ordered_results(client, read_task, ((fs, task) for task in run))
 
 
 def _output_groups(tables: Iterator[pa.Table]) -> Iterator[pa.Table]:
@@ -411,7 +429,7 @@ def _fetch(
     first_metadata = files[0].schema.metadata or {}
     class_names = class_names_from_metadata(first_metadata)
     metadata = {b"huggingface": first_metadata[b"huggingface"]} if class_names else None
-    tables = ordered_results(client, read_task, ((fs, task) for task in _tasks(files, rows)))
+    tables = _read(client, fs, _tasks(files, rows))
     writer = None  # opened at the first rows, so a source without rows leaves no file
     written = 0
     try:
