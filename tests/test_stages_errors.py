@@ -184,6 +184,9 @@ def _start_prepare(tmp_path, data, out):
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # As a terminal's Ctrl-C finds it: a shell starts background jobs, such as a CI
+        # script's, with SIGINT ignored, and Python then leaves it ignored.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
 
 

@@ -45,6 +45,8 @@ def _signals_held() -> Iterator[None]:
         yield  # handlers can only be set, and only run, in the main thread
         return
     pending: list[int] = []
+    # A signal this process ignores (as a shell's background jobs ignore SIGINT) stays so.
+    held = tuple(signum for signum in held if signal.getsignal(signum) is not signal.SIG_IGN)
     handlers = {signum: signal.signal(signum, lambda s, _: pending.append(s)) for signum in held}
     try:
         yield
