@@ -37,16 +37,15 @@ def _signals_held() -> Iterator[None]:
     """SIGTERM and SIGINT wait until the block ends: a cluster stopped halfway through its
     start is one nobody can close (its processes, and a traceback at exit, outlive us).
 
-    A recording handler, not a blocked mask: the signal may reach any thread, and an
-    interrupt raised while Python runs a finalizer is swallowed, so the stage would go on.
+    A recording handler, not a blocked mask: a mask holds a signal back from this thread
+    only, and Python runs every handler here whichever thread the signal reaches. A signal
+    this process ignores (as a shell's background jobs ignore SIGINT) stays ignored.
     """
-    held = (signal.SIGTERM, signal.SIGINT)
     if threading.current_thread() is not threading.main_thread():
         yield  # handlers can only be set, and only run, in the main thread
         return
     pending: list[int] = []
-    # A signal this process ignores (as a shell's background jobs ignore SIGINT) stays so.
-    held = tuple(signum for signum in held if signal.getsignal(signum) is not signal.SIG_IGN)
+    held = [s for s in (signal.SIGTERM, signal.SIGINT) if signal.getsignal(s) != signal.SIG_IGN]
     handlers = {signum: signal.signal(signum, lambda s, _: pending.append(s)) for signum in held}
     try:
         yield

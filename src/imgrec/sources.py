@@ -19,6 +19,7 @@ each page (~130 MB of photos), so for such files that stays the floor whatever
 
 import contextlib
 import io
+import itertools
 import json
 import re
 import tempfile
@@ -356,15 +357,12 @@ def _read(client: Any, fs: fsspec.AbstractFileSystem, tasks: Iterator[list[_Part
     """Every task's rows, in order: as Dask tasks, but a group too big for one (a file
     written as one huge group, say) streams through here a batch at a time, so no worker
     ever holds more than MAX_TASK_ROWS rows."""
-    run: list[list[_Part]] = []
-    for task in tasks:
-        if task[0].rows <= MAX_TASK_ROWS:
-            run.append(task)
-            continue
-        yield from ordered_results(client, read_task, ((fs, task) for task in run))
-        run = []
-        yield from read_rows(fs, task)
-    yield from ordered_results(client, read_task, ((fs, task) for task in run))
+    for streamed, run in itertools.groupby(tasks, key=lambda task: task[0].rows > MAX_TASK_ROWS):
+        if streamed:
+            for task in run:
+                yield from read_rows(fs, task)
+        else:
+            yield from ordered_results(client, read_task, ((fs, task) for task in run))
 
 
 def _output_groups(tables: Iterator[pa.Table]) -> Iterator[pa.Table]:
