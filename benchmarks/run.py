@@ -138,7 +138,7 @@ def train_imgrec(cfg: dict) -> dict:
     model, data, _, rate, history, config = imgrec_train(cfg, batches, val_images, cfg["init"])
     save_checkpoint(
         cfg["model"], model.cpu(), data.class_names, data.img_size,
-        train_config=config, prepared_md5=prepared_md5(cfg["prepared"]),
+        train_config=config.identity(1), prepared_md5=prepared_md5(cfg["prepared"]),
     )  # fmt: skip
     return {"images/s": rate, "val accuracy": history[-1]["val_acc"]}
 

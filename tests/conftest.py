@@ -7,6 +7,7 @@ import imgrec  # noqa: F401 - first: it picks the CPU kernels before numpy and t
 import importlib.util
 import io
 import json
+import sys
 import typing
 from collections.abc import Sequence
 from pathlib import Path
@@ -15,6 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import yaml
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -109,6 +111,41 @@ def tmp_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(0)
+
+
+@pytest.fixture(scope="session")
+def tiny_prepared(tmp_path_factory) -> Path:
+    """A prepared dataset of 48 random 16 px images in 4 classes: 36 train, 12 validation."""
+    from imgrec.prepared import IMAGES_FILE, save_prepared_labels
+
+    folder = tmp_path_factory.mktemp("prepared")
+    rng = np.random.default_rng(0)
+    np.save(folder / IMAGES_FILE, rng.integers(0, 256, (48, 16, 16, 3), dtype=np.uint8))
+    save_prepared_labels(
+        folder,
+        labels=np.arange(48, dtype=np.int64) % 4,
+        row_ids=np.arange(48, dtype=np.int64),
+        train_index=np.arange(36),
+        val_index=np.arange(36, 48),  # 12: two DDP ranks score 6 each
+        class_names=[str(c) for c in range(4)],
+        img_size=16,
+    )
+    return folder
+
+
+def train_stage_command(project: Path, prepared: Path, params: dict, *extra: str) -> list[str]:
+    """Write `project`/params.yaml (train's defaults with `params`) and return the command
+    that runs the train stage there, its outputs inside `project`."""
+    import dataclasses
+
+    defaults = {field.name: field.default for field in dataclasses.fields(stage_configs()["train"])}
+    project.mkdir(exist_ok=True)
+    (project / "params.yaml").write_text(yaml.safe_dump(defaults | params))
+    return [
+        sys.executable, str(ROOT / "stages" / "train.py"), "--prepared", str(prepared),
+        "--model", "models/model.pt", "--live-dir", "dvclive", "--metrics", "train.json",
+        "--state", ".imgrec/train-state.pt", *extra,
+    ]  # fmt: skip
 
 
 def stage_configs() -> dict[str, type]:

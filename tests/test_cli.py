@@ -74,7 +74,7 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory, dask_scheduler: str) -> P
     train(model, data, config, generator=seed_everything(0), device=torch.device("cpu"))
     save_checkpoint(
         root / "model.pt", model.cpu(), data.class_names, IMG_SIZE,
-        train_config=config, prepared_md5=prepared_md5(prepared),
+        train_config=config.identity(1), prepared_md5=prepared_md5(prepared),
     )  # fmt: skip
     model = load_checkpoint(root / "model.pt").model
     appearance = embed(model, data.images, space="appearance")
@@ -226,7 +226,7 @@ def test_stale_catalog_is_refused(pipeline, catalog_image, tmp_path, capsys):
     torch.manual_seed(1)
     save_checkpoint(
         other, CNNClassifier(ModelConfig(num_classes=len(names))), names, IMG_SIZE,
-        train_config=TrainConfig(), prepared_md5="",
+        train_config=TrainConfig().identity(1), prepared_md5="",
     )  # fmt: skip
     options = pipeline.options()
     options[options.index("--model") + 1] = str(other)

@@ -193,18 +193,21 @@ def test_forced_rerun_rewrites_identical_bytes(project):
 
 
 @pytest.mark.parametrize(
-    ("stage", "marker", "at_most_s"),
+    ("stage", "marker", "at_most_s", "rerun_says"),
     [
         # fetch of 200 digits takes about a second, most of it Python's start: kill early.
-        ("fetch", "data/.raw.parquet.tmp", 0.3),
-        ("prepare", "data/.prepared.tmp/staging.npy", 1.5),
-        ("train", "dvclive/plots/metrics/train/loss.tsv", 1.5),
+        ("fetch", "data/.raw.parquet.tmp", 0.3, None),
+        ("prepare", "data/.prepared.tmp/staging.npy", 1.5, None),
+        ("train", "dvclive/plots/metrics/train/loss.tsv", 1.5, None),
+        # Killed once epoch 1's state is saved: the rerun trains epoch 2 alone.
+        ("train", ".imgrec/train-state.pt", 60, "train: resuming at epoch 2 of 2 from "),
     ],
 )
 def test_a_killed_stage_leaves_nothing_a_later_stage_accepts(
-    project, tmp_path, stage, marker, at_most_s
+    project, tmp_path, stage, marker, at_most_s, rerun_says
 ):
-    """SIGKILL `dvc repro` while `stage` writes; the next `dvc repro` gives the same results."""
+    """SIGKILL `dvc repro` while `stage` writes; the next `dvc repro` gives the same results
+    (and resumes training where it was saved)."""
     copy = tmp_path / "project"
     shutil.copytree(
         project,
@@ -236,7 +239,10 @@ def test_a_killed_stage_leaves_nothing_a_later_stage_accepts(
     assert process.returncode == -signal.SIGKILL, f"dvc repro ended before {stage} was killed"
 
     assert stage in json.loads(dvc("status", "--json", cwd=copy).stdout)
-    dvc("repro", cwd=copy)
+    rerun = dvc("repro", cwd=copy).stdout
+    if rerun_says is not None:
+        assert rerun_says in rerun and "epoch 1/2" not in rerun
+    assert not (copy / ".imgrec" / "train-state.pt").exists()  # removed after success
     outputs = declared_outputs(yaml.safe_load((project / "dvc.yaml").read_text()))
     assert digest(copy, outputs) == digest(project, outputs)
 

@@ -8,6 +8,7 @@ with `weights_only=True`: a model file is data, never code to execute.
 
 import hashlib
 import os
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -16,7 +17,6 @@ import torch
 from imgrec.errors import ImgrecError, MissingOutput, first_line
 from imgrec.files import atomic_file
 from imgrec.model import CNNClassifier, ModelConfig
-from imgrec.training import TrainConfig
 
 # What `images.decode` + `inference.to_tensor` do to an image before the model sees it.
 PREPROCESSING = {"resample": "bilinear", "scale": "0..1"}
@@ -27,7 +27,9 @@ class Checkpoint:
     model: CNNClassifier  # in eval mode
     class_names: list[str]
     img_size: int  # images are decoded to img_size x img_size RGB
-    train_config: TrainConfig  # how it was trained
+    # How it was trained, as plain values (`TrainConfig.identity`): loading a model never
+    # imports the training loop.
+    train_config: dict
     prepared_md5: str  # what it was trained on (`prepared.prepared_md5`)
 
 
@@ -37,7 +39,7 @@ def save_checkpoint(
     class_names: list[str],
     img_size: int,
     *,
-    train_config: TrainConfig,
+    train_config: Mapping,
     prepared_md5: str,
 ) -> None:
     checkpoint = {
@@ -45,7 +47,7 @@ def save_checkpoint(
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "class_names": list(class_names),
         "preprocessing": {"img_size": img_size, **PREPROCESSING},
-        "provenance": {"train_config": asdict(train_config), "prepared_md5": prepared_md5},
+        "provenance": {"train_config": dict(train_config), "prepared_md5": prepared_md5},
     }
     with atomic_file(path) as tmp:
         torch.save(checkpoint, tmp)
@@ -68,7 +70,7 @@ def load_checkpoint(path: str | os.PathLike, device: torch.device | str = "cpu")
             model=model.eval(),
             class_names=list(checkpoint["class_names"]),
             img_size=int(checkpoint["preprocessing"]["img_size"]),
-            train_config=TrainConfig(**provenance["train_config"]),
+            train_config=dict(provenance["train_config"]),
             prepared_md5=str(provenance["prepared_md5"]),
         )
     except Exception as error:

@@ -9,6 +9,10 @@ class MissingOutput(ImgrecError):
     """A pipeline output that is not there yet: `dvc repro` makes it (or `dvc pull`)."""
 
 
+class Stopped(KeyboardInterrupt):
+    """A stage that stopped on request at a point it can resume from; says where."""
+
+
 def first_line(error: BaseException | str) -> str:
     """The first non-empty line of an error's text (its type's name if it has none):
     some libraries' messages run to a paragraph, and ours stay one line."""

@@ -19,7 +19,7 @@ import yaml
 
 from imgrec import kernels
 from imgrec.config import ComputeConfig, StageConfig
-from imgrec.errors import ImgrecError
+from imgrec.errors import ImgrecError, Stopped
 
 PARAMS_FILE = "params.yaml"  # DVC runs stage commands beside dvc.yaml, where this lives
 
@@ -104,6 +104,9 @@ def run(
         where = f" ({error.filename})" if error.filename else ""
         print(f"error: {error.strerror}{where}; dvc repro reruns this stage.", file=sys.stderr)
         sys.exit(1)
+    except Stopped as stop:
+        print(f"{name}: {stop}; rerun the same command (`dvc repro`) to resume.", file=sys.stderr)
+        sys.exit(130)
     except KeyboardInterrupt as interrupt:
         stopped = str(interrupt) or "interrupted"
         print(f"error: {stopped}; dvc repro reruns this stage.", file=sys.stderr)

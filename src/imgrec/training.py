@@ -1,10 +1,13 @@
 """The training loop: Adam, cross-entropy, ReduceLROnPlateau, early stopping on val loss."""
 
+import collections
+import contextlib
 import copy
+import itertools
 import logging
 import math
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field, replace
 from typing import Literal
 
 import numpy as np
@@ -16,11 +19,21 @@ from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 from tqdm import tqdm
 
 from imgrec.config import ComputeConfig, param
-from imgrec.errors import ImgrecError
+from imgrec.errors import ImgrecError, Stopped
 from imgrec.inference import memory_format, predict_logits, to_tensor
 from imgrec.model import CNNClassifier
 from imgrec.prepared import Prepared
 from imgrec.runtime import ONE_PROCESS, World
+from imgrec.train_state import (
+    RankState,
+    Resume,
+    StopRequests,
+    TrainState,
+    capture_rng,
+    load_state,
+    restore_rng,
+    save_state,
+)
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +54,15 @@ class TrainConfig(ComputeConfig):
     seed: int = param(42, ge=0)
     channels_last: bool = True
     precision: Literal["fp32", "bf16"] = "fp32"
+    # Batches between saves of the resumable state (0: epoch ends only). It decides no bit,
+    # so it stays out of the checkpoint's provenance and of what makes a state this run's.
+    checkpoint_every: int = param(0, ge=0)
+
+    def identity(self, world_size: int) -> dict:
+        """The fields that decide the trained bits, nproc as the world that ran."""
+        fields_ = asdict(replace(self, nproc=world_size))
+        del fields_["checkpoint_every"]
+        return fields_
 
 
 @dataclass
@@ -120,6 +142,49 @@ class EarlyStopping:
         self.epochs_without_improvement += 1
         return self.epochs_without_improvement >= self.patience
 
+    def state_dict(self) -> dict:
+        return {
+            "best_loss": self.best_loss,
+            "best_epoch": self.best_epoch,
+            "best_state": self.best_state,
+            "epochs_without_improvement": self.epochs_without_improvement,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.best_loss, self.best_epoch = state["best_loss"], state["best_epoch"]
+        self.best_state = state["best_state"]
+        self.epochs_without_improvement = state["epochs_without_improvement"]
+
+
+class ResumableSampler(torch.utils.data.Sampler[int]):
+    """The wrapped sampler's order, able to start a pass at a saved position.
+
+    The order is drawn lazily, from the generator as it is when the first batch is
+    fetched; so a resumed pass draws it from the epoch's starting state, skips what was
+    done, and only then restores the RNGs saved at that batch boundary (`then`).
+    """
+
+    def __init__(self, inner: torch.utils.data.Sampler[int]):
+        self.inner = inner
+        self._skip, self._then = 0, None
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.inner.set_epoch(epoch)
+
+    def resume_next_pass(self, skip: int, then: Callable[[], None]) -> None:
+        self._skip, self._then = skip, then
+
+    def __iter__(self) -> Iterator[int]:
+        order = iter(self.inner)
+        skip, then, self._skip, self._then = self._skip, self._then, 0, None
+        if then is not None:
+            collections.deque(itertools.islice(order, skip), maxlen=0)
+            then()
+        yield from order
+
 
 def train_epoch(
     model: torch.nn.Module,
@@ -132,18 +197,26 @@ def train_epoch(
     n_batches: int,
     desc: str,
     world: World = ONE_PROCESS,
+    start: int = 0,
+    sums: tuple[float, int, int] = (0.0, 0, 0),
+    at_boundary: Callable[[int, tuple[float, int, int]], None] | None = None,
 ) -> tuple[float, float]:
-    """One pass over at most `n_batches` batches; returns (mean loss, accuracy) over all ranks."""
+    """One pass over at most `n_batches` batches; returns (mean loss, accuracy) over all ranks.
+
+    A resumed pass begins at batch `start` with the (loss sum, correct, seen) of the batches
+    before it (the loader then yields from there); `at_boundary(done, sums)` runs after each
+    batch but the last.
+    """
     model.train()
     layout = memory_format(config.channels_last)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16")
-    seen, loss_sum, correct = 0, 0.0, 0
+    loss_sum, correct, seen = sums
     # disable=None: a bar on a terminal, none in a log (the epoch's line is logged instead).
     progress = tqdm(
-        loader, total=n_batches, desc=desc, unit="batch", leave=False,
+        loader, total=n_batches, initial=start, desc=desc, unit="batch", leave=False,
         disable=None if world.is_main else True,
     )  # fmt: skip
-    for step, (pixels, targets) in enumerate(progress):
+    for step, (pixels, targets) in enumerate(progress, start=start):
         if step == n_batches:
             break
         x = to_tensor(pixels.numpy(), device)  # (B, 3, H, W)
@@ -161,6 +234,8 @@ def train_epoch(
         loss_sum += loss.item() * len(targets)
         correct += (logits.argmax(1) == targets).sum().item()
         progress.set_postfix(loss=f"{loss_sum / seen:.4f}")
+        if at_boundary is not None and step + 1 < n_batches:
+            at_boundary(step + 1, (loss_sum, correct, seen))
     loss_sum, correct, seen = all_sum([loss_sum, correct, seen], world, device)
     return loss_sum / seen, correct / seen
 
@@ -211,26 +286,28 @@ def train(
     world: World = ONE_PROCESS,
     max_batches: int | None = None,
     on_epoch: Callable[[dict], None] | None = None,
+    resume: Resume | None = None,
 ) -> TrainResult:
     """Train in place; on return the model holds the weights of the best validation epoch.
 
     Under DDP (`world` of several ranks, its process group joined) each rank trains on its
     share of every global batch and all ranks end with the same weights. `max_batches` caps
-    batches per epoch (for smoke tests); `on_epoch` gets each epoch's record.
+    batches per epoch (for smoke tests); `on_epoch` gets each epoch's record. With `resume`,
+    training continues from that run's saved state (`on_epoch` first gets the records of the
+    epochs already done) and saves it at every epoch end but the last, every
+    `checkpoint_every` batches, and on SIGTERM or Ctrl-C (then raising `Stopped`); the
+    caller removes it (`Resume.finished`) once its outputs are written.
     """
     batch_size = rank_batch_size(config.batch_size, world.size)
     model.to(device=device, memory_format=memory_format(config.channels_last))
     dataset = ArrayBatches(data.images, data.labels, data.train_index)
     if world.size == 1:
-        network, sampler = model, RandomSampler(data.train_index, generator=generator)
+        order = RandomSampler(data.train_index, generator=generator)
     else:
-        # DDP copies rank 0's weights to every rank, then averages the gradients.
-        network = DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None
-        )
-        sampler = DistributedSampler(
+        order = DistributedSampler(
             dataset, num_replicas=world.size, rank=world.rank, shuffle=True, seed=config.seed
         )
+    sampler = ResumableSampler(order)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
         optimizer, mode="min", factor=config.lr_factor, patience=config.lr_patience
@@ -244,58 +321,125 @@ def train(
     n_batches = len(loader) if max_batches is None else min(len(loader), max_batches)
     result, stopping = TrainResult(), EarlyStopping(config.patience)
 
-    for epoch in range(1, config.epochs + 1):
-        if world.size > 1:
-            sampler.set_epoch(epoch)  # a new order each epoch, the same on every rank
-        train_loss, train_acc = train_epoch(
-            network,
-            loader,
-            optimizer,
-            config,
-            generator=generator,
-            device=device,
-            n_batches=n_batches,
-            desc=f"epoch {epoch}/{config.epochs}",
-            world=world,
-        )
-        if world.size > 1:
-            # BatchNorm statistics drift apart in each rank's last batch: take rank 0's, so
-            # all ranks validate, and keep, the same model.
-            for buffer in model.buffers():
-                dist.broadcast(buffer, src=0)
-        val_loss, val_acc = validate(model, data, config, device, world)
-        record = {
-            "epoch": epoch,
-            "train_loss": train_loss,
-            "train_acc": train_acc,
-            "val_loss": val_loss,
-            "val_acc": val_acc,
-            "lr": optimizer.param_groups[0]["lr"],
-        }
-        result.history.append(record)
-        log.info(
-            "epoch %d/%d  train loss %.4f acc %.4f  val loss %.4f acc %.4f  lr %.2g",
-            epoch,
-            config.epochs,
-            train_loss,
-            train_acc,
-            val_loss,
-            val_acc,
-            record["lr"],
-        )
-        if on_epoch is not None:
-            on_epoch(record)
-        scheduler.step(val_loss)
-        if stopping.should_stop(model, epoch, val_loss):
-            result.stopped_early = True
-            log.info(
-                "early stopping at epoch %d: val loss has not improved for %d epochs; "
-                "restoring the weights of epoch %d",
-                epoch,
-                config.patience,
-                stopping.best_epoch,
+    start_epoch, start_batch, sums = 1, 0, (0.0, 0, 0)
+    saved = None if resume is None else load_state(resume.path, resume.identity, world.size)
+    if saved is not None:
+        # Weights before DDP wraps the model: it copies rank 0's to every rank.
+        model.load_state_dict(saved.model)
+        optimizer.load_state_dict(saved.optimizer)
+        scheduler.load_state_dict(saved.scheduler)
+        stopping.load_state_dict(saved.stopping)
+        result.history = saved.history
+        start_epoch, start_batch = saved.epoch, saved.batch
+        mine = saved.ranks[world.rank]
+        if start_batch:  # mid-epoch: the epoch's order first, then the RNGs at the batch
+            sums = tuple(mine.epoch_sums)
+            generator.set_state(mine.epoch_generator)
+            sampler.resume_next_pass(
+                start_batch * batch_size, then=lambda: restore_rng(mine.rng, generator)
             )
-            break
+        else:
+            restore_rng(mine.rng, generator)
+        if world.is_main:
+            where = saved.where(config.epochs, n_batches)
+            log.info("train: resuming at %s from %s", where, resume.path)
+        for record in result.history if on_epoch is not None else ():
+            on_epoch(record)  # dvclive's curves, rebuilt from the saved records
+    network = model
+    if world.size > 1:
+        # DDP copies rank 0's weights to every rank, then averages the gradients.
+        network = DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+
+    def boundary(epoch: int, done: int, epoch_sums, epoch_generator, *, due: bool) -> None:
+        """At a batch boundary: save when due or asked to stop, then stop if asked. Under
+        DDP every rank calls it at the same boundaries (its steps are collectives)."""
+        asked = stops.any_rank(world, device)
+        if not (asked or due):
+            return
+        this_rank = RankState(capture_rng(generator), list(epoch_sums), epoch_generator)
+        ranks = [this_rank]
+        if world.size > 1:
+            ranks = [None] * world.size if world.is_main else None
+            dist.gather_object(this_rank, ranks, dst=0)
+        state = TrainState(
+            epoch, done, model.state_dict(), optimizer.state_dict(), scheduler.state_dict(),
+            stopping.state_dict(), result.history, ranks,
+        )  # fmt: skip
+        if world.is_main:
+            save_state(resume.path, state, resume.identity)
+        if asked:
+            where = state.where(config.epochs, n_batches)
+            raise Stopped(f"stopped by {stops.received}, with the state saved at {where}")
+
+    with StopRequests() if resume is not None else contextlib.nullcontext() as stops:
+        for epoch in range(start_epoch, config.epochs + 1):
+            if world.size > 1:
+                sampler.set_epoch(epoch)  # a new order each epoch, the same on every rank
+            at_boundary = None
+            if resume is not None:
+                every, epoch_generator = config.checkpoint_every, generator.get_state()
+
+                def at_boundary(done, epoch_sums, epoch=epoch, start=epoch_generator, every=every):
+                    boundary(epoch, done, epoch_sums, start, due=every > 0 and done % every == 0)
+
+            train_loss, train_acc = train_epoch(
+                network,
+                loader,
+                optimizer,
+                config,
+                generator=generator,
+                device=device,
+                n_batches=n_batches,
+                desc=f"epoch {epoch}/{config.epochs}",
+                world=world,
+                start=start_batch,
+                sums=sums,
+                at_boundary=at_boundary,
+            )
+            start_batch, sums = 0, (0.0, 0, 0)
+            if world.size > 1:
+                # BatchNorm statistics drift apart in each rank's last batch: take rank 0's,
+                # so all ranks validate, and keep, the same model.
+                for buffer in model.buffers():
+                    dist.broadcast(buffer, src=0)
+            val_loss, val_acc = validate(model, data, config, device, world)
+            record = {
+                "epoch": epoch,
+                "train_loss": train_loss,
+                "train_acc": train_acc,
+                "val_loss": val_loss,
+                "val_acc": val_acc,
+                "lr": optimizer.param_groups[0]["lr"],
+            }
+            result.history.append(record)
+            log.info(
+                "epoch %d/%d  train loss %.4f acc %.4f  val loss %.4f acc %.4f  lr %.2g",
+                epoch,
+                config.epochs,
+                train_loss,
+                train_acc,
+                val_loss,
+                val_acc,
+                record["lr"],
+            )
+            if on_epoch is not None:
+                on_epoch(record)
+            scheduler.step(val_loss)
+            result.stopped_early = stopping.should_stop(model, epoch, val_loss)
+            if resume is not None and epoch < config.epochs and not result.stopped_early:
+                # The last epoch saves nothing: the stage writes the model right after.
+                boundary(epoch + 1, 0, (0.0, 0, 0), None, due=True)
+            if result.stopped_early:
+                log.info(
+                    "early stopping at epoch %d: val loss has not improved for %d epochs; "
+                    "restoring the weights of epoch %d",
+                    epoch,
+                    config.patience,
+                    stopping.best_epoch,
+                )
+                break
 
     result.best_epoch, result.best_val_loss = stopping.best_epoch, stopping.best_loss
     if stopping.best_state is not None:
