@@ -1,6 +1,5 @@
 """dvc.yaml stays honest: deps match imports, params match configs, commands carry paths only."""
 
-import ast
 import dataclasses
 from pathlib import Path
 
@@ -8,64 +7,35 @@ import pytest
 import yaml
 from conftest import stage_configs
 
+from imgrec import stage_deps
+from imgrec.stage_deps import derived_deps
+
 ROOT = Path(__file__).resolve().parents[1]
 PIPELINE = yaml.safe_load((ROOT / "dvc.yaml").read_text())
 PARAMS = yaml.safe_load((ROOT / "params.yaml").read_text())
 CONFIGS = stage_configs()
 
 
-def _type_checking_only(tree: ast.AST) -> set[int]:
-    """Nodes under `if TYPE_CHECKING:`: imports for annotations, never run."""
-    return {
-        id(sub)
-        for node in ast.walk(tree)
-        if isinstance(node, ast.If) and getattr(node.test, "id", None) == "TYPE_CHECKING"
-        for sub in ast.walk(node)
-    }
-
-
-def imgrec_imports(path: Path) -> set[str]:
-    """Package modules a file imports, at the top or inside functions (the package too)."""
-    tree = ast.parse(path.read_text())
-    skip, found = _type_checking_only(tree), set()
-    for node in ast.walk(tree):
-        if id(node) in skip:
-            continue
-        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("imgrec"):
-            found.add("imgrec")  # importing any module runs the package's __init__ first
-            if node.module == "imgrec":
-                found |= {f"imgrec.{alias.name}" for alias in node.names}
-            else:
-                found.add(node.module)
-        elif isinstance(node, ast.Import):
-            found |= {a.name for a in node.names if a.name.startswith("imgrec")}
-    return found
-
-
-def module_file(module: str) -> Path:
-    if module == "imgrec":
-        return ROOT / "src" / "imgrec" / "__init__.py"
-    return ROOT / "src" / (module.replace(".", "/") + ".py")
-
-
-def transitive_imports(script: Path) -> set[str]:
-    seen, todo = set(), list(imgrec_imports(script))
-    while todo:
-        module = todo.pop()
-        if module in seen or not module_file(module).exists():
-            continue
-        seen.add(module)
-        todo += imgrec_imports(module_file(module))
-    return {str(module_file(m).relative_to(ROOT)) for m in seen}
-
-
 @pytest.mark.parametrize("name", list(PIPELINE["stages"]))
 def test_stage_lists_its_script_and_every_module_it_imports(name):
     stage = PIPELINE["stages"][name]
-    script = ROOT / "stages" / f"{name}.py"
     assert f"stages/{name}.py" in stage["deps"]
-    listed = {dep for dep in stage["deps"] if dep.startswith("src/")}
-    assert listed == transitive_imports(script), f"stage {name}: deps and imports differ"
+    listed = sorted(dep for dep in stage["deps"] if dep.startswith("src/"))
+    assert listed == derived_deps(ROOT, ROOT / "stages" / f"{name}.py"), name
+
+
+def test_the_deps_command_rewrites_a_stale_list_and_nothing_else(tmp_path):
+    text = (ROOT / "dvc.yaml").read_text()
+    stale = text.replace("      - src/imgrec/model.py\n", "", 1)  # the first stage using it
+    stale = stale.replace("      - src/imgrec/errors.py\n", "      - src/imgrec/gone.py\n", 1)
+    assert stale != text
+    (tmp_path / "dvc.yaml").write_text(stale)
+    (tmp_path / "src").symlink_to(ROOT / "src")
+    (tmp_path / "stages").symlink_to(ROOT / "stages")
+    assert stage_deps.main(["--root", str(tmp_path)]) == 1  # the check CI runs
+    assert stage_deps.main(["--root", str(tmp_path), "--write"]) == 0
+    assert (tmp_path / "dvc.yaml").read_text() == text
+    assert stage_deps.main(["--root", str(tmp_path)]) == 0
 
 
 @pytest.mark.parametrize("name", ["train", "evaluate", "embed"])
@@ -95,3 +65,10 @@ def test_every_param_is_used_by_some_stage():
 
 def test_params_are_flat():
     assert all(not isinstance(value, dict | list) for value in PARAMS.values())
+
+
+@pytest.mark.parametrize("name", list(PIPELINE["stages"]))
+def test_config_defaults_are_the_params_yaml_values(name):
+    """Tests and benchmarks build configs from the dataclass defaults: they are params.yaml's."""
+    for field in dataclasses.fields(CONFIGS[name]):
+        assert field.default == PARAMS[field.name], f"{name}: {field.name}"
