@@ -24,7 +24,7 @@ import numpy as np
 import yaml
 
 from imgrec import kernels
-from imgrec.training import TrainConfig
+from imgrec.train import TrainConfig
 
 HERE = Path(__file__).resolve().parent
 SIDES = ("off", "on+fill", "on")  # on: as make_deterministic leaves torch
@@ -40,7 +40,7 @@ def train_side(side: str, batches: int, params: dict) -> dict:
     from imgrec import runtime
     from imgrec.model import CNNClassifier, ModelConfig
     from imgrec.prepared import Prepared
-    from imgrec.training import train
+    from imgrec.train import train
 
     config = TrainConfig.from_params(params | FIXED | {"kernels": kernels.active()})
     runtime.make_deterministic(config.num_threads)

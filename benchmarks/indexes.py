@@ -21,7 +21,8 @@ import yaml
 
 from imgrec import kernels
 from imgrec.catalog import load_catalog
-from imgrec.neighbors import ExactIndex, RecommendConfig, make_index, retrieval_metrics
+from imgrec.neighbors import ExactIndex, make_index
+from imgrec.recommend import RecommendConfig, retrieval_metrics
 
 HERE = Path(__file__).resolve().parent
 SWEEP = {"ivf": "ivf_nprobe", "hnsw": "hnsw_ef_search"}  # the search-time param each sweeps

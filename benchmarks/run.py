@@ -24,13 +24,13 @@ import numpy as np
 import yaml
 
 from imgrec import kernels
-from imgrec.catalog import EmbedConfig
-from imgrec.preparation import PrepareConfig
-from imgrec.neighbors import RecommendConfig
-from imgrec.training import TrainConfig
-from imgrec.preparation import prepare
+from imgrec.embed import EmbedConfig
+from imgrec.prepare import PrepareConfig
+from imgrec.recommend import RecommendConfig
+from imgrec.train import TrainConfig
+from imgrec.prepare import prepare
 from imgrec.prepared import load_prepared
-from imgrec.sources import fetch
+from imgrec.fetch import fetch
 
 HERE = Path(__file__).resolve().parent
 STAGES = ("fetch", "prepare", "train", "embed", "recommend", "kernels")
@@ -84,7 +84,7 @@ def imgrec_train(cfg: dict, batches: int, val_images: int, init: str | None, **o
 
     from imgrec import runtime
     from imgrec.model import CNNClassifier, ModelConfig
-    from imgrec.training import train
+    from imgrec.train import train
 
     config = TrainConfig.from_params(cfg["params"] | {"kernels": kernels.active(), **overrides})
     runtime.make_deterministic(config.num_threads)
@@ -209,7 +209,7 @@ def recommend(cfg: dict, search_all, search_one) -> dict:
     """Both sides search the same catalog: imgrec's embeddings filled up to the catalog's size
     with stand-ins, each a real embedding with every entry scaled by 1 + N(0, 0.05) and
     renormalised. Scaling keeps the ReLU's zeros, so search costs what real embeddings cost."""
-    from imgrec.neighbors import retrieval_metrics
+    from imgrec.recommend import retrieval_metrics
 
     real, labels = np.load(cfg["embeddings"]), load_prepared(cfg["prepared"]).labels
     rng = np.random.default_rng(0)

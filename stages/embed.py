@@ -1,8 +1,9 @@
 """Stage embed: the catalog: each prepared image's embedding and appearance vectors."""
 
 from imgrec import runtime, stage
-from imgrec.catalog import EmbedConfig, no_close_match_threshold, save_catalog
+from imgrec.catalog import save_catalog
 from imgrec.checkpoint import check_matches, checkpoint_md5, load_checkpoint
+from imgrec.embed import EmbedConfig, no_close_match_threshold
 from imgrec.inference import catalog_vectors
 from imgrec.prepared import load_prepared
 

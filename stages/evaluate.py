@@ -2,10 +2,10 @@
 
 from imgrec import runtime, stage
 from imgrec.checkpoint import check_matches, load_checkpoint
-from imgrec.evaluation import EvaluateConfig, classification_metrics, confusion_rows, save_rows
-from imgrec.figures import confusion_matrix_figure, save_figure, validation_samples_figure
+from imgrec.evaluate import EvaluateConfig, classification_metrics, confusion_rows, save_rows
 from imgrec.files import write_json
 from imgrec.inference import predict_logits
+from imgrec.plotting import confusion_matrix_figure, save_figure, validation_samples_figure
 from imgrec.prepared import load_prepared
 
 

@@ -1,7 +1,8 @@
 """Stage figure: query images and their top-k recommendations, with labels and scores."""
 
 from imgrec import stage
-from imgrec.figures import FigureConfig, catalog_recommendations_figure, save_figure
+from imgrec.figure import FigureConfig, catalog_recommendations_figure
+from imgrec.plotting import save_figure
 from imgrec.prepared import load_prepared
 from imgrec.recommendations import load_recommendations
 

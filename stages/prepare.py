@@ -2,7 +2,7 @@
 
 from imgrec import stage
 from imgrec.files import atomic_dir, write_json
-from imgrec.preparation import PrepareConfig, prepare
+from imgrec.prepare import PrepareConfig, prepare
 
 
 def main(args, config: PrepareConfig) -> None:

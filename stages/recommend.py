@@ -3,7 +3,8 @@
 from imgrec import stage
 from imgrec.catalog import load_catalog
 from imgrec.files import write_json
-from imgrec.neighbors import RecommendConfig, make_index, retrieval_metrics
+from imgrec.neighbors import make_index
+from imgrec.recommend import RecommendConfig, retrieval_metrics
 from imgrec.recommendations import Recommendations, save_recommendations
 
 

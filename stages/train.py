@@ -4,13 +4,13 @@ of a killed run resumes from --state. With `nproc` > 1 it starts that many ranks
 
 from functools import partial
 
-from imgrec import distributed, runtime, stage
+from imgrec import ddp, runtime, stage
 from imgrec.checkpoint import save_checkpoint
 from imgrec.files import write_json
 from imgrec.model import CNNClassifier, ModelConfig
 from imgrec.prepared import load_prepared, prepared_md5
+from imgrec.train import TrainConfig, rank_batch_size, train
 from imgrec.train_state import Resume
-from imgrec.training import TrainConfig, rank_batch_size, train
 
 
 def log_epoch(live, record: dict) -> None:
@@ -21,12 +21,12 @@ def log_epoch(live, record: dict) -> None:
 
 
 def main(args, config: TrainConfig) -> None:
-    if config.nproc > 1 and not distributed.under_torchrun():
+    if config.nproc > 1 and not ddp.under_torchrun():
         # Bad params or a missing dataset are said once, here, not once per rank.
         rank_batch_size(config.batch_size, config.nproc)
         load_prepared(args.prepared)
         print(f"train: {config.nproc} ranks (DDP), started through torchrun's launcher")
-        return distributed.launch(config.nproc)
+        return ddp.launch(config.nproc)
     world = runtime.World.from_environment()
     device = runtime.start(config, world)
     # Dropout and augmentation differ between ranks, as their images do; rank 0 seeds as a
@@ -42,7 +42,7 @@ def main(args, config: TrainConfig) -> None:
     resume = Resume.of_run(args.state, data_md5, config.identity(world.size), script=__file__)
     fit = partial(train, model, data, config, generator=generator, device=device, world=world,
                   max_batches=args.max_batches, resume=resume)  # fmt: skip
-    with distributed.process_group(world, device):
+    with ddp.process_group(world, device):
         if not world.is_main:  # rank 0 alone writes the curves and the outputs
             return fit()
         with Live(args.live_dir, save_dvc_exp=False, dvcyaml=None, report=None) as live:

@@ -29,7 +29,7 @@ def dask_scheduler() -> str:
     tests pass as the `dask_scheduler` param instead of starting a local cluster each time."""
     from distributed import LocalCluster
 
-    from imgrec.cluster import NO_DASHBOARD
+    from imgrec.dask_cluster import NO_DASHBOARD
 
     with LocalCluster(
         n_workers=2, threads_per_worker=1, processes=True, scheduler_kwargs=NO_DASHBOARD

@@ -6,14 +6,10 @@ import numpy as np
 import pytest
 from conftest import make_parquet, tagged_images
 
-from imgrec.catalog import (
-    NOVELTY_QUANTILE,
-    load_catalog,
-    no_close_match_threshold,
-    save_catalog,
-)
+from imgrec.catalog import NOVELTY_QUANTILE, load_catalog, save_catalog
+from imgrec.embed import no_close_match_threshold
 from imgrec.errors import ImgrecError
-from imgrec.preparation import PrepareConfig, prepare
+from imgrec.prepare import PrepareConfig, prepare
 from imgrec.prepared import load_prepared
 
 

@@ -8,7 +8,7 @@ import torch
 from imgrec.checkpoint import check_matches, load_checkpoint, save_checkpoint
 from imgrec.errors import ImgrecError
 from imgrec.model import CNNClassifier, ModelConfig
-from imgrec.training import TrainConfig
+from imgrec.train import TrainConfig
 
 CLASS_NAMES = ["cat", "dog", "fish"]
 

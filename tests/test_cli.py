@@ -17,16 +17,17 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from imgrec import cli
-from imgrec.catalog import load_catalog, no_close_match_threshold, save_catalog
+from imgrec import cli, query
+from imgrec.catalog import load_catalog, save_catalog
 from imgrec.checkpoint import checkpoint_md5, load_checkpoint, save_checkpoint
+from imgrec.embed import no_close_match_threshold
+from imgrec.fetch import BUILTIN_DIGITS, fetch
 from imgrec.inference import embed
 from imgrec.model import CNNClassifier, ModelConfig
-from imgrec.preparation import PrepareConfig, prepare
+from imgrec.prepare import PrepareConfig, prepare
 from imgrec.prepared import load_prepared, prepared_md5
 from imgrec.runtime import seed_everything
-from imgrec.sources import BUILTIN_DIGITS, fetch
-from imgrec.training import TrainConfig, train
+from imgrec.train import TrainConfig, train
 
 IMG_SIZE = 16
 
@@ -129,7 +130,7 @@ def test_query_embedding_equals_the_pipelines(pipeline, catalog_image):
     position = catalog.positions(np.array([row_id]))[0]
     checkpoint = load_checkpoint(pipeline.model)
     model = checkpoint.model
-    images, failed = cli.load_images([str(path)], checkpoint.img_size)
+    images, failed = query.load_images([str(path)], checkpoint.img_size)
     assert failed == {}
     np.testing.assert_array_equal(images[0], catalog.images[position])
     assert np.allclose(embed(model, images)[0], catalog.embeddings[position], atol=1e-6)
@@ -257,16 +258,16 @@ def test_defaults_resolve_against_the_repo_root(tmp_path, monkeypatch):
     nested = tmp_path / "a" / "b"
     nested.mkdir(parents=True)
     monkeypatch.chdir(nested)
-    assert cli.find_repo_root() == tmp_path.resolve()
+    assert query.find_repo_root() == tmp_path.resolve()
     args = cli.build_parser().parse_args(["recommend", "x.png", "--catalog", "mine"])
-    cli.resolve_defaults(args, cli.find_repo_root())
+    cli.resolve_defaults(args, query.find_repo_root())
     assert args.model == tmp_path.resolve() / "models" / "model.pt"
     assert args.prepared == tmp_path.resolve() / "data" / "prepared"
     assert args.catalog == "mine"  # a given path stays as typed
 
 
 def test_without_a_repo_the_root_is_the_current_directory(tmp_path):
-    assert cli.find_repo_root(tmp_path) == tmp_path.resolve()
+    assert query.find_repo_root(tmp_path) == tmp_path.resolve()
 
 
 def one_error_line(err: str) -> str:
@@ -512,7 +513,7 @@ def test_a_bug_is_one_line_unless_debugging(pipeline, catalog_image, capsys, mon
     def broken(*args, **kwargs):
         raise RuntimeError("first line\nsecond line")
 
-    monkeypatch.setattr(cli, "search", broken)
+    monkeypatch.setattr(query, "search", broken)
     code = cli.main(["recommend", str(path), *pipeline.options()])
     line = one_error_line(capsys.readouterr().err)
     assert code == 1
@@ -556,7 +557,7 @@ def test_dvc_pull_is_suggested_only_where_a_remote_is_configured(
         (tmp_path / ".dvc").mkdir()
         (tmp_path / ".dvc" / "config").write_text(config)
     monkeypatch.chdir(tmp_path)
-    assert cli.has_dvc_remote() is pull
+    assert query.has_dvc_remote() is pull
     code = cli.main(["classify", "x.png"])  # no models/model.pt here
     err = capsys.readouterr().err
     assert code == 1 and len(err.splitlines()) == 1

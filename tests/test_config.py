@@ -7,10 +7,10 @@ import pytest
 from conftest import stage_configs
 
 from imgrec.errors import ImgrecError
-from imgrec.neighbors import RecommendConfig
-from imgrec.preparation import PrepareConfig
-from imgrec.sources import FetchConfig
-from imgrec.training import TrainConfig
+from imgrec.fetch import FetchConfig
+from imgrec.prepare import PrepareConfig
+from imgrec.recommend import RecommendConfig
+from imgrec.train import TrainConfig
 
 GOOD = [
     (TrainConfig, "epochs", 1, 1),

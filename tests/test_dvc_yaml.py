@@ -20,6 +20,7 @@ CONFIGS = stage_configs()
 def test_stage_lists_its_script_and_every_module_it_imports(name):
     stage = PIPELINE["stages"][name]
     assert f"stages/{name}.py" in stage["deps"]
+    assert f"src/imgrec/{name}.py" in stage["deps"]  # one home per stage: script and module
     listed = sorted(dep for dep in stage["deps"] if dep.startswith("src/"))
     assert listed == derived_deps(ROOT, ROOT / "stages" / f"{name}.py"), name
 
@@ -41,7 +42,7 @@ def test_the_deps_command_rewrites_a_stale_list_and_nothing_else(tmp_path):
 @pytest.mark.parametrize("name", ["train", "evaluate", "embed"])
 def test_neither_the_decoder_nor_the_fetch_code_is_a_dep_after_prepare(name):
     deps = set(PIPELINE["stages"][name]["deps"])
-    assert not deps & {"src/imgrec/images.py", "src/imgrec/sources.py", "src/imgrec/preparation.py"}
+    assert not deps & {"src/imgrec/images.py", "src/imgrec/fetch.py", "src/imgrec/prepare.py"}
 
 
 @pytest.mark.parametrize("name", list(PIPELINE["stages"]))

@@ -114,7 +114,7 @@ def test_a_stage_that_loads_numpy_first_still_runs_portable_kernels(tmp_path):
     script.write_text(
         "import numpy  # before imgrec: OpenBLAS picks its kernels now\n"
         "from imgrec import kernels, stage\n"
-        "from imgrec.sources import FetchConfig\n"
+        "from imgrec.fetch import FetchConfig\n"
         "def main(args, config):\n"
         "    print('in force:', kernels.portable_in_force(), kernels.in_force()['blas'])\n"
         "stage.run(main, FetchConfig, ['out'])\n"

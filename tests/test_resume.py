@@ -21,8 +21,8 @@ from imgrec import runtime
 from imgrec.errors import Stopped
 from imgrec.model import CNNClassifier, ModelConfig
 from imgrec.prepared import Prepared
+from imgrec.train import TrainConfig, train
 from imgrec.train_state import Resume, RunIdentity
-from imgrec.training import TrainConfig, train
 
 IMG_SIZE, N_CLASSES = 16, 4
 CONFIG = TrainConfig(batch_size=8, epochs=3, augment=True, patience=10)  # 4 batches an epoch

@@ -6,13 +6,7 @@ Layout (written by `save_catalog`, read by `load_catalog`; nothing else touches 
   row_ids.npy     int64 (N,), the prepared dataset's row ids, in its order
   meta.json       the md5 of the checkpoint that made them (so staleness is exact), and
                   the "no close match" threshold calibrated on the catalog itself
-
-Calibration: every validation image's appearance cosine to its nearest training
-image; the threshold is the NOVELTY_QUANTILE of those. Validation images are what
-new images drawn like the catalog's look like to a model that never trained on
-them (training images sit closer together), so about that share of such new
-images is flagged; a query whose nearest catalog item is less alike than the
-threshold is "unlike the catalog".
+                  (`embed.no_close_match_threshold`)
 """
 
 import os
@@ -21,18 +15,13 @@ from pathlib import Path
 
 import numpy as np
 
-from imgrec.config import ComputeConfig
 from imgrec.errors import ImgrecError, MissingOutput
 from imgrec.files import atomic_dir, read_json, write_json
 from imgrec.neighbors import ExactIndex
 from imgrec.prepared import load_prepared
 
+# The catalog records how its threshold was calibrated (`embed.no_close_match_threshold`).
 NOVELTY_QUANTILE = 0.01
-
-
-@dataclass(frozen=True)
-class EmbedConfig(ComputeConfig):
-    pass
 
 
 @dataclass(frozen=True)
@@ -45,7 +34,7 @@ class Catalog:
     images: np.ndarray  # (N, S, S, 3) uint8, memory-mapped
     val_index: np.ndarray
     model_md5: str  # of the checkpoint file that made the embeddings
-    no_close_match_below: float  # appearance cosine; see the module docstring
+    no_close_match_below: float  # appearance cosine; see `embed`
 
     def positions(self, row_ids: np.ndarray) -> np.ndarray:
         """Positions in the catalog arrays of the given row ids."""
@@ -54,15 +43,6 @@ class Catalog:
     def closest_appearance(self, appearance: np.ndarray) -> np.ndarray:
         """(Q,) each query's appearance cosine to its nearest catalog item."""
         return ExactIndex().fit(self.appearance).search(appearance, 1)[0][:, 0]
-
-
-def no_close_match_threshold(
-    appearance: np.ndarray, train_index: np.ndarray, val_index: np.ndarray
-) -> float:
-    """The NOVELTY_QUANTILE of each validation image's appearance cosine to its nearest
-    training image."""
-    nearest, _ = ExactIndex().fit(appearance[train_index]).search(appearance[val_index], 1)
-    return float(np.quantile(nearest[:, 0], NOVELTY_QUANTILE))
 
 
 def save_catalog(

@@ -3,10 +3,10 @@
     imgrec recommend PATH_OR_URL... [--top-k 5] [--out fig.png] [--json]
     imgrec classify PATH_OR_URL... [--json]
 
-Queries go through the pipeline's own code: `images.decode` (as prepare),
-`inference.embed` / `inference.predict_logits` (as embed and evaluate) and
-`neighbors.ExactIndex` (as recommend), so a catalog image given as a query
-finds itself first with score 1.0.
+Only the command line: every answer comes from `query.Recommender`, the API the
+server calls too, which runs the pipeline's own code (prepare's decoder, embed's
+vectors, recommend's exact search), so a catalog image given as a query finds
+itself first with score 1.0.
 
 Every failure is one `error:` line on stderr, never a traceback (IMGREC_DEBUG=1
 shows a bug's). In a batch, a query that cannot be read or decoded is skipped
@@ -23,151 +23,38 @@ import argparse
 import json
 import logging
 import os
-import re
-import socket
 import sys
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from imgrec.errors import ImgrecError, MissingOutput, first_line
+from imgrec.errors import (
+    EXIT_BROKEN_PIPE,
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    ImgrecError,
+    MissingOutput,
+    first_line,
+)
+from imgrec.query import (
+    DEFAULT_CATALOG,
+    DEFAULT_MODEL,
+    DEFAULT_PREPARED,
+    Recommender,
+    UnusableQuery,
+    describe,
+    find_repo_root,
+    has_dvc_remote,
+    load_images,
+)
 
 # torch, fsspec, scikit-learn and matplotlib load inside the commands that need them,
 # so `--help` and argument errors answer at once instead of after seconds of imports.
 if TYPE_CHECKING:
     import numpy as np
-    import torch
 
     from imgrec.catalog import Catalog
-    from imgrec.checkpoint import Checkpoint
-
-# Relative to the repository root (the folder holding dvc.yaml): where dvc.yaml writes them.
-DEFAULT_MODEL = "models/model.pt"
-DEFAULT_CATALOG = "data/embeddings"
-DEFAULT_PREPARED = "data/prepared"
-
-
-@dataclass(frozen=True)
-class Neighbor:
-    rank: int
-    row_id: int
-    label: str
-    score: float
-
-
-def has_dvc_remote(root: Path | None = None) -> bool:
-    """Whether the project's DVC config (shared or local) names a remote to pull from."""
-    root = root or find_repo_root()
-    for name in ("config", "config.local"):
-        try:
-            text = (root / ".dvc" / name).read_text()
-        except OSError:
-            continue
-        if re.search(r"^\s*\[\s*'?\"?remote\s", text, flags=re.MULTILINE):
-            return True
-    return False
-
-
-def find_repo_root(start: Path | None = None) -> Path:
-    """The nearest folder at or above `start` (default: cwd) holding dvc.yaml, else `start`."""
-    start = (start or Path.cwd()).resolve()
-    for folder in (start, *start.parents):
-        if (folder / "dvc.yaml").is_file():
-            return folder
-    return start
-
-
-class UnusableQuery(ImgrecError):
-    """A query image that cannot be read or decoded; `reason` says why without naming it."""
-
-    def __init__(self, source: str, reason: str):
-        reason = first_line(reason).rstrip(".")
-        super().__init__(f"{source}: {reason}.")
-        self.source = source
-        self.reason = reason
-
-
-def _chain(error: BaseException) -> Iterator[BaseException]:
-    """`error`, then what it was raised from, down to the first cause."""
-    seen = set()
-    while error is not None and id(error) not in seen:
-        seen.add(id(error))
-        yield error
-        error = error.__cause__ or error.__context__
-
-
-def _describe(error: BaseException) -> str:
-    """An exception in a few words: `Connection refused`, not `[Errno 111] ...: '/a/b'`."""
-    if isinstance(error, OSError) and isinstance(error.errno, int) and error.errno > 0:
-        return os.strerror(error.errno)
-    if isinstance(error, OSError) and error.strerror:
-        return error.strerror  # socket.gaierror: `Name or service not known`
-    return str(error) or type(error).__name__
-
-
-def _read_failure(error: Exception) -> str:
-    """Why fsspec could not read a source.
-
-    fsspec's HTTP backend reports every failure, a refused connection included,
-    as FileNotFoundError; what really happened is in the exceptions it wraps.
-    """
-    chain = list(_chain(error))
-    for cause in chain:
-        status = getattr(cause, "status", None)  # an HTTP response (aiohttp's ClientResponseError)
-        if isinstance(status, int) and status >= 400:
-            if status == 404:
-                return "not found (HTTP 404)"
-            return f"HTTP {status} {getattr(cause, 'message', '')}".rstrip()
-    if any(isinstance(c, ConnectionError | TimeoutError | socket.gaierror) for c in chain):
-        return f"could not connect ({_describe(chain[-1])})"
-    if isinstance(error, FileNotFoundError):
-        return "not found"
-    return _describe(error)
-
-
-def read_image(source: str) -> bytes:
-    """The bytes of a local file or of any fsspec URL (https://, s3://, hf://, ...)."""
-    import fsspec
-
-    try:
-        with fsspec.open(source, "rb") as handle:
-            return handle.read()
-    except Exception as error:
-        # Each fsspec backend raises its own types (aiohttp, botocore, huggingface_hub, ...).
-        raise UnusableQuery(source, _read_failure(error)) from error
-
-
-def load_image(source: str, img_size: int) -> np.ndarray:
-    """(img_size, img_size, 3) uint8: the source decoded exactly as prepare decodes it."""
-    from imgrec.images import SkippedImage, decode
-
-    data = read_image(source)
-    try:
-        return decode(data, img_size)
-    except SkippedImage as skipped:
-        detail = str(skipped)
-        why = skipped.reason if detail == skipped.reason else f"{skipped.reason}: {detail}"
-        raise UnusableQuery(source, f"not a usable image ({why})") from skipped
-
-
-def load_images(
-    sources: Sequence[str], img_size: int
-) -> tuple[np.ndarray, dict[int, UnusableQuery]]:
-    """(Q, S, S, 3) uint8 images of the sources that could be used, in order; why each other
-    one could not, by its position in `sources`.
-    """
-    import numpy as np
-
-    decoded, failed = [], {}
-    for position, source in enumerate(sources):
-        try:
-            decoded.append(load_image(source, img_size))
-        except UnusableQuery as unusable:
-            failed[position] = unusable
-    if not decoded:
-        return np.empty((0, img_size, img_size, 3), np.uint8), failed
-    return np.stack(decoded), failed
+    from imgrec.query import Neighbor
 
 
 def _load_queries(
@@ -196,35 +83,6 @@ def _in_given_order(
     ]
 
 
-def check_catalog(model_path: Path, catalog: Catalog) -> None:
-    """Refuse a catalog that was not embedded by this very checkpoint file."""
-    from imgrec.checkpoint import checkpoint_md5
-
-    if catalog.model_md5 != checkpoint_md5(model_path):
-        raise ImgrecError(
-            "the catalog was not made by this model; run `dvc repro` to bring them in step."
-        )
-
-
-def search(catalog: Catalog, queries: np.ndarray, top_k: int) -> list[list[Neighbor]]:
-    """The top-k catalog items for each query embedding, best first."""
-    from imgrec.neighbors import ExactIndex
-
-    scores, positions = ExactIndex().fit(catalog.embeddings).search(queries, top_k)  # (Q, k)
-    return [
-        [
-            Neighbor(
-                rank=rank,
-                row_id=int(catalog.row_ids[p]),
-                label=catalog.class_names[catalog.labels[p]],
-                score=round(float(s), 6),  # float32 holds about 7 digits
-            )
-            for rank, (p, s) in enumerate(zip(row_positions, row_scores, strict=True), start=1)
-        ]
-        for row_positions, row_scores in zip(positions, scores, strict=True)
-    ]
-
-
 def format_table(header: Sequence[str], rows: Sequence[Sequence[str]], align: str) -> str:
     """Columns padded to their widest cell; `align` has one `l` or `r` per column."""
     widths = [max(len(cell) for cell in column) for column in zip(header, *rows, strict=True)]
@@ -241,47 +99,13 @@ def _source_name(source: str) -> str:
     return source.rstrip("/").rsplit("/", 1)[-1] or source
 
 
-def _load_model(args: argparse.Namespace) -> tuple[Checkpoint, torch.device]:
-    from imgrec.checkpoint import load_checkpoint
-    from imgrec.runtime import pick_device
-
-    device = pick_device(args.device)
-    return load_checkpoint(args.model, device), device
-
-
-@dataclass(frozen=True)
-class Novelty:
-    """Whether a query is unlike every catalog image (see `imgrec.catalog`, calibration)."""
-
-    no_close_match: bool
-    appearance_similarity: float  # cosine to the most alike catalog item
-    threshold: float
-
-    def note(self) -> str:
-        from imgrec.catalog import NOVELTY_QUANTILE
-
-        return (
-            f"no close match: unlike every catalog image (appearance similarity "
-            f"{self.appearance_similarity:.3f} < {self.threshold:.3f}, which "
-            f"{1 - NOVELTY_QUANTILE:.0%} of validation images exceed with their nearest "
-            "training image)"
-        )
-
-
-def novelty(catalog: Catalog, appearance: np.ndarray) -> list[Novelty]:
-    """Each query's appearance against the catalog's threshold."""
-    closest = catalog.closest_appearance(appearance)
-    threshold = catalog.no_close_match_below
-    return [Novelty(bool(c < threshold), round(float(c), 6), threshold) for c in closest]
-
-
 def _why_unwritable(path: Path, error: OSError) -> str:
     if path.is_dir():
         return "it is a folder"
     blocking = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
     if blocking is not None:
         return f"{blocking} is a file, not a folder"
-    return _describe(error)
+    return describe(error)
 
 
 def write_figure(
@@ -294,7 +118,7 @@ def write_figure(
     """Each query beside its top-k, as the figure stage draws them, in the format `path` names."""
     import numpy as np
 
-    from imgrec.figures import neighbor_title, recommendation_figure, save_figure
+    from imgrec.plotting import neighbor_title, recommendation_figure, save_figure
 
     positions = [catalog.positions(np.array([n.row_id for n in r])) for r in results]
     figure = recommendation_figure(
@@ -310,21 +134,11 @@ def write_figure(
 
 
 def cmd_recommend(args: argparse.Namespace) -> int:
-    from imgrec.catalog import load_catalog
-    from imgrec.inference import catalog_vectors
-
-    checkpoint, device = _load_model(args)
-    catalog = load_catalog(args.catalog, args.prepared)
-    check_catalog(args.model, catalog)
-    catalog_size = len(catalog.row_ids)
-    if args.top_k > catalog_size:
-        raise ImgrecError(f"--top-k {args.top_k} is more than the {catalog_size} catalog items.")
-    sources, images, failed = _load_queries(args.images, checkpoint.img_size)
-    queries, appearance = catalog_vectors(
-        checkpoint.model, images, batch_size=args.batch_size, device=device
-    )
-    results = search(catalog, queries, args.top_k)
-    novel = novelty(catalog, appearance)
+    recommender = Recommender.load(args.model, args.catalog, args.prepared, args.device)
+    catalog, catalog_size = recommender.catalog, len(recommender.catalog.row_ids)
+    recommender.check_top_k(args.top_k)
+    sources, images, failed = _load_queries(args.images, recommender.img_size)
+    results, novel = recommender.recommend(images, args.top_k, args.batch_size)
 
     try:
         if args.json:
@@ -358,34 +172,20 @@ def cmd_recommend(args: argparse.Namespace) -> int:
         write_figure(args.out, catalog, sources, images, results)
         if not args.json:
             print(f"figure: {args.out}")
-    return 1 if failed else 0
+    return EXIT_FAILED if failed else 0
 
 
 def cmd_classify(args: argparse.Namespace) -> int:
-    from imgrec.catalog import load_catalog
-    from imgrec.inference import embed, predict_logits
-
-    checkpoint, device = _load_model(args)
-    sources, images, failed = _load_queries(args.images, checkpoint.img_size)
-    logits = predict_logits(checkpoint.model, images, batch_size=args.batch_size, device=device)
-    probabilities, classes = logits.softmax(dim=1).max(dim=1)
-    try:
-        catalog = load_catalog(args.catalog, args.prepared)
-        check_catalog(args.model, catalog)
-        appearance = embed(checkpoint.model, images, space="appearance", device=device)
-        novel = [n.no_close_match for n in novelty(catalog, appearance)]
-    except ImgrecError as error:  # a classifier needs no catalog; the flag does
-        print(f"warning: no novelty check ({first_line(error)})", file=sys.stderr)
-        novel = [None] * len(sources)
+    recommender = Recommender.load(
+        args.model, args.catalog, args.prepared, args.device, need_catalog=False
+    )
+    if recommender.catalog is None:  # a classifier needs no catalog; the flag does
+        print(f"warning: no novelty check ({recommender.why_no_catalog})", file=sys.stderr)
+    sources, images, failed = _load_queries(args.images, recommender.img_size)
     predictions = [
-        {
-            "image": source,
-            "label": checkpoint.class_names[c],
-            "probability": round(p, 6),
-            "no_close_match": n,
-        }
-        for source, c, p, n in zip(
-            sources, classes.tolist(), probabilities.tolist(), novel, strict=True
+        {"image": source, "label": label, "probability": probability, "no_close_match": novel}
+        for source, (label, probability, novel) in zip(
+            sources, recommender.classify(images, args.batch_size), strict=True
         )
     ]
     if args.json:
@@ -397,7 +197,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
             for p in predictions
         ]
         print(format_table(("image", "label", "probability", "catalog"), rows, align="llrl"))
-    return 1 if failed else 0
+    return EXIT_FAILED if failed else 0
 
 
 def cmd_machine(args: argparse.Namespace) -> int:
@@ -528,12 +328,6 @@ def resolve_defaults(args: argparse.Namespace, root: Path) -> None:
             setattr(args, name, root / default)
 
 
-# 128 + SIGPIPE: what the shell reports for a tool that SIGPIPE ended (`seq 1e6 | head -1`
-# under `set -o pipefail`), so a script can tell "the reader left early" from a real failure
-# (1); Python's docs suggest 1, which would blur the two.
-EXIT_BROKEN_PIPE = 141
-
-
 def _quiet_stdout() -> None:
     """Point stdout at devnull, as Python's docs advise, so the exit flush cannot fail again."""
     try:
@@ -557,17 +351,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except MissingOutput as error:
         pull = " Or `dvc pull` it: this project has a DVC remote." if has_dvc_remote() else ""
         print(f"error: {first_line(error)}{pull}", file=sys.stderr)
-        return 1
+        return EXIT_FAILED
     except ImgrecError as error:
         print(f"error: {first_line(error)}", file=sys.stderr)
-        return 1
+        return EXIT_FAILED
     except OSError as error:  # the machine's, not the input's: disk full, permissions, ...
         where = f" ({error.filename})" if error.filename else ""
-        print(f"error: {_describe(error)}{where}.", file=sys.stderr)
-        return 1
+        print(f"error: {describe(error)}{where}.", file=sys.stderr)
+        return EXIT_FAILED
     except KeyboardInterrupt:
         print("error: interrupted.", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
     except Exception as error:
         if os.environ.get("IMGREC_DEBUG"):
             raise
@@ -576,5 +370,5 @@ def main(argv: Sequence[str] | None = None) -> int:
             "(a bug: rerun with IMGREC_DEBUG=1 for the traceback and report it).",
             file=sys.stderr,
         )
-        return 1
+        return EXIT_FAILED
     return code

@@ -1,8 +1,8 @@
 """The machinery of stage configs: frozen dataclasses that validate themselves.
 
-Each stage's config lives beside the code it configures (`sources.FetchConfig`,
-`training.TrainConfig`, ...), so a new hyperparameter changes only the modules
-its own stage depends on. A hyperparameter lives in params.yaml, in its stage's
+Each stage's config lives in its stage's module (`fetch.FetchConfig`,
+`train.TrainConfig`, ...), so a new hyperparameter changes only the modules its
+own stage depends on. A hyperparameter lives in params.yaml, in its stage's
 `params:` list in dvc.yaml, and as one field of that config (a test keeps the
 three in step). Stages read params.yaml themselves (`stage.run`): no param
 travels through a shell command line.

@@ -1,5 +1,14 @@
 """The one exception type a user sees: its message is the whole explanation."""
 
+# Exit statuses, one table for every entry point: the stage scripts, the query command and
+# the reproduction check.
+EXIT_FAILED = 1  # a user error (input, params, environment) or a failed check
+EXIT_INTERRUPTED = 130  # 128 + SIGINT: Ctrl-C, or SIGTERM, which stages take as Ctrl-C
+# 128 + SIGPIPE: what the shell reports for a tool SIGPIPE ended (`seq 1e6 | head -1` under
+# `set -o pipefail`), so a script can tell "the reader left early" from a failure (1);
+# Python's docs suggest 1, which would blur the two.
+EXIT_BROKEN_PIPE = 141
+
 
 class ImgrecError(Exception):
     """A problem with the user's input, params or environment, stated in one sentence."""

@@ -4,29 +4,19 @@
 For catalogs of millions, FAISS: `HnswIndex` (a graph) and `IvfIndex` (k-means cells).
 """
 
-from dataclasses import dataclass
-from typing import Literal
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
-from imgrec.config import StageConfig, param
 from imgrec.errors import ImgrecError
 
+if TYPE_CHECKING:  # for the annotation only: the index library does not load a stage
+    from imgrec.recommend import RecommendConfig
+
 _BLOCK_ROWS = 1024  # queries per block: 1024 x 40k float32 scores is 160 MB
-
-
-@dataclass(frozen=True)
-class RecommendConfig(StageConfig):
-    top_k: int = param(5, ge=1)
-    index: Literal["exact", "hnsw", "ivf"] = "exact"
-    hnsw_m: int = param(32, ge=1)
-    hnsw_ef_construction: int = param(200, ge=1)
-    hnsw_ef_search: int = param(128, ge=1)
-    ivf_nlist: int = param(0, ge=0)  # 0: about 4 sqrt(N), capped by what the catalog trains
-    ivf_nprobe: int = param(32, ge=1)
-    # numpy's matrix products score the catalog: the BLAS kernels change the last bits.
-    kernels: Literal["portable", "native"] = "portable"
 
 
 def _top_k_rows(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -65,7 +55,7 @@ class ExactIndex:
     def __init__(self, block_rows: int = _BLOCK_ROWS):
         self.block_rows = block_rows
 
-    def fit(self, embeddings: np.ndarray) -> "ExactIndex":
+    def fit(self, embeddings: np.ndarray) -> ExactIndex:
         embeddings = np.asarray(embeddings, dtype=np.float32)
         # Embeddings come out of a ReLU: many dimensions are zero for every catalog item
         # (about half for a trained model here). They add nothing to any inner product with
@@ -127,7 +117,7 @@ class FaissIndex:
         """What to change when a search finds fewer than k items."""
         raise NotImplementedError
 
-    def fit(self, embeddings: np.ndarray) -> "FaissIndex":
+    def fit(self, embeddings: np.ndarray) -> FaissIndex:
         # Kept (not copied when already float32) for search_catalog: reconstructing the
         # items from FAISS would copy them all, 2 GB at 1,000,000 x 512.
         self.embeddings_ = np.ascontiguousarray(embeddings, dtype=np.float32)
@@ -238,23 +228,3 @@ def make_index(config: RecommendConfig) -> ExactIndex | HnswIndex | IvfIndex:
     if config.index == "ivf":
         return IvfIndex(config.ivf_nlist, config.ivf_nprobe)
     return ExactIndex()
-
-
-def retrieval_metrics(neighbor_labels: np.ndarray, labels: np.ndarray) -> dict:
-    """precision@k and mAP@k by label agreement, for every catalog item against the others.
-
-    `labels` (N,): the catalog's; `neighbor_labels` (N, k): those of each item's top-k
-    (self excluded, as `search_catalog` gives them).
-    precision@k: share of the k neighbours that carry the item's label.
-    AP@k: sum of precision@i over the ranks i holding such a neighbour, divided by
-    min(k, how many other items carry the label), the most that could be found (0 when
-    none can); mAP@k averages it over items.
-    """
-    relevant = neighbor_labels == labels[:, None]  # (N, k)
-    k = relevant.shape[1]
-    precision_at_rank = np.cumsum(relevant, axis=1) / np.arange(1, k + 1)
-    findable = np.minimum(k, np.bincount(labels)[labels] - 1)  # others with the label
-    average_precision = np.where(
-        findable > 0, (precision_at_rank * relevant).sum(axis=1) / np.maximum(findable, 1), 0.0
-    )
-    return {"precision@k": float(relevant.mean()), "map@k": float(average_precision.mean())}

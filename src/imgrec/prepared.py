@@ -1,6 +1,6 @@
 """The prepared dataset (data/prepared): images decoded once into a memory-mappable array.
 
-Layout (read by `load_prepared`; written by `preparation.prepare`, which streams the
+Layout (read by `load_prepared`; written by `prepare.prepare`, which streams the
 pixels into IMAGES_FILE from its workers, then `save_prepared_labels` for the rest):
   images.npy      uint8 (N, S, S, 3), ready to memory-map
   labels.npy      int64 (N,) contiguous class ids

@@ -19,7 +19,7 @@ import yaml
 
 from imgrec import kernels
 from imgrec.config import ComputeConfig, StageConfig
-from imgrec.errors import ImgrecError, Stopped
+from imgrec.errors import EXIT_FAILED, EXIT_INTERRUPTED, ImgrecError, Stopped
 
 PARAMS_FILE = "params.yaml"  # DVC runs stage commands beside dvc.yaml, where this lives
 
@@ -97,17 +97,17 @@ def run(
         main(args, config)
     except ImgrecError as error:
         print(f"error: {error}", file=sys.stderr)
-        sys.exit(1)
+        sys.exit(EXIT_FAILED)
     except OSError as error:
         if error.errno not in _ENVIRONMENT_ERRORS:
             raise  # a bug: keep the traceback
         where = f" ({error.filename})" if error.filename else ""
         print(f"error: {error.strerror}{where}; dvc repro reruns this stage.", file=sys.stderr)
-        sys.exit(1)
+        sys.exit(EXIT_FAILED)
     except Stopped as stop:
         print(f"{name}: {stop}; rerun the same command (`dvc repro`) to resume.", file=sys.stderr)
-        sys.exit(130)
+        sys.exit(EXIT_INTERRUPTED)
     except KeyboardInterrupt as interrupt:
         stopped = str(interrupt) or "interrupted"
         print(f"error: {stopped}; dvc repro reruns this stage.", file=sys.stderr)
-        sys.exit(130)
+        sys.exit(EXIT_INTERRUPTED)

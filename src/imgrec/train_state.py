@@ -10,13 +10,15 @@ output); one file per workspace, removed after a successful run.
 A state is data, loaded with `weights_only=True`: plain values and tensors only.
 """
 
+import collections
 import hashlib
+import itertools
 import logging
 import os
 import random
 import signal
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -241,3 +243,33 @@ class StopRequests:
             asked = flag.item() > 0
             self.received = self.received or ("a signal to another rank" if asked else None)
         return asked
+
+
+class ResumableSampler(torch.utils.data.Sampler[int]):
+    """The wrapped sampler's order, able to start a pass at a saved position.
+
+    The order is drawn lazily, from the generator as it is when the first batch is
+    fetched; so a resumed pass draws it from the epoch's starting state, skips what was
+    done, and only then restores the RNGs saved at that batch boundary (`then`).
+    """
+
+    def __init__(self, inner: torch.utils.data.Sampler[int]):
+        self.inner = inner
+        self._skip, self._then = 0, None
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.inner.set_epoch(epoch)
+
+    def resume_next_pass(self, skip: int, then: Callable[[], None]) -> None:
+        self._skip, self._then = skip, then
+
+    def __iter__(self) -> Iterator[int]:
+        order = iter(self.inner)
+        skip, then, self._skip, self._then = self._skip, self._then, 0, None
+        if then is not None:
+            collections.deque(itertools.islice(order, skip), maxlen=0)
+            then()
+        yield from order

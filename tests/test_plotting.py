@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from imgrec.figures import (
+from imgrec.plotting import (
     confusion_matrix_figure,
     prediction_grid_figure,
     recommendation_figure,

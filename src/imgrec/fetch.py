@@ -1,4 +1,6 @@
-"""Where images come from: the built-in digits, local parquet, or any fsspec URL.
+"""Stage fetch: where images come from: the built-in digits, local parquet, or any fsspec
+URL. Past 400 lines because it meets every source's oddities (schemas, row groups of any
+size, streaming, Dask tasks) in one place, so nothing downstream has to.
 
 Every source reaches the rest of the pipeline in the Hugging Face Image schema:
 `image: struct<bytes: binary, path: string>`, `label: int | string`.
@@ -37,8 +39,8 @@ from fsspec.implementations.local import LocalFileSystem
 from PIL import Image
 from tqdm import tqdm
 
-from imgrec.cluster import LOCAL, dask_client, ordered_results
 from imgrec.config import StageConfig, param
+from imgrec.dask_cluster import LOCAL, dask_client, ordered_results
 from imgrec.errors import ImgrecError, first_line
 from imgrec.raw_parquet import (
     IMAGE_TYPE,

@@ -10,9 +10,9 @@ import pytest
 from conftest import hf_metadata, make_parquet, png_bytes, tagged_images
 from fsspec.implementations.local import LocalFileOpener
 
-from imgrec import sources
+from imgrec import fetch as fetch_module
 from imgrec.errors import ImgrecError
-from imgrec.sources import (
+from imgrec.fetch import (
     BUILTIN_DIGITS,
     IMAGE_TYPE,
     class_names_from_metadata,
@@ -70,7 +70,7 @@ def test_fetch_takes_first_rows_in_order_across_files_and_row_groups(
 def test_fetch_caps_the_rows_per_written_row_group(
     three_files, tmp_path, monkeypatch, dask_scheduler
 ):
-    monkeypatch.setattr(sources, "OUT_ROW_GROUP_ROWS", 2)
+    monkeypatch.setattr(fetch_module, "OUT_ROW_GROUP_ROWS", 2)
     out = tmp_path / "out.parquet"
     fetch(str(three_files), 15, out, dask_scheduler=dask_scheduler)
     metadata = pq.ParquetFile(out).metadata
@@ -320,7 +320,7 @@ def _random_blobs(count: int, size: int, seed: int = 0) -> list[bytes]:
 def test_one_huge_row_group_and_small_groups_give_the_same_rows(
     tmp_path, monkeypatch, rows, small_group_rows, dask_scheduler
 ):
-    monkeypatch.setattr(sources, "OUT_ROW_GROUP_ROWS", 8)
+    monkeypatch.setattr(fetch_module, "OUT_ROW_GROUP_ROWS", 8)
     images, labels = _random_blobs(50, 300), list(range(50))
     one_group = make_parquet(tmp_path / "one/a.parquet", images, labels, row_group_size=50)
     small_groups = make_parquet(
@@ -363,7 +363,7 @@ def _write_groups(path, group_rows: list[int], start: int = 0) -> None:
     ],
 )
 def test_output_row_groups(tmp_path, monkeypatch, files, rows, expected, dask_scheduler):
-    monkeypatch.setattr(sources, "OUT_ROW_GROUP_ROWS", 4)
+    monkeypatch.setattr(fetch_module, "OUT_ROW_GROUP_ROWS", 4)
     start = 0
     for index, group_rows in enumerate(files):
         _write_groups(tmp_path / f"src/{index}.parquet", group_rows, start)
@@ -384,8 +384,8 @@ def test_first_rows_of_a_huge_row_group_read_only_their_pages(tmp_path, monkeypa
     # Memory follows what is read: taking 2 of 40 rows from one row group must not read the
     # group whole. Small pages (one row each) make the reader's granularity visible. The
     # local scheduler runs fetch's tasks in threads of this process, where the count is.
-    monkeypatch.setattr(sources, "READ_BUFFER_BYTES", 4096)
-    monkeypatch.setattr(sources, "MAX_TASK_ROWS", max_task_rows)
+    monkeypatch.setattr(fetch_module, "READ_BUFFER_BYTES", 4096)
+    monkeypatch.setattr(fetch_module, "MAX_TASK_ROWS", max_task_rows)
     images = _random_blobs(40, 20_000)
     table = pa.table(
         {
@@ -428,7 +428,8 @@ def test_thousands_of_one_row_groups(tmp_path, dask_scheduler):
         )
         # One-row groups are gathered, not copied as thousands of one-row output groups.
         assert (
-            table.num_rows / pq.read_metadata(out).num_row_groups > sources.OUT_ROW_GROUP_ROWS / 2
+            table.num_rows / pq.read_metadata(out).num_row_groups
+            > fetch_module.OUT_ROW_GROUP_ROWS / 2
         )
 
 
@@ -601,7 +602,7 @@ def test_progress_total_is_what_the_source_holds(
         def update(self, count):
             self.done += count
 
-    monkeypatch.setattr(sources, "tqdm", RecordingBar)
+    monkeypatch.setattr(fetch_module, "tqdm", RecordingBar)
     fetch(str(three_files), rows, tmp_path / "out.parquet", dask_scheduler=dask_scheduler)
     assert totals == [total]
 
@@ -642,25 +643,27 @@ def test_an_unreachable_scheduler_is_one_sentence(three_files, tmp_path):
 
 def test_a_group_too_big_for_a_task_streams_through_the_stage(tmp_path, monkeypatch):
     """No task holds more than MAX_TASK_ROWS rows, and the file is the one tasks make."""
-    monkeypatch.setattr(sources, "OUT_ROW_GROUP_ROWS", 4)
+    monkeypatch.setattr(fetch_module, "OUT_ROW_GROUP_ROWS", 4)
     _write_groups(tmp_path / "src/a.parquet", [20, 3, 3, 9, 1])
-    fs, paths = sources.list_parquet_files(str(tmp_path / "src"))
-    files = [sources._read_footer(fs, path) for path in paths]
+    fs, paths = fetch_module.list_parquet_files(str(tmp_path / "src"))
+    files = [fetch_module._read_footer(fs, path) for path in paths]
     task_rows = []
-    read_task = sources.read_task
+    read_task = fetch_module.read_task
 
     def counting_task(fs, task):
         task_rows.append(sum(part.rows for part in task))
         return read_task(fs, task)
 
-    monkeypatch.setattr(sources, "read_task", counting_task)
-    monkeypatch.setattr(sources, "MAX_TASK_ROWS", 8)
-    tables = list(sources._read(None, fs, sources._tasks(files, 36)))  # None: tasks run here
+    monkeypatch.setattr(fetch_module, "read_task", counting_task)
+    monkeypatch.setattr(fetch_module, "MAX_TASK_ROWS", 8)
+    tables = list(
+        fetch_module._read(None, fs, fetch_module._tasks(files, 36))
+    )  # None: tasks run here
     assert task_rows == [3, 3, 1]  # 20 and 9 streamed; 3 + 3 is more than 4 rows to gather
     assert pa.concat_tables(tables).column("label").to_pylist() == list(range(36))
     outs = [tmp_path / "tasks.parquet", tmp_path / "streamed.parquet"]
     for out, max_task_rows in zip(outs, [100, 8], strict=True):
-        monkeypatch.setattr(sources, "MAX_TASK_ROWS", max_task_rows)
+        monkeypatch.setattr(fetch_module, "MAX_TASK_ROWS", max_task_rows)
         fetch(str(tmp_path / "src"), 36, out, dask_scheduler="local")
     assert outs[0].read_bytes() == outs[1].read_bytes()
 
@@ -668,12 +671,12 @@ def test_a_group_too_big_for_a_task_streams_through_the_stage(tmp_path, monkeypa
 def test_a_scheduler_without_workers_is_one_sentence(three_files, tmp_path, monkeypatch):
     from distributed import LocalCluster
 
-    from imgrec import cluster
+    from imgrec import dask_cluster
 
-    monkeypatch.setattr(cluster, "_WORKER_TIMEOUT", 1)
+    monkeypatch.setattr(dask_cluster, "_WORKER_TIMEOUT", 1)
     out = tmp_path / "out.parquet"
     with (
-        LocalCluster(n_workers=0, scheduler_kwargs=cluster.NO_DASHBOARD) as empty,
+        LocalCluster(n_workers=0, scheduler_kwargs=dask_cluster.NO_DASHBOARD) as empty,
         pytest.raises(ImgrecError, match=r"has had no worker for 1 s; start one"),
     ):
         fetch(str(three_files), 3, out, dask_scheduler=empty.scheduler_address)

@@ -8,13 +8,14 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import RandomSampler
 
-from imgrec import runtime, training
+from imgrec import runtime
+from imgrec import train as train_module
 from imgrec.errors import ImgrecError
 from imgrec.inference import to_tensor
 from imgrec.model import CNNClassifier, ModelConfig
 from imgrec.prepared import Prepared
 from imgrec.runtime import World
-from imgrec.training import TrainConfig, augment_batch, rank_batch_size, train
+from imgrec.train import TrainConfig, augment_batch, rank_batch_size, train
 
 IMG_SIZE, N_IMAGES, N_CLASSES = 16, 40, 4
 
@@ -183,7 +184,7 @@ def test_one_rank_trains_exactly_as_the_plain_loop(data, monkeypatch):
         raise AssertionError("a single process must not touch torch.distributed")
 
     for name in ("DistributedDataParallel", "DistributedSampler"):
-        monkeypatch.setattr(training, name, refuse)
+        monkeypatch.setattr(train_module, name, refuse)
     for name in ("all_reduce", "broadcast"):
         monkeypatch.setattr(torch.distributed, name, refuse)
     # Dropout 0 leaves the global RNG out of the forward pass: only the data order is random.

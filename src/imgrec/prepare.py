@@ -16,8 +16,8 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from imgrec import images
-from imgrec.cluster import LOCAL, dask_client, ordered_results
 from imgrec.config import StageConfig, param
+from imgrec.dask_cluster import LOCAL, dask_client, ordered_results
 from imgrec.errors import ImgrecError
 from imgrec.prepared import IMAGES_FILE, save_prepared_labels
 from imgrec.raw_parquet import class_names_from_metadata

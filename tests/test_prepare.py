@@ -8,7 +8,7 @@ import pytest
 from conftest import hf_metadata, make_parquet, png_bytes
 
 from imgrec.errors import ImgrecError
-from imgrec.preparation import (
+from imgrec.prepare import (
     SKIP_REASONS,
     PrepareConfig,
     class_ids,

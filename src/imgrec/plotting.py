@@ -1,4 +1,5 @@
-"""The PNG figures: confusion matrix, sample predictions, recommendations.
+"""Figures as files, for every stage that draws: confusion matrix, sample predictions,
+rows of recommendations.
 
 PNGs are written without the Software/date metadata matplotlib would add,
 so the same inputs give the same bytes.
@@ -8,8 +9,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import matplotlib
 
@@ -19,13 +18,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 from sklearn.metrics import ConfusionMatrixDisplay
 
-from imgrec.config import StageConfig
 from imgrec.files import atomic_file
 from imgrec.prepared import Prepared
-
-if TYPE_CHECKING:  # type only: evaluate, which draws no recommendations, need not load it
-    from imgrec.recommendations import Recommendations
-
 
 # Per format, the metadata matplotlib would stamp (tool version, date): left out.
 _NO_STAMPS = {
@@ -35,11 +29,6 @@ _NO_STAMPS = {
     "jpg": None,
     "jpeg": None,
 }
-
-
-@dataclass(frozen=True)
-class FigureConfig(StageConfig):
-    pass
 
 
 def save_figure(fig: plt.Figure, path: str | os.PathLike, dpi: int = 100) -> None:
@@ -147,34 +136,3 @@ def recommendation_figure(
             axes[r, c].set_title(caption, fontsize=8)
     fig.suptitle(title)
     return fig
-
-
-def catalog_recommendations_figure(
-    data: Prepared, recommendations: Recommendations, max_queries: int = 12
-) -> plt.Figure:
-    """One query per class (up to `max_queries`): each class's first validation image."""
-    val_labels = data.labels[data.val_index]
-    classes = np.unique(val_labels)[:max_queries]
-    positions = [int(data.val_index[np.argmax(val_labels == c)]) for c in classes]
-    names = data.class_names
-    neighbor_positions, neighbor_titles = [], []
-    for position in positions:
-        neighbor_rows, scores = recommendations.of(int(data.row_ids[position]))
-        found = data.positions(neighbor_rows)
-        neighbor_positions.append(found)
-        neighbor_titles.append(
-            [
-                neighbor_title(names[data.labels[p]], s, int(data.row_ids[p]))
-                for p, s in zip(found, scores, strict=True)
-            ]
-        )
-    shown = f"{len(classes)} of {len(np.unique(data.labels))} classes"
-    return recommendation_figure(
-        [data.images[p] for p in positions],
-        [f"query #{data.row_ids[p]}\n{names[data.labels[p]]}" for p in positions],
-        [[data.images[p] for p in found] for found in neighbor_positions],
-        neighbor_titles,
-        title=f"Left, bold: each class's first validation image (row id, label; {shown}).\n"
-        f"Right: its {recommendations.neighbor_row_ids.shape[1]} most similar catalog items "
-        "(row id, label, cosine score), best first.",
-    )

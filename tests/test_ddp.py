@@ -10,11 +10,11 @@ import pytest
 import torch
 from conftest import train_stage_command
 
-from imgrec import distributed
+from imgrec import ddp
 from imgrec.checkpoint import load_checkpoint, save_checkpoint
 from imgrec.errors import ImgrecError
 from imgrec.model import CNNClassifier, ModelConfig
-from imgrec.training import TrainConfig
+from imgrec.train import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {"batch_size": 8, "epochs": 3, "patience": 1, "lr_patience": 0, "num_threads": 2}
@@ -29,10 +29,10 @@ def prepared(tiny_prepared) -> Path:
 # can be compared with each other and not only rank 0's checkpoint with itself.
 RANK_SCRIPT = """
 import imgrec, json, sys, torch
-from imgrec import distributed, runtime
+from imgrec import ddp, runtime
 from imgrec.model import CNNClassifier, ModelConfig
 from imgrec.prepared import load_prepared
-from imgrec.training import TrainConfig, train
+from imgrec.train import TrainConfig, train
 
 prepared, out, overrides = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
 config = TrainConfig(**overrides)
@@ -41,7 +41,7 @@ device = runtime.start(config, world)
 generator = runtime.seed_everything(config.seed + world.rank)
 data = load_prepared(prepared)
 model = CNNClassifier(ModelConfig(num_classes=len(data.class_names)))
-with distributed.process_group(world, device):
+with ddp.process_group(world, device):
     result = train(model, data, config, generator=generator, device=device, world=world,
                    max_batches=2)
 torch.save({"state": model.state_dict(), "history": result.history,
@@ -51,7 +51,7 @@ torch.save({"state": model.state_dict(), "history": result.history,
 
 def train_in_two_ranks(prepared: Path, out: Path) -> list[dict]:
     out.mkdir()
-    distributed.launch(2, ["-c", RANK_SCRIPT, str(prepared), str(out), json.dumps(TINY)])
+    ddp.launch(2, ["-c", RANK_SCRIPT, str(prepared), str(out), json.dumps(TINY)])
     return [torch.load(out / f"rank{rank}.pt", weights_only=True) for rank in (0, 1)]
 
 
@@ -97,7 +97,7 @@ def test_a_batch_that_does_not_split_is_refused_before_any_rank_starts(prepared,
     stage = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(stage)
     monkeypatch.delenv("WORLD_SIZE", raising=False)
-    monkeypatch.setattr(distributed, "launch", lambda nproc: pytest.fail("a rank started"))
+    monkeypatch.setattr(ddp, "launch", lambda nproc: pytest.fail("a rank started"))
     args = argparse.Namespace(prepared=str(prepared))
     message = r"param batch_size \(8\) must be divisible by the number of ranks \(3, param nproc"
     with pytest.raises(ImgrecError, match=message):
@@ -109,7 +109,7 @@ def test_launch_gives_each_rank_torchruns_environment(tmp_path):
         "import os, pathlib, sys; e = os.environ; pathlib.Path(sys.argv[1], e['RANK']).write_text("
         "' '.join(e[k] for k in ('WORLD_SIZE', 'LOCAL_RANK', 'LOCAL_WORLD_SIZE', 'MASTER_ADDR')))"
     )
-    distributed.launch(2, ["-c", code, str(tmp_path)])
+    ddp.launch(2, ["-c", code, str(tmp_path)])
     assert (tmp_path / "0").read_text() == "2 0 2 localhost"
     assert (tmp_path / "1").read_text() == "2 1 2 localhost"
 
@@ -126,7 +126,7 @@ def test_launch_gives_each_rank_torchruns_environment(tmp_path):
 )
 def test_a_failed_rank_fails_the_launch_in_one_sentence(code, message, capfd):
     with pytest.raises(ImgrecError, match=message):
-        distributed.launch(2, ["-c", code])
+        ddp.launch(2, ["-c", code])
     assert "Traceback" not in capfd.readouterr().err  # the launcher's own dump is silenced
 
 

@@ -1,0 +1,282 @@
+"""The one query API, which the CLI and the server both call: load the model and the catalog
+once and check they are in step, read and decode query images exactly as prepare decodes
+the catalog's, embed them as embed does (`inference.catalog_vectors`), search with
+`neighbors.ExactIndex` as recommend does, and judge novelty. So a catalog image given as a
+query finds itself first with score 1.0, and any front end gives the same bits.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from imgrec.errors import ImgrecError, first_line
+
+# torch, fsspec and the catalog load on first use, so a front end's `--help` and argument
+# errors answer at once instead of after seconds of imports.
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+
+    from imgrec.catalog import Catalog
+    from imgrec.checkpoint import Checkpoint
+
+# Relative to the repository root (the folder holding dvc.yaml): where dvc.yaml writes them.
+DEFAULT_MODEL = "models/model.pt"
+DEFAULT_CATALOG = "data/embeddings"
+DEFAULT_PREPARED = "data/prepared"
+
+
+@dataclass(frozen=True)
+class Neighbor:
+    rank: int
+    row_id: int
+    label: str
+    score: float
+
+
+def has_dvc_remote(root: Path | None = None) -> bool:
+    """Whether the project's DVC config (shared or local) names a remote to pull from."""
+    root = root or find_repo_root()
+    for name in ("config", "config.local"):
+        try:
+            text = (root / ".dvc" / name).read_text()
+        except OSError:
+            continue
+        if re.search(r"^\s*\[\s*'?\"?remote\s", text, flags=re.MULTILINE):
+            return True
+    return False
+
+
+def find_repo_root(start: Path | None = None) -> Path:
+    """The nearest folder at or above `start` (default: cwd) holding dvc.yaml, else `start`."""
+    start = (start or Path.cwd()).resolve()
+    for folder in (start, *start.parents):
+        if (folder / "dvc.yaml").is_file():
+            return folder
+    return start
+
+
+class UnusableQuery(ImgrecError):
+    """A query image that cannot be read or decoded; `reason` says why without naming it."""
+
+    def __init__(self, source: str, reason: str):
+        reason = first_line(reason).rstrip(".")
+        super().__init__(f"{source}: {reason}.")
+        self.source = source
+        self.reason = reason
+
+
+def _chain(error: BaseException) -> Iterator[BaseException]:
+    """`error`, then what it was raised from, down to the first cause."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        yield error
+        error = error.__cause__ or error.__context__
+
+
+def describe(error: BaseException) -> str:
+    """An exception in a few words: `Connection refused`, not `[Errno 111] ...: '/a/b'`."""
+    if isinstance(error, OSError) and isinstance(error.errno, int) and error.errno > 0:
+        return os.strerror(error.errno)
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror  # socket.gaierror: `Name or service not known`
+    return str(error) or type(error).__name__
+
+
+def _read_failure(error: Exception) -> str:
+    """Why fsspec could not read a source.
+
+    fsspec's HTTP backend reports every failure, a refused connection included,
+    as FileNotFoundError; what really happened is in the exceptions it wraps.
+    """
+    chain = list(_chain(error))
+    for cause in chain:
+        status = getattr(cause, "status", None)  # an HTTP response (aiohttp's ClientResponseError)
+        if isinstance(status, int) and status >= 400:
+            if status == 404:
+                return "not found (HTTP 404)"
+            return f"HTTP {status} {getattr(cause, 'message', '')}".rstrip()
+    if any(isinstance(c, ConnectionError | TimeoutError | socket.gaierror) for c in chain):
+        return f"could not connect ({describe(chain[-1])})"
+    if isinstance(error, FileNotFoundError):
+        return "not found"
+    return describe(error)
+
+
+def read_image(source: str) -> bytes:
+    """The bytes of a local file or of any fsspec URL (https://, s3://, hf://, ...)."""
+    import fsspec
+
+    try:
+        with fsspec.open(source, "rb") as handle:
+            return handle.read()
+    except Exception as error:
+        # Each fsspec backend raises its own types (aiohttp, botocore, huggingface_hub, ...).
+        raise UnusableQuery(source, _read_failure(error)) from error
+
+
+def load_image(source: str, img_size: int) -> np.ndarray:
+    """(img_size, img_size, 3) uint8: the source decoded exactly as prepare decodes it."""
+    from imgrec.images import SkippedImage, decode
+
+    data = read_image(source)
+    try:
+        return decode(data, img_size)
+    except SkippedImage as skipped:
+        detail = str(skipped)
+        why = skipped.reason if detail == skipped.reason else f"{skipped.reason}: {detail}"
+        raise UnusableQuery(source, f"not a usable image ({why})") from skipped
+
+
+def load_images(
+    sources: Sequence[str], img_size: int
+) -> tuple[np.ndarray, dict[int, UnusableQuery]]:
+    """(Q, S, S, 3) uint8 images of the sources that could be used, in order; why each other
+    one could not, by its position in `sources`.
+    """
+    import numpy as np
+
+    decoded, failed = [], {}
+    for position, source in enumerate(sources):
+        try:
+            decoded.append(load_image(source, img_size))
+        except UnusableQuery as unusable:
+            failed[position] = unusable
+    if not decoded:
+        return np.empty((0, img_size, img_size, 3), np.uint8), failed
+    return np.stack(decoded), failed
+
+
+def check_catalog(model_path: Path, catalog: Catalog) -> None:
+    """Refuse a catalog that was not embedded by this very checkpoint file."""
+    from imgrec.checkpoint import checkpoint_md5
+
+    if catalog.model_md5 != checkpoint_md5(model_path):
+        raise ImgrecError(
+            "the catalog was not made by this model; run `dvc repro` to bring them in step."
+        )
+
+
+def search(catalog: Catalog, queries: np.ndarray, top_k: int) -> list[list[Neighbor]]:
+    """The top-k catalog items for each query embedding, best first."""
+    from imgrec.neighbors import ExactIndex
+
+    scores, positions = ExactIndex().fit(catalog.embeddings).search(queries, top_k)  # (Q, k)
+    return [
+        [
+            Neighbor(
+                rank=rank,
+                row_id=int(catalog.row_ids[p]),
+                label=catalog.class_names[catalog.labels[p]],
+                score=round(float(s), 6),  # float32 holds about 7 digits
+            )
+            for rank, (p, s) in enumerate(zip(row_positions, row_scores, strict=True), start=1)
+        ]
+        for row_positions, row_scores in zip(positions, scores, strict=True)
+    ]
+
+
+@dataclass(frozen=True)
+class Novelty:
+    """Whether a query is unlike every catalog image (see `imgrec.catalog`, calibration)."""
+
+    no_close_match: bool
+    appearance_similarity: float  # cosine to the most alike catalog item
+    threshold: float
+
+    def note(self) -> str:
+        from imgrec.catalog import NOVELTY_QUANTILE
+
+        return (
+            f"no close match: unlike every catalog image (appearance similarity "
+            f"{self.appearance_similarity:.3f} < {self.threshold:.3f}, which "
+            f"{1 - NOVELTY_QUANTILE:.0%} of validation images exceed with their nearest "
+            "training image)"
+        )
+
+
+def novelty(catalog: Catalog, appearance: np.ndarray) -> list[Novelty]:
+    """Each query's appearance against the catalog's threshold."""
+    closest = catalog.closest_appearance(appearance)
+    threshold = catalog.no_close_match_below
+    return [Novelty(bool(c < threshold), round(float(c), 6), threshold) for c in closest]
+
+
+@dataclass
+class Recommender:
+    """The model and, when it is there and in step, the catalog: loaded once, queried often."""
+
+    checkpoint: Checkpoint
+    device: torch.device
+    catalog: Catalog | None
+    why_no_catalog: str | None = None  # when catalog is None
+
+    @classmethod
+    def load(
+        cls, model: Path, catalog: Path, prepared: Path, device: str = "auto",
+        *, need_catalog: bool = True,
+    ) -> Recommender:  # fmt: skip
+        """The checkpoint on `device`, and its catalog (required unless `need_catalog` is
+        False: a classifier needs none, its novelty flag does)."""
+        from imgrec.catalog import load_catalog
+        from imgrec.checkpoint import load_checkpoint
+        from imgrec.runtime import pick_device
+
+        torch_device = pick_device(device)
+        checkpoint = load_checkpoint(model, torch_device)
+        try:
+            loaded = load_catalog(catalog, prepared)
+            check_catalog(model, loaded)
+        except ImgrecError as error:
+            if need_catalog:
+                raise
+            return cls(checkpoint, torch_device, None, first_line(error))
+        return cls(checkpoint, torch_device, loaded)
+
+    @property
+    def img_size(self) -> int:
+        return self.checkpoint.img_size
+
+    def check_top_k(self, top_k: int) -> None:
+        """Refuse a k larger than the catalog (a front end asks before reading any image)."""
+        size = len(self.catalog.row_ids)
+        if top_k > size:
+            raise ImgrecError(f"--top-k {top_k} is more than the {size} catalog items.")
+
+    def recommend(
+        self, images: np.ndarray, top_k: int, batch_size: int = 256
+    ) -> tuple[list[list[Neighbor]], list[Novelty]]:
+        """Each image's top-k catalog items and its novelty against the catalog."""
+        from imgrec.inference import catalog_vectors
+
+        self.check_top_k(top_k)
+        queries, appearance = catalog_vectors(
+            self.checkpoint.model, images, batch_size=batch_size, device=self.device
+        )
+        return search(self.catalog, queries, top_k), novelty(self.catalog, appearance)
+
+    def classify(
+        self, images: np.ndarray, batch_size: int = 256
+    ) -> list[tuple[str, float, bool | None]]:
+        """Each image's (class name, probability, no close match: None without a catalog)."""
+        from imgrec.inference import embed, predict_logits
+
+        model = self.checkpoint.model
+        logits = predict_logits(model, images, batch_size=batch_size, device=self.device)
+        probabilities, classes = logits.softmax(dim=1).max(dim=1)
+        novel = [None] * len(images)
+        if self.catalog is not None:
+            appearance = embed(model, images, space="appearance", device=self.device)
+            novel = [n.no_close_match for n in novelty(self.catalog, appearance)]
+        names = self.checkpoint.class_names
+        return [
+            (names[c], round(p, 6), n)
+            for c, p, n in zip(classes.tolist(), probabilities.tolist(), novel, strict=True)
+        ]

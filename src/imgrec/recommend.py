@@ -1,0 +1,42 @@
+"""Stage recommend: each catalog item's top-k most similar items, and how often they share
+its label (precision@k, mAP@k). The indexes themselves are `neighbors`."""
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from imgrec.config import StageConfig, param
+
+
+@dataclass(frozen=True)
+class RecommendConfig(StageConfig):
+    top_k: int = param(5, ge=1)
+    index: Literal["exact", "hnsw", "ivf"] = "exact"
+    hnsw_m: int = param(32, ge=1)
+    hnsw_ef_construction: int = param(200, ge=1)
+    hnsw_ef_search: int = param(128, ge=1)
+    ivf_nlist: int = param(0, ge=0)  # 0: about 4 sqrt(N), capped by what the catalog trains
+    ivf_nprobe: int = param(32, ge=1)
+    # numpy's matrix products score the catalog: the BLAS kernels change the last bits.
+    kernels: Literal["portable", "native"] = "portable"
+
+
+def retrieval_metrics(neighbor_labels: np.ndarray, labels: np.ndarray) -> dict:
+    """precision@k and mAP@k by label agreement, for every catalog item against the others.
+
+    `labels` (N,): the catalog's; `neighbor_labels` (N, k): those of each item's top-k
+    (self excluded, as `search_catalog` gives them).
+    precision@k: share of the k neighbours that carry the item's label.
+    AP@k: sum of precision@i over the ranks i holding such a neighbour, divided by
+    min(k, how many other items carry the label), the most that could be found (0 when
+    none can); mAP@k averages it over items.
+    """
+    relevant = neighbor_labels == labels[:, None]  # (N, k)
+    k = relevant.shape[1]
+    precision_at_rank = np.cumsum(relevant, axis=1) / np.arange(1, k + 1)
+    findable = np.minimum(k, np.bincount(labels)[labels] - 1)  # others with the label
+    average_precision = np.where(
+        findable > 0, (precision_at_rank * relevant).sum(axis=1) / np.maximum(findable, 1), 0.0
+    )
+    return {"precision@k": float(relevant.mean()), "map@k": float(average_precision.mean())}
