@@ -38,7 +38,7 @@ def train_side(side: str, batches: int, params: dict) -> dict:
     from torch.optim.optimizer import register_optimizer_step_post_hook
 
     from imgrec import runtime
-    from imgrec.model import CNNClassifier, ModelConfig
+    from imgrec.model import CNNClassifier
     from imgrec.prepared import Prepared
     from imgrec.train import train
 
@@ -61,7 +61,7 @@ def train_side(side: str, batches: int, params: dict) -> dict:
         img_size=size,
     )
     generator = runtime.seed_everything(config.seed)
-    model = CNNClassifier(ModelConfig(num_classes=NUM_CLASSES, dropout=config.dropout))
+    model = CNNClassifier(config.model_config(NUM_CLASSES))
     wall, cpu = [], []
     register_optimizer_step_post_hook(
         lambda *_: (wall.append(time.perf_counter()), cpu.append(time.process_time()))

@@ -83,7 +83,7 @@ def imgrec_train(cfg: dict, batches: int, val_images: int, init: str | None, **o
     import torch
 
     from imgrec import runtime
-    from imgrec.model import CNNClassifier, ModelConfig
+    from imgrec.model import CNNClassifier
     from imgrec.train import train
 
     config = TrainConfig.from_params(cfg["params"] | {"kernels": kernels.active(), **overrides})
@@ -91,7 +91,7 @@ def imgrec_train(cfg: dict, batches: int, val_images: int, init: str | None, **o
     device, generator = runtime.pick_device(config.device), runtime.seed_everything(config.seed)
     data = load_prepared(cfg["prepared"])
     data = replace(data, val_index=data.val_index[:val_images])
-    model = CNNClassifier(ModelConfig(num_classes=len(data.class_names), dropout=config.dropout))
+    model = CNNClassifier(config.model_config(len(data.class_names)))
     if init:  # the seed's side starts from these weights
         torch.save(model.state_dict(), init)
     images_per_s = step_timer(config.batch_size)

@@ -7,7 +7,7 @@ from functools import partial
 from imgrec import ddp, runtime, stage
 from imgrec.checkpoint import save_checkpoint
 from imgrec.files import write_json
-from imgrec.model import CNNClassifier, ModelConfig
+from imgrec.model import CNNClassifier
 from imgrec.prepared import load_prepared, prepared_md5
 from imgrec.train import TrainConfig, rank_batch_size, train
 from imgrec.train_state import Resume
@@ -36,7 +36,7 @@ def main(args, config: TrainConfig) -> None:
     if world.is_main:
         print(f"dataset: {len(data.train_index)} train / {len(data.val_index)} val images, "
               f"{len(data.class_names)} classes, {data.img_size} px")  # fmt: skip
-    model = CNNClassifier(ModelConfig(num_classes=len(data.class_names), dropout=config.dropout))
+    model = CNNClassifier(config.model_config(len(data.class_names)))
     from dvclive import Live  # here: dvclive loads numpy, which must load after imgrec
 
     resume = Resume.of_run(args.state, data_md5, config.identity(world.size), script=__file__)

@@ -21,7 +21,7 @@ from tqdm import tqdm
 from imgrec.config import ComputeConfig, param
 from imgrec.errors import ImgrecError, Stopped
 from imgrec.inference import memory_format, predict_logits, to_tensor
-from imgrec.model import CNNClassifier
+from imgrec.model import CNNClassifier, ModelConfig
 from imgrec.prepared import Prepared
 from imgrec.runtime import ONE_PROCESS, World
 from imgrec.train_state import (
@@ -58,6 +58,11 @@ class TrainConfig(ComputeConfig):
     # Batches between saves of the resumable state (0: epoch ends only). It decides no bit,
     # so it stays out of the checkpoint's provenance and of what makes a state this run's.
     checkpoint_every: int = param(0, ge=0)
+
+    def model_config(self, num_classes: int) -> ModelConfig:
+        """The model these params train: a model hyperparameter is one field here and one
+        in ModelConfig, passed on in this one place."""
+        return ModelConfig(num_classes=num_classes, dropout=self.dropout)
 
     def identity(self, world_size: int) -> dict:
         """The fields that decide the trained bits, nproc as the world that ran."""

@@ -1,11 +1,12 @@
 """Resumable training state: everything that decides the next bit of a training run.
 
-Training saves it atomically at every epoch end, every `checkpoint_every` batches and
-when SIGTERM or Ctrl-C asks it to stop; a rerun of the same run (same prepared data,
-bit-deciding train config, code, libraries and world size: `RunIdentity`) resumes from
-it and ends byte-identical to a run never interrupted. The file lives where DVC does
-not delete it before the stage runs (its path comes from dvc.yaml, outside every
-output); one file per workspace, removed after a successful run.
+Training (`train.train`) saves it atomically at every epoch end but the last, every
+`checkpoint_every` batches, and when SIGTERM or Ctrl-C asks it to stop (`StopRequests`);
+a rerun of the same run (same prepared data, bit-deciding train config, code, libraries
+and world size: `RunIdentity`) resumes from it, mid-epoch too (`ResumableSampler`), and
+ends byte-identical to a run never interrupted. The file lives where DVC does not delete
+it before the stage runs (its path comes from dvc.yaml, outside every output); one file
+per workspace, removed after a successful run (`Resume.finished`).
 
 A state is data, loaded with `weights_only=True`: plain values and tensors only.
 """
@@ -46,7 +47,7 @@ def code_md5(extra_files: Iterable[str | os.PathLike] = ()) -> str:
     }
     files |= {Path(f).resolve() for f in extra_files}
     digest = hashlib.md5()
-    for file in sorted(files, key=lambda f: f.name + str(f)):
+    for file in sorted(files):
         digest.update(file.name.encode())
         digest.update(file.read_bytes())
     return digest.hexdigest()
