@@ -102,3 +102,17 @@ def test_determinism_smoke_run_prints_ratios_and_the_same_weights(tmp_path: Path
             assert math.isfinite(float(cell)) and float(cell) > 0, (metric, rows[metric])
     digests = dict(re.findall(r"^- (on\+fill|on): weights md5 (\w+)$", run.stdout, re.MULTILINE))
     assert digests["on"] == digests["on+fill"], run.stdout  # skipping the NaN fill changes no bit
+
+
+def test_resume_smoke_run_prints_the_cost_of_saving(tmp_path: Path):
+    command = [sys.executable, str(ROOT / "benchmarks" / "resume.py")]
+    command += ["--images", "80", "--batches", "2", "--rounds", "1"]
+    run = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+
+    _, rows = tables(run.stdout)["resume"]
+    metrics = ("seconds per saved state", "MB per saved state", "seconds per epoch, no state saved")
+    for metric in (*metrics, "one save's share of an epoch"):
+        value = float(rows[metric][0].split()[0])
+        assert math.isfinite(value) and value > 0, rows
+    assert float(rows["MB per saved state"][0]) > 30  # weights, Adam's two moments, best weights
