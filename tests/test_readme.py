@@ -1,0 +1,198 @@
+"""README.md stays true: its console examples print what it shows, its statements about what
+an edit reruns match dvc.yaml, and every benchmarks/RESULTS.md section it cites exists."""
+
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import sklearn.datasets
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text()
+STAGES = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+
+# What the query examples read: pipeline outputs, git-ignored, made by `dvc repro`.
+QUERY_NEEDS = ("models/model.pt", "data/embeddings", "data/prepared", "data/raw.parquet")
+
+
+@dataclass(frozen=True)
+class Example:
+    command: str
+    expected: str
+
+
+def console_examples(markdown: str) -> list[Example]:
+    """Every `$ command` line of a fenced block, with the lines up to the next one as output."""
+    examples = []
+    for block in re.findall(r"^```[^\n]*\n(.*?)^```", markdown, flags=re.MULTILINE | re.DOTALL):
+        command, output = None, []
+        for line in [*block.splitlines(), "$ "]:
+            if line.startswith("$ "):
+                if command is not None:
+                    examples.append(Example(command, normalise("\n".join(output))))
+                command, output = line[2:].strip(), []
+            elif command is not None:
+                output.append(line)
+    return [e for e in examples if e.command]
+
+
+def normalise(text: str) -> str:
+    """Trailing whitespace off every line and trailing blank lines (the gap between examples)."""
+    return "\n".join(line.rstrip() for line in text.splitlines()).rstrip("\n")
+
+
+EXAMPLES = console_examples(README)
+
+
+def is_query(example: Example) -> bool:
+    return example.command.startswith("python -m imgrec ")
+
+
+def argv(command: str) -> list[str]:
+    words = shlex.split(command)
+    program = {"python": sys.executable, "dvc": str(Path(sys.executable).with_name("dvc"))}
+    assert words[0] in program, f"README example {command!r}: this test runs only python and dvc"
+    return [program[words[0]], *words[1:]]
+
+
+def make_query_folder(folder: Path) -> None:
+    """A folder the query command takes for the repository, holding the README's input files."""
+    # The CLI finds its default paths from the nearest dvc.yaml above the cwd, so links to
+    # dvc.yaml and the outputs make the README's relative names (digit.png, similar.png) work
+    # without writing anything into the repository.
+    for name in ("dvc.yaml", "data", "models"):
+        (folder / name).symlink_to(ROOT / name)
+    # As the README says below the examples: "`digit.png` is row 42 of `data/raw.parquet`" ...
+    image = pq.read_table(ROOT / "data/raw.parquet", columns=["image"]).column("image")[42]
+    (folder / "digit.png").write_bytes(image.as_py()["bytes"])
+    # ... "`china.jpg` is scikit-learn's bundled photo of a building": the file itself, since
+    # re-encoding the array that load_sample_image returns would change its bytes.
+    photo = Path(sklearn.datasets.__file__).parent / "images" / "china.jpg"
+    shutil.copyfile(photo, folder / "china.jpg")
+
+
+@pytest.fixture(scope="module")
+def outputs(tmp_path_factory) -> dict[str, subprocess.CompletedProcess]:
+    """Each runnable example's combined stdout and stderr; all start at once to save time."""
+    missing_outputs = [p for p in QUERY_NEEDS if not (ROOT / p).exists()]
+    query_folder = tmp_path_factory.mktemp("readme")
+    if not missing_outputs:
+        make_query_folder(query_folder)
+    env = dict(os.environ)
+    # The README's numbers are the committed CPU run's, with portable kernels: a visible GPU
+    # (the CLI's --device auto) or IMGREC_KERNELS=native may change their last digits.
+    env["CUDA_VISIBLE_DEVICES"] = ""
+    env.pop("IMGREC_KERNELS", None)
+    running = {}
+    for example in EXAMPLES:
+        if is_query(example) and missing_outputs:
+            continue
+        running[example.command] = subprocess.Popen(
+            argv(example.command),
+            cwd=query_folder if is_query(example) else ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,  # what the reader's console shows, warnings included
+            text=True,
+        )
+    done = {}
+    for command, process in running.items():
+        stdout, _ = process.communicate(timeout=300)
+        done[command] = subprocess.CompletedProcess(process.args, process.returncode, stdout)
+    return done
+
+
+def test_readme_shows_the_query_command_and_dvc_metrics_show():
+    commands = [e.command for e in EXAMPLES]
+    assert any(is_query(e) for e in EXAMPLES), commands
+    assert "dvc metrics show" in commands, commands
+
+
+@pytest.mark.parametrize("example", EXAMPLES, ids=[e.command for e in EXAMPLES])
+def test_readme_example_prints_what_the_readme_shows(example: Example, outputs):
+    missing_outputs = [p for p in QUERY_NEEDS if not (ROOT / p).exists()]
+    if is_query(example) and missing_outputs:
+        pytest.skip(f"no {', '.join(missing_outputs)}: run `dvc repro` to check this example")
+    run = outputs[example.command]
+    assert run.returncode == 0, run.stdout
+    # A mismatch with the committed run's outputs in place means the README (or the code) is
+    # wrong; with other outputs (`dvc status` not clean), rerun `dvc repro` first.
+    assert normalise(run.stdout) == example.expected
+
+
+# "editing `FILE` reruns A (why) and B, and C only if B's output changed;" up to ; or .
+RERUN = re.compile(r"editing\s+`(?P<file>[^`]+)`\s+reruns\s+(?P<stages>(?:\([^()]*\)|[^;.()])*)")
+DOWNSTREAM = re.compile(r"(?P<stage>\w+) only if (?P<upstream>\w+)'s output changed")
+
+
+def rerun_statements(markdown: str) -> list[tuple[str, str]]:
+    return [(m["file"], " ".join(m["stages"].split())) for m in RERUN.finditer(markdown)]
+
+
+def paths(entries: list) -> set[str]:
+    """The paths of a deps or outs list, whose entries are strings or {path: options}."""
+    return {e if isinstance(e, str) else next(iter(e)) for e in entries}
+
+
+def test_readme_states_what_an_edit_reruns():
+    assert rerun_statements(README), "no 'editing `FILE` reruns ...' sentence left in README.md"
+
+
+@pytest.mark.parametrize(
+    ("file", "named"), rerun_statements(README), ids=[f for f, _ in rerun_statements(README)]
+)
+def test_rerun_statement_names_the_stages_that_depend_on_the_file(file: str, named: str):
+    """The stages named outright are those whose dvc.yaml `deps` list the file; a stage named as
+    "C only if B's output changed" reruns downstream, not on the edit, so it is no direct dep:
+    it must instead depend on one of B's outputs, B being named outright."""
+    direct, downstream = set(), {}
+    for item in re.split(r",\s*(?:and\s+)?|\s+and\s+", re.sub(r"\([^()]*\)", "", named)):
+        item = item.strip().removeprefix("only ")
+        if match := DOWNSTREAM.fullmatch(item):
+            downstream[match["stage"]] = match["upstream"]
+        else:
+            assert item in STAGES, f"README: {named!r}: {item!r} is no stage of dvc.yaml"
+            direct.add(item)
+    depending = {name for name, stage in STAGES.items() if file in paths(stage.get("deps", []))}
+    assert depending, f"README names {file}, but no stage in dvc.yaml depends on it"
+    assert direct == depending, f"README: editing {file} reruns {named!r}"
+    for stage, upstream in downstream.items():
+        assert stage in STAGES and stage not in depending, (stage, named)
+        assert upstream in direct, f"README: {stage} reruns after {upstream}, which is not named"
+        upstream_outs = paths(STAGES[upstream].get("outs", []))
+        assert paths(STAGES[stage].get("deps", [])) & upstream_outs, (
+            f"README: {stage} reruns if {upstream}'s output changed, but reads none of it"
+        )
+
+
+def cited_sections(markdown: str) -> list[str]:
+    found = re.findall(r"`?benchmarks/RESULTS\.md`?,\s+\"([^\"]+)\"", markdown)
+    return sorted({" ".join(title.split()) for title in found})
+
+
+def headings(markdown: str) -> list[str]:
+    prose = re.sub(r"^```.*?^```", "", markdown, flags=re.MULTILINE | re.DOTALL)
+    return [m.strip() for m in re.findall(r"^#{1,6}\s+(.+?)\s*#*$", prose, flags=re.MULTILINE)]
+
+
+def test_readme_cites_benchmark_sections():
+    assert cited_sections(README), 'no `benchmarks/RESULTS.md, "Section"` citation in README.md'
+
+
+@pytest.mark.parametrize("title", cited_sections(README))
+def test_cited_benchmark_section_exists(title: str):
+    results = headings((ROOT / "benchmarks" / "RESULTS.md").read_text())
+    # A heading's name may go on with what was measured: "Portable vs native kernels (2,000-row
+    # catalog, ...)" or "Nearest neighbours at scale: 1,000,000 vectors ..."; the README cites
+    # the name, so a heading matches when the title is all of it or all before ":" or " (".
+    assert any(h == title or h.startswith((f"{title}:", f"{title} (")) for h in results), (
+        f'README.md cites benchmarks/RESULTS.md, "{title}", which has no such heading'
+    )
