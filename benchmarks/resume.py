@@ -48,7 +48,8 @@ def random_catalog(images: int, size: int, seed: int):
 
 
 def run_side(side: str, data, config: TrainConfig, batches: int, state_dir: Path) -> float:
-    """Train `config.epochs` epochs of `batches` batches; wall seconds and each save's."""
+    """Train `config.epochs` epochs of `batches` batches; the wall seconds it took (main()
+    times each save by wrapping `train.save_state`)."""
     import torch
 
     from imgrec.model import CNNClassifier

@@ -9,15 +9,8 @@ from imgrec.checkpoint import save_checkpoint
 from imgrec.files import write_json
 from imgrec.model import CNNClassifier
 from imgrec.prepared import load_prepared, prepared_md5
-from imgrec.train import TrainConfig, rank_batch_size, train
+from imgrec.train import TrainConfig, log_epoch, rank_batch_size, train
 from imgrec.train_state import Resume
-
-
-def log_epoch(live, record: dict) -> None:
-    live.step = record["epoch"]
-    for key in ("train_loss", "train_acc", "val_loss", "val_acc", "lr"):
-        live.log_metric(key.replace("_", "/"), record[key])
-    live.make_summary()
 
 
 def main(args, config: TrainConfig) -> None:
@@ -39,14 +32,15 @@ def main(args, config: TrainConfig) -> None:
     model = CNNClassifier(config.model_config(len(data.class_names)))
     from dvclive import Live  # here: dvclive loads numpy, which must load after imgrec
 
-    resume = Resume.of_run(args.state, data_md5, config.identity(world.size), script=__file__)
+    resume = Resume.of_run(args.state, data_md5, config.identity(world.size), device,
+                           script=__file__, max_batches=args.max_batches)  # fmt: skip
     fit = partial(train, model, data, config, generator=generator, device=device, world=world,
                   max_batches=args.max_batches, resume=resume)  # fmt: skip
     with ddp.process_group(world, device):
         if not world.is_main:  # rank 0 alone writes the curves and the outputs
             return fit()
         with Live(args.live_dir, save_dvc_exp=False, dvcyaml=None, report=None) as live:
-            result = fit(on_epoch=partial(log_epoch, live))
+            result = fit(on_epoch=partial(log_epoch, live))  # dvclive's curves
     save_checkpoint(args.model, model.cpu(), data.class_names, data.img_size,
                     train_config=resume.identity.train_config, prepared_md5=data_md5)  # fmt: skip
     write_json(args.metrics, {"best_epoch": result.best_epoch})  # the model's: evaluate scores it

@@ -4,6 +4,7 @@ lines because those three paths share one loop, which is what keeps their bits e
 
 import contextlib
 import copy
+import functools
 import logging
 import math
 from collections.abc import Callable
@@ -110,6 +111,14 @@ def augment_batch(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     grid = F.affine_grid(theta.to(x.device), list(x.shape), align_corners=False)
     # Border padding: a rotated corner repeats the edge instead of turning black.
     return F.grid_sample(x, grid, padding_mode="border", align_corners=False)
+
+
+def log_epoch(live, record: dict) -> None:
+    """One epoch's record into dvclive (`dvclive.Live`): its step, curves and summary."""
+    live.step = record["epoch"]
+    for key in ("train_loss", "train_acc", "val_loss", "val_acc", "lr"):
+        live.log_metric(key.replace("_", "/"), record[key])
+    live.make_summary()
 
 
 def rank_batch_size(batch_size: int, world_size: int) -> int:
@@ -298,7 +307,7 @@ def train(
     result, stopping = TrainResult(), EarlyStopping(config.patience)
 
     start_epoch, start_batch, sums = 1, 0, (0.0, 0, 0)
-    saved = None if resume is None else load_state(resume.path, resume.identity, world.size)
+    saved = None if resume is None else load_state(resume.path, resume.identity, world)
     if saved is not None:
         # Weights before DDP wraps the model: it copies rank 0's to every rank.
         model.load_state_dict(saved.model)
@@ -319,8 +328,9 @@ def train(
         if world.is_main:
             where = saved.where(config.epochs, n_batches)
             log.info("train: resuming at %s from %s", where, resume.path)
-        for record in result.history if on_epoch is not None else ():
-            on_epoch(record)  # dvclive's curves, rebuilt from the saved records
+        for record in result.history:
+            if on_epoch is not None:
+                on_epoch(record)  # dvclive's curves, rebuilt from the saved records
     network = model
     if world.size > 1:
         # DDP copies rank 0's weights to every rank, then averages the gradients.
@@ -346,20 +356,24 @@ def train(
         if world.is_main:
             save_state(resume.path, state, resume.identity)
         if asked:
+            if world.size > 1:
+                dist.barrier()  # no rank exits (and makes the launcher stop rank 0) mid-save
             where = state.where(config.epochs, n_batches)
             raise Stopped(f"stopped by {stops.received}, with the state saved at {where}")
+
+    def at_boundary(epoch: int, epoch_generator, done: int, epoch_sums) -> None:
+        """After batch `done` of `epoch`: a save is due every `checkpoint_every` batches,
+        counted over the whole run (so a value above an epoch's batches still saves)."""
+        every, step = config.checkpoint_every, (epoch - 1) * n_batches + done
+        boundary(epoch, done, epoch_sums, epoch_generator, due=every > 0 and step % every == 0)
 
     with StopRequests() if resume is not None else contextlib.nullcontext() as stops:
         for epoch in range(start_epoch, config.epochs + 1):
             if world.size > 1:
                 sampler.set_epoch(epoch)  # a new order each epoch, the same on every rank
-            at_boundary = None
-            if resume is not None:
-                every, epoch_generator = config.checkpoint_every, generator.get_state()
-
-                def at_boundary(done, epoch_sums, epoch=epoch, start=epoch_generator, every=every):
-                    boundary(epoch, done, epoch_sums, start, due=every > 0 and done % every == 0)
-
+            hook = None
+            if resume is not None:  # the generator as the epoch begins decides its order
+                hook = functools.partial(at_boundary, epoch, generator.get_state())
             train_loss, train_acc = train_epoch(
                 network,
                 loader,
@@ -372,7 +386,7 @@ def train(
                 world=world,
                 start=start_batch,
                 sums=sums,
-                at_boundary=at_boundary,
+                at_boundary=hook,
             )
             start_batch, sums = 0, (0.0, 0, 0)
             if world.size > 1:
@@ -416,6 +430,9 @@ def train(
                     stopping.best_epoch,
                 )
                 break
+        if stops is not None and stops.received and world.is_main:
+            # Asked during the last epoch's end, where nothing is left to save for.
+            log.info("train: %s came after the last point to stop at; finishing", stops.received)
 
     result.best_epoch, result.best_val_loss = stopping.best_epoch, stopping.best_loss
     if stopping.best_state is not None:

@@ -18,8 +18,7 @@ import logging
 import os
 import random
 import signal
-import sys
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,28 +27,26 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from imgrec import kernels
 from imgrec.errors import first_line
 from imgrec.files import atomic_file
 from imgrec.runtime import World
+from imgrec.stage_deps import derived_deps
 
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 
 
-def code_md5(extra_files: Iterable[str | os.PathLike] = ()) -> str:
-    """One md5 over the imgrec modules this process has loaded, plus `extra_files` (the
-    stage script): the code the train stage runs, derived rather than listed."""
-    files = {
-        Path(module.__file__).resolve()
-        for name, module in list(sys.modules.items())
-        if (name == "imgrec" or name.startswith("imgrec.")) and getattr(module, "__file__", None)
-    }
-    files |= {Path(f).resolve() for f in extra_files}
+def code_md5(script: str | os.PathLike) -> str:
+    """One md5 over a stage script and the package files it imports: the train stage's
+    code deps, derived from the import graph as dvc.yaml's are (`stage_deps`)."""
+    script = Path(script).resolve()
+    root = script.parents[1]  # stages/X.py sits beside src/
     digest = hashlib.md5()
-    for file in sorted(files):
-        digest.update(file.name.encode())
-        digest.update(file.read_bytes())
+    for name in [*derived_deps(root, script), script.relative_to(root).as_posix()]:
+        digest.update(name.encode())
+        digest.update((root / name).read_bytes())
     return digest.hexdigest()
 
 
@@ -60,6 +57,9 @@ class RunIdentity:
     prepared_md5: str
     train_config: dict  # the fields that decide the bits, nproc as the world size
     code_md5: str
+    # Where it computes: the device, threads per rank, and with native kernels the CPU.
+    compute: str = ""
+    max_batches: int | None = None  # the smoke tests' cap on batches per epoch
     libraries: str = f"torch {torch.__version__}, numpy {np.__version__}"
 
     def difference(self, other: dict) -> str | None:
@@ -67,6 +67,8 @@ class RunIdentity:
         names = {
             "prepared_md5": "the prepared data",
             "code_md5": "the code",
+            "compute": "the device, threads or native kernels' CPU",
+            "max_batches": "--max-batches",
             "libraries": "the torch or numpy version",
         }
         if other.get("train_config") != self.train_config:
@@ -166,11 +168,24 @@ def save_state(path: str | os.PathLike, state: TrainState, identity: RunIdentity
         os.fsync(handle.fileno())
 
 
-def load_state(
-    path: str | os.PathLike, identity: RunIdentity, world_size: int
-) -> TrainState | None:
-    """The saved state if it is this run's; else None, with one line saying why not."""
-    path = Path(path)
+def load_state(path: str | os.PathLike, identity: RunIdentity, world: World) -> TrainState | None:
+    """The saved state if it is this run's; else None, with one line saying why not.
+
+    Rank 0 reads and decides, and under DDP every rank gets its answer: all ranks resume
+    alike, even where only rank 0's machine holds the file.
+    """
+    state = _read_state(Path(path), identity) if world.is_main else None
+    if world.size > 1:
+        shared = [state]
+        dist.broadcast_object_list(shared, src=0)
+        state = shared[0]
+    return state
+
+
+IGNORED = "train: ignoring %s: %s; starting fresh"  # one line, whatever the reason
+
+
+def _read_state(path: Path, identity: RunIdentity) -> TrainState | None:
     if not path.exists():
         return None
     try:
@@ -178,19 +193,15 @@ def load_state(
         if payload.get("format") != FORMAT_VERSION:
             raise ValueError(f"format {payload.get('format')!r}, not {FORMAT_VERSION}")
         differs = identity.difference(payload["identity"])
+        if differs:
+            log.info(IGNORED, path, f"another run's ({differs} differs)")
+            return None
         fields_ = dict(payload["state"])
         ranks = [RankState(**rank) for rank in fields_.pop("ranks")]
-        state = TrainState(**fields_, ranks=ranks)
-        if not differs and len(ranks) != world_size:
-            raise ValueError(f"{len(ranks)} ranks' states, not {world_size}")
+        return TrainState(**fields_, ranks=ranks)
     except Exception as error:  # a truncated or foreign file is no reason to stop training
-        why = first_line(error)
-        log.info("train: ignoring %s: it cannot be read (%s); starting fresh", path, why)
+        log.info(IGNORED, path, f"it cannot be read ({first_line(error)})")
         return None
-    if differs:
-        log.info("train: ignoring %s: another run's (%s differs); starting fresh", path, differs)
-        return None
-    return state
 
 
 @dataclass(frozen=True)
@@ -201,10 +212,16 @@ class Resume:
     identity: RunIdentity
 
     @classmethod
-    def of_run(cls, path, prepared_md5: str, train_config: dict, *, script) -> "Resume":
+    def of_run(cls, path, prepared_md5: str, train_config: dict, device: torch.device, *,
+               script, max_batches: int | None) -> "Resume":  # fmt: skip
         """This run: its data, its bit-deciding config (`TrainConfig.identity`), its code
-        (the imgrec modules loaded so far and the stage `script`) and libraries."""
-        return cls(Path(path), RunIdentity(prepared_md5, train_config, code_md5([script])))
+        (the stage `script` and what it imports), where it computes, and its libraries.
+        Portable kernels give the same bits on any x86-64 CPU; native ones are the CPU's."""
+        compute = f"device {device}, {torch.get_num_threads()} threads"
+        if train_config["kernels"] == "native":
+            compute += f"; {kernels.machine_line()}"
+        identity = RunIdentity(prepared_md5, train_config, code_md5(script), compute, max_batches)
+        return cls(Path(path), identity)
 
     def finished(self) -> None:
         """After a successful run (outputs written): nothing is left to resume."""
@@ -232,7 +249,10 @@ class StopRequests:
             signal.signal(signum, handler)
 
     def _record(self, signum: int, frame: object) -> None:
-        self.received = signal.Signals(signum).name
+        name = signal.Signals(signum).name
+        if signum == signal.SIGINT and self.received == name:
+            raise KeyboardInterrupt("stopped by a second Ctrl-C, without saving")
+        self.received = name
 
     def any_rank(self, world: World, device: torch.device) -> bool:
         """Whether any rank was asked to stop: under DDP all ranks stop at the same batch
