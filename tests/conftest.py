@@ -7,6 +7,7 @@ import imgrec  # noqa: F401 - first: it picks the CPU kernels before numpy and t
 import importlib.util
 import io
 import json
+import os
 import sys
 import typing
 from collections.abc import Sequence
@@ -146,6 +147,18 @@ def train_stage_command(project: Path, prepared: Path, params: dict, *extra: str
         "--model", "models/model.pt", "--live-dir", "dvclive", "--metrics", "train.json",
         "--state", ".imgrec/train-state.pt", *extra,
     ]  # fmt: skip
+
+
+def processes_in(folder: Path) -> list[int]:
+    """Pids of this machine's processes whose working directory is `folder` (Linux)."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if Path(os.readlink(f"/proc/{pid}/cwd")) == folder:
+                found.append(int(pid))
+        except OSError:  # gone, or not ours to read
+            continue
+    return found
 
 
 def stage_configs() -> dict[str, type]:

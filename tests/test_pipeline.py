@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 import yaml
+from conftest import processes_in
 from PIL import Image
 
 from imgrec import kernels
@@ -193,21 +194,23 @@ def test_forced_rerun_rewrites_identical_bytes(project):
 
 
 @pytest.mark.parametrize(
-    ("stage", "marker", "at_most_s", "rerun_says"),
+    ("stage", "marker", "at_most_s", "rerun_says", "whole_group"),
     [
         # fetch of 200 digits takes about a second, most of it Python's start: kill early.
-        ("fetch", "data/.raw.parquet.tmp", 0.3, None),
-        ("prepare", "data/.prepared.tmp/staging.npy", 1.5, None),
-        ("train", "dvclive/plots/metrics/train/loss.tsv", 1.5, None),
+        ("fetch", "data/.raw.parquet.tmp", 0.3, None, True),
+        ("prepare", "data/.prepared.tmp/staging.npy", 1.5, None, True),
+        ("train", "dvclive/plots/metrics/train/loss.tsv", 1.5, None, True),
         # Killed once epoch 1's state is saved: the rerun trains epoch 2 alone.
-        ("train", ".imgrec/train-state.pt", 60, "train: resuming at epoch 2 of 2 from "),
+        ("train", ".imgrec/train-state.pt", 60, "train: resuming at epoch 2 of 2 from ", True),
+        # dvc alone killed (say by the OOM killer): its stage must end too, not race the rerun.
+        ("train", ".imgrec/train-state.pt", 60, None, False),
     ],
 )
 def test_a_killed_stage_leaves_nothing_a_later_stage_accepts(
-    project, tmp_path, stage, marker, at_most_s, rerun_says
+    project, tmp_path, stage, marker, at_most_s, rerun_says, whole_group
 ):
-    """SIGKILL `dvc repro` while `stage` writes; the next `dvc repro` gives the same results
-    (and resumes training where it was saved)."""
+    """SIGKILL `dvc repro` (its process group, or dvc alone) while `stage` writes; the next
+    `dvc repro` gives the same results (and resumes training where it was saved)."""
     copy = tmp_path / "project"
     shutil.copytree(
         project,
@@ -223,7 +226,9 @@ def test_a_killed_stage_leaves_nothing_a_later_stage_accepts(
         stdout=log,
         stderr=subprocess.STDOUT,
         start_new_session=True,
-        env=dvc_env(copy),
+        # DVC runs a stage in $SHELL, which bash replaces with the stage (exec): the stage's
+        # parent is then dvc itself.
+        env=dvc_env(copy) | {"SHELL": shutil.which("bash") or "/bin/sh"},
     )
     started = None
     while process.poll() is None:
@@ -231,10 +236,17 @@ def test_a_killed_stage_leaves_nothing_a_later_stage_accepts(
         started = started or (time.monotonic() if running else None)
         # Mid-write if we catch the partial file; else at least mid-stage.
         if (copy / marker).exists() or (started and time.monotonic() - started > at_most_s):
-            os.killpg(process.pid, signal.SIGKILL)
+            if whole_group:
+                os.killpg(process.pid, signal.SIGKILL)
+            else:
+                os.kill(process.pid, signal.SIGKILL)
             break
         time.sleep(0.005)
     process.wait()
+    deadline = time.monotonic() + 60
+    while processes_in(copy):
+        assert time.monotonic() < deadline, f"{stage} outlived the dvc that ran it"
+        time.sleep(0.05)
     log.close()
     assert process.returncode == -signal.SIGKILL, f"dvc repro ended before {stage} was killed"
 

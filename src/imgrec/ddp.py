@@ -7,7 +7,6 @@ Each rank is the same stage script with the same arguments; `runtime.World` tell
 it which rank it is.
 """
 
-import ctypes
 import logging
 import os
 import signal
@@ -82,7 +81,6 @@ def process_group(world: World, device: torch.device) -> Iterator[None]:
     if world.size == 1:
         yield
         return
-    _die_with_the_launcher()
     if not world.is_main:
         logging.getLogger().setLevel(logging.WARNING)
     cuda = device.type == "cuda"
@@ -96,18 +94,6 @@ def process_group(world: World, device: torch.device) -> Iterator[None]:
         raise ImgrecError(f"rank {world.rank} of {world.size} stopped as another did.") from None
     finally:
         dist.destroy_process_group()
-
-
-PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
-
-
-def _die_with_the_launcher() -> None:
-    """End this rank when the process that started it ends. The launcher starts each rank in
-    a session of its own, so a launcher killed outright (SIGKILL, the OOM killer) cannot
-    stop it: an orphaned rank would train on, and write outputs and the resumable state
-    behind DVC's back, racing the rerun."""
-    if sys.platform == "linux":
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 # How gloo reports a peer that exited (NCCL waits for the launcher to stop the rank).

@@ -6,6 +6,7 @@ through a shell. User errors end in one `error:` line and exit status 1.
 """
 
 import argparse
+import ctypes
 import errno
 import logging
 import os
@@ -49,6 +50,19 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt(f"stopped by {signal.Signals(signum).name}")
 
 
+PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+
+
+def _end_with_the_parent() -> None:
+    """SIGTERM this stage when the process that started it ends. `dvc repro` killed
+    outright (SIGKILL, the OOM killer) cannot stop its stage, nor can torchrun's launcher
+    its ranks, which it starts in sessions of their own: an orphan would work on behind
+    DVC's back and race the rerun. SIGTERM, not SIGKILL, so training saves its state first
+    (the setting outlives the kernels' restart: execve keeps it)."""
+    if sys.platform == "linux":
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 _RESTARTED = "IMGREC_RESTARTED"  # set in a restarted stage, so it never restarts twice
 
 
@@ -73,6 +87,7 @@ def run(
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
     # SIGTERM unwinds like Ctrl-C: atomic writes drop their temp files, pools end workers.
     signal.signal(signal.SIGTERM, _interrupt)
+    _end_with_the_parent()
     name = Path(sys.argv[0]).stem
     try:
         parser = StageParser(prog=f"stages/{name}.py", description=sys.modules["__main__"].__doc__)
