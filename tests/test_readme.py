@@ -1,6 +1,7 @@
 """README.md stays true: its console examples print what it shows, its statements about what
 an edit reruns match dvc.yaml, and every benchmarks/RESULTS.md section it cites exists."""
 
+import hashlib
 import os
 import re
 import shlex
@@ -21,6 +22,20 @@ STAGES = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
 
 # What the query examples read: pipeline outputs, git-ignored, made by `dvc repro`.
 QUERY_NEEDS = ("models/model.pt", "data/embeddings", "data/prepared", "data/raw.parquet")
+
+
+def why_not_the_committed_outputs() -> str | None:
+    """Why the workspace cannot show the README's numbers: outputs missing, or not the
+    committed run's (another experiment's model, say); None when they are."""
+    missing = [p for p in QUERY_NEEDS if not (ROOT / p).exists()]
+    if missing:
+        return f"no {', '.join(missing)}: run `dvc repro` to check this example"
+    lock = yaml.safe_load((ROOT / "dvc.lock").read_text())["stages"]
+    for stage, path in (("fetch", "data/raw.parquet"), ("train", "models/model.pt")):
+        committed = next(o["md5"] for o in lock[stage]["outs"] if o["path"] == path)
+        if hashlib.md5((ROOT / path).read_bytes()).hexdigest() != committed:
+            return f"{path} is not the committed run's: `dvc repro` (or `dvc checkout`) first"
+    return None
 
 
 @dataclass(frozen=True)
@@ -82,9 +97,9 @@ def make_query_folder(folder: Path) -> None:
 @pytest.fixture(scope="module")
 def outputs(tmp_path_factory) -> dict[str, subprocess.CompletedProcess]:
     """Each runnable example's combined stdout and stderr; all start at once to save time."""
-    missing_outputs = [p for p in QUERY_NEEDS if not (ROOT / p).exists()]
+    not_committed = why_not_the_committed_outputs()
     query_folder = tmp_path_factory.mktemp("readme")
-    if not missing_outputs:
+    if not not_committed:
         make_query_folder(query_folder)
     env = dict(os.environ)
     # The README's numbers are the committed CPU run's, with portable kernels: a visible GPU
@@ -93,7 +108,7 @@ def outputs(tmp_path_factory) -> dict[str, subprocess.CompletedProcess]:
     env.pop("IMGREC_KERNELS", None)
     running = {}
     for example in EXAMPLES:
-        if is_query(example) and missing_outputs:
+        if is_query(example) and not_committed:
             continue
         running[example.command] = subprocess.Popen(
             argv(example.command),
@@ -118,9 +133,9 @@ def test_readme_shows_the_query_command_and_dvc_metrics_show():
 
 @pytest.mark.parametrize("example", EXAMPLES, ids=[e.command for e in EXAMPLES])
 def test_readme_example_prints_what_the_readme_shows(example: Example, outputs):
-    missing_outputs = [p for p in QUERY_NEEDS if not (ROOT / p).exists()]
-    if is_query(example) and missing_outputs:
-        pytest.skip(f"no {', '.join(missing_outputs)}: run `dvc repro` to check this example")
+    not_committed = why_not_the_committed_outputs()
+    if is_query(example) and not_committed:
+        pytest.skip(not_committed)
     run = outputs[example.command]
     assert run.returncode == 0, run.stdout
     # A mismatch with the committed run's outputs in place means the README (or the code) is

@@ -25,3 +25,10 @@ def test_the_committed_params_on_the_cpu_are_held_to_bit_identity(tmp_dir):
     (tmp_dir / "params.yaml").write_text(yaml.safe_dump(COMMITTED))
     strict, why = bits_expected(COMMITTED)
     assert strict and why == "x86-64 with AVX2 or better, portable kernels, the CPU"
+
+
+@pytest.mark.skipif(not kernels.applies_here(), reason="portable kernels are x86-64 ones")
+@pytest.mark.parametrize("change", [{"checkpoint_every": 100}, {"dask_scheduler": "tcp://h:1"}])
+def test_params_that_decide_no_bit_keep_bit_identity(tmp_dir, change):
+    (tmp_dir / "params.yaml").write_text(yaml.safe_dump(COMMITTED | change))
+    assert bits_expected(COMMITTED)[0]

@@ -155,6 +155,11 @@ def read_tolerances(path: str) -> dict:
     return declared
 
 
+# Params that decide no output bit: when to save training's state, and where Dask runs
+# (the outputs are the same bytes on any scheduler; tests compare them).
+BIT_NEUTRAL_PARAMS = frozenset({"checkpoint_every", "dask_scheduler"})
+
+
 def bits_expected(committed_params: dict | None = None) -> tuple[bool, str]:
     """Whether this machine and params.yaml promise bit-identical outputs, and why (not).
 
@@ -163,11 +168,12 @@ def bits_expected(committed_params: dict | None = None) -> tuple[bool, str]:
     trains another model; such a run is held to the declared tolerances.
     """
     params = yaml.safe_load(Path("params.yaml").read_text()) or {}
-    if committed_params is not None and params != committed_params:
-        changed = sorted(
-            key for key in params.keys() | committed_params.keys()
-            if params.get(key) != committed_params.get(key)
-        )  # fmt: skip
+    committed = params if committed_params is None else committed_params
+    changed = sorted(
+        key for key in params.keys() | committed.keys()
+        if key not in BIT_NEUTRAL_PARAMS and params.get(key) != committed.get(key)
+    )  # fmt: skip
+    if changed:
         return False, f"other params than the committed run's ({', '.join(changed)})"
     if not kernels.applies_here():
         return False, f"a {platform.machine()} CPU (portable kernels are x86-64 AVX2 ones)"

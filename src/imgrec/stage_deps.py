@@ -79,24 +79,33 @@ def stale_stages(root: Path) -> dict[str, list[str]]:
     return stale
 
 
-_PACKAGE_DEP = re.compile(rf"^(\s+)- src/{PACKAGE}/\S+\.py\s*$")
+_PACKAGE_DEP = re.compile(rf"^\s+- src/{PACKAGE}/\S+\.py\s*$")
+_LIST_ITEM = re.compile(r"^(\s+)- ")
 
 
 def rewrite(text: str, stale: dict[str, list[str]]) -> str:
-    """dvc.yaml's text with each stale stage's package deps replaced by the derived ones,
-    where its first package dep stood; every other line as it was."""
-    lines, out, stage, written = text.splitlines(keepends=True), [], None, False
-    for line in lines:
+    """dvc.yaml's text with each stale stage's package deps replaced by the derived ones, in
+    place of its old ones (or at the end of its deps list, for a stage that had none);
+    every other line as it was."""
+    out, stage, in_deps, pending, indent = [], None, False, [], "      "
+    for line in text.splitlines(keepends=True):
+        item = _LIST_ITEM.match(line)
+        if in_deps and not item:  # the deps list has ended: what is still due goes here
+            out += [f"{indent}- {path}\n" for path in pending]
+            in_deps, pending = False, []
         header = re.match(r"^  ([A-Za-z_][\w-]*):\s*$", line)
         if header:
-            stage, written = header.group(1), False
-        dep = _PACKAGE_DEP.match(line)
-        if dep and stage in stale:
-            if not written:
-                out += [f"{dep.group(1)}- {path}\n" for path in stale[stage]]
-                written = True
-            continue
+            stage = header.group(1)
+        elif stage in stale and re.match(r"^    deps:\s*$", line):
+            in_deps, pending = True, list(stale[stage])
+        elif in_deps and item:
+            indent = item.group(1)
+            if _PACKAGE_DEP.match(line):
+                out += [f"{indent}- {path}\n" for path in pending]  # where the old ones began
+                pending = []
+                continue
         out.append(line)
+    out += [f"{indent}- {path}\n" for path in pending]
     return "".join(out)
 
 
