@@ -103,6 +103,21 @@ def tagged_images(count: int, start: int = 0) -> list[bytes]:
 
 
 @pytest.fixture
+def deterministic_torch():
+    """Deterministic kernels on 2 threads, as a stage runs; make_deterministic changes
+    process-wide torch state, so it is put back after the test."""
+    import torch
+
+    from imgrec import runtime
+
+    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    runtime.make_deterministic(2)
+    yield
+    torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(deterministic)
+
+
+@pytest.fixture
 def tmp_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """tmp_path, made the working directory for the test (as dvclive's fixture does)."""
     monkeypatch.chdir(tmp_path)

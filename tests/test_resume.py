@@ -26,15 +26,7 @@ from imgrec.train_state import Resume, RunIdentity
 
 IMG_SIZE, N_CLASSES = 16, 4
 CONFIG = TrainConfig(batch_size=8, epochs=3, augment=True, patience=10)  # 4 batches an epoch
-
-
-@pytest.fixture(autouse=True)
-def deterministic_torch():
-    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
-    runtime.make_deterministic(2)
-    yield
-    torch.set_num_threads(threads)
-    torch.use_deterministic_algorithms(deterministic)
+pytestmark = pytest.mark.usefixtures("deterministic_torch")
 
 
 @pytest.fixture(scope="module")

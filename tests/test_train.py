@@ -18,16 +18,7 @@ from imgrec.runtime import World
 from imgrec.train import TrainConfig, augment_batch, rank_batch_size, train
 
 IMG_SIZE, N_IMAGES, N_CLASSES = 16, 40, 4
-
-
-@pytest.fixture(autouse=True)
-def deterministic_torch():
-    """make_deterministic changes process-wide torch state: put it back after each test."""
-    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
-    runtime.make_deterministic(2)
-    yield
-    torch.set_num_threads(threads)
-    torch.use_deterministic_algorithms(deterministic)
+pytestmark = pytest.mark.usefixtures("deterministic_torch")
 
 
 @pytest.fixture(scope="module")
