@@ -56,7 +56,10 @@ def hash_matches(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Every (query, position in `phashes`) pair within `max_bits` Hamming bits, with its
     bits, as three (M,) int64 arrays, by query (exhaustive: FAISS's binary flat index)."""
-    import faiss
+    import logging
+
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # as neighbors.load_faiss
+    import faiss  # not through neighbors: that imports torch, which prepare never loads
 
     index = faiss.IndexBinaryFlat(PHASH_BITS)
     index.add(_codes(phashes))
@@ -98,6 +101,14 @@ def colours(fingerprints: list[Fingerprint]) -> np.ndarray:
     return np.array([f.colour for f in fingerprints], np.float32).reshape(-1, 3)
 
 
+def members(groups: np.ndarray) -> list[np.ndarray]:
+    """The positions of each group of two or more (`groups`: (N,) a group per position),
+    ascending, groups in the order of their first position."""
+    order = np.argsort(groups, kind="stable")
+    runs = np.split(order, np.flatnonzero(np.diff(groups[order])) + 1)
+    return sorted((run for run in runs if len(run) > 1), key=lambda run: run[0])
+
+
 def duplicate_groups(
     fingerprints: list[Fingerprint], max_bits: int
 ) -> tuple[np.ndarray, list[dict]]:
@@ -115,11 +126,8 @@ def duplicate_groups(
     groups = group_pairs(n, first, second)
     widest = np.zeros(n, np.int64)  # per group: the most bits a link of it spans
     np.maximum.at(widest, groups[first], bits)
-    order = np.argsort(groups, kind="stable")
     found = []
-    for positions in np.split(order, np.flatnonzero(np.diff(groups[order])) + 1):
-        if len(positions) < 2:
-            continue
+    for positions in members(groups):
         group = groups[positions[0]]
         exact = len({fingerprints[p].pixel_hash for p in positions}) == 1
         found.append({

@@ -61,7 +61,7 @@ def load_image_hashes(path: str | os.PathLike) -> ImageHashes:
             duplicate_groups=table.column("duplicate_group").to_numpy(),
             near_duplicate_bits=int(table.schema.metadata[b"near_duplicate_bits"]),
         )
-    except (OSError, KeyError, ValueError, pa.ArrowException) as error:
+    except (OSError, KeyError, ValueError, TypeError, pa.ArrowException) as error:
         raise ImgrecError(
             f"the image hashes {path} are unreadable or from an older imgrec ({error}); "
             "run `dvc repro prepare` to remake them."
