@@ -42,10 +42,12 @@ from imgrec.query import (
     DEFAULT_PREPARED,
     Recommender,
     UnusableQuery,
+    classify_answer,
     describe,
     find_repo_root,
     has_dvc_remote,
     load_images,
+    recommend_answer,
 )
 
 # torch, fsspec, scikit-learn and matplotlib load inside the commands that need them,
@@ -143,13 +145,7 @@ def cmd_recommend(args: argparse.Namespace) -> int:
     try:
         if args.json:
             answers = [
-                {
-                    "query": s,
-                    "no_close_match": n.no_close_match,
-                    "appearance_similarity": n.appearance_similarity,
-                    "results": [vars(neighbor) for neighbor in r],
-                }
-                for s, n, r in zip(sources, novel, results, strict=True)
+                recommend_answer(s, r, n) for s, n, r in zip(sources, novel, results, strict=True)
             ]
             print(json.dumps(_in_given_order(args.images, answers, failed, "query"), indent=2))
         else:
@@ -183,8 +179,8 @@ def cmd_classify(args: argparse.Namespace) -> int:
         print(f"warning: no novelty check ({recommender.why_no_catalog})", file=sys.stderr)
     sources, images, failed = _load_queries(args.images, recommender.img_size)
     predictions = [
-        {"image": source, "label": label, "probability": probability, "no_close_match": novel}
-        for source, (label, probability, novel) in zip(
+        classify_answer(source, *prediction)
+        for source, prediction in zip(
             sources, recommender.classify(images, args.batch_size), strict=True
         )
     ]
