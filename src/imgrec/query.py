@@ -181,9 +181,7 @@ def check_catalog(model_path: Path, catalog: Catalog) -> None:
 
 def search(catalog: Catalog, queries: np.ndarray, top_k: int) -> list[list[Neighbor]]:
     """The top-k catalog items for each query embedding, best first."""
-    from imgrec.neighbors import ExactIndex
-
-    scores, positions = ExactIndex().fit(catalog.embeddings).search(queries, top_k)  # (Q, k)
+    scores, positions = catalog.embedding_index.search(queries, top_k)  # (Q, k)
     return [
         [
             Neighbor(
