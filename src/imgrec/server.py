@@ -162,6 +162,7 @@ class Served:
             )
         audit = load_report(config.audit) if config.audit is not None else None
         catalog = recommender.catalog
+        _ = catalog.embedding_index, catalog.appearance_index  # fitted now, not in a request
         is_val = np.zeros(len(catalog.row_ids), dtype=bool)
         is_val[catalog.val_index] = True
         flags = _item_flags(audit)
