@@ -83,7 +83,7 @@ def test_indexes_smoke_run_prints_recall_for_every_setting(tmp_path: Path):
     searches = ["-", "ivf_nprobe=1", "ivf_nprobe=4", "hnsw_ef_search=16"]
     assert [row[3] for row in rows[1:]] == searches
     assert rows[1][4] == "1 (truth)"
-    recalls = [float(row[4]) for row in rows[2:]]
+    recalls = [float(row[4]) for row in rows[1:]]
     assert all(0 < value <= 1 for value in recalls) and recalls[0] <= recalls[1]
     assert all(float(cell) > 0 for row in rows[1:] for cell in row[5:]), rows
     assert "(nlist 76)" in rows[2][0]  # 3000 vectors: 39 training points per list at most
@@ -116,3 +116,22 @@ def test_resume_smoke_run_prints_the_cost_of_saving(tmp_path: Path):
         value = float(rows[metric][0].split()[0])
         assert math.isfinite(value) and value > 0, rows
     assert float(rows["MB per saved state"][0]) > 30  # weights, Adam's two moments, best weights
+
+
+def test_serve_smoke_run_answers_every_request(tmp_path: Path):
+    command = [sys.executable, str(ROOT / "benchmarks" / "serve.py"), "--smoke"]
+    command += ["--data-dir", str(tmp_path / "data"), "--work-dir", str(tmp_path / "work")]
+    run = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+
+    rows = [line.strip(" |").split(" | ") for line in run.stdout.splitlines() if line[:2] == "| "]
+    assert rows[0][:6] == ["clients", "requests", "errors", "requests/s", "p50 ms", "p99 ms"]
+    assert [(row[0], row[1], row[2]) for row in rows[1:]] == [
+        ("1", "8", "0"), ("2", "8", "0"), ("2", "16", "0")
+    ]  # fmt: skip
+    assert all(
+        math.isfinite(float(cell)) and float(cell) > 0 for row in rows[1:] for cell in row[3:]
+    )
+    assert re.search(r"server PSS: \d+ MB loaded, before any query; peak RSS of a process \d+ MB",
+                     run.stdout), run.stdout  # fmt: skip
+    assert "identical bits: " in run.stdout
