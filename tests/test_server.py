@@ -428,9 +428,11 @@ def test_the_api_is_documented(server):
     [
         (["--host", "0.0.0.0"], "--host 0.0.0.0 would serve beyond this machine with no token"),
         (["--host", "::", "--token", ""], "the token is empty"),
+        (["--max-upload-mb", "inf"], "--max-upload-mb must be a positive size, got inf."),
+        (["--port", "70000"], "--port must be between 1 and 65535, got 70000."),
     ],
 )
-def test_another_host_without_a_token_refuses_to_start(project, options, says):
+def test_a_bad_setting_refuses_to_start_with_one_line(project, options, says):
     done = subprocess.run(
         [sys.executable, "-m", "imgrec", "serve", *options],
         cwd=project, capture_output=True, text=True, timeout=120,

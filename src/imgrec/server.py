@@ -115,8 +115,10 @@ class ServeConfig:
                 f"--host {self.host} would serve beyond this machine with no token: set one "
                 "(IMGREC_TOKEN or --token), or pass --no-token to serve without one."
             )
-        if not self.max_upload_mb > 0:
-            raise ImgrecError(f"--max-upload-mb must be positive, got {self.max_upload_mb}.")
+        if not 0 < self.max_upload_mb < 2**20:  # a number of MB; also refuses nan and inf
+            raise ImgrecError(f"--max-upload-mb must be a positive size, got {self.max_upload_mb}.")
+        if not 0 < self.port < 2**16:
+            raise ImgrecError(f"--port must be between 1 and 65535, got {self.port}.")
 
     @property
     def max_upload_bytes(self) -> int:
