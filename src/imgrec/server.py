@@ -299,9 +299,8 @@ def create_app(config: ServeConfig, served: Served | None = None) -> FastAPI:
         "`classify --json` give for one image. The page at `/` browses the catalog.",
     )
     app.add_middleware(UploadLimit, max_bytes=config.max_upload_bytes)
-    api = APIRouter(prefix="/api")
-    if config.token:
-        api = APIRouter(prefix="/api", dependencies=[Depends(token_check(config.token))])
+    token = [Depends(token_check(config.token))] if config.token else []
+    api = APIRouter(prefix="/api", dependencies=token)
     catalog = served.recommender.catalog
 
     @api.get("/health")
