@@ -115,7 +115,7 @@ def fetch_seed(cfg: dict) -> dict:
 def prepare_imgrec(cfg: dict) -> dict:
     Path(cfg["prepared"]).mkdir(parents=True, exist_ok=True)
     config = PrepareConfig.from_params(cfg["params"])
-    counts, seconds = clocked(prepare, cfg["raw"], cfg["prepared"], config)
+    (counts, _), seconds = clocked(prepare, cfg["raw"], cfg["prepared"], config)
     return timed(counts["images"], seconds)
 
 

@@ -1,17 +1,24 @@
-"""Stage prepare: decode every image once, resize, split train/val, count what was skipped."""
+"""Stage prepare: decode every image once, resize, group duplicates, split train/val
+keeping each group on one side, count what was skipped."""
 
 from imgrec import stage
 from imgrec.files import atomic_dir, write_json
+from imgrec.image_hashes import save_image_hashes
 from imgrec.prepare import PrepareConfig, prepare
 
 
 def main(args, config: PrepareConfig) -> None:
     with atomic_dir(args.out) as tmp:
-        counts = prepare(args.data, tmp, config)
-    write_json(args.report, counts)  # skips by reason, split sizes: opened on purpose
-    headline = {"rows_used": counts["images"], "rows_skipped": counts["rows_skipped"]}
+        counts, hashes = prepare(args.data, tmp, config)
+    save_image_hashes(args.hashes, hashes)
+    write_json(args.report, counts)  # skips by reason, duplicate groups, split sizes
+    headline = {
+        "rows_used": counts["images"],
+        "rows_skipped": counts["rows_skipped"],
+        "duplicate_rows": counts["duplicate_rows"],
+    }
     write_json(args.metrics, headline)
 
 
 if __name__ == "__main__":
-    stage.run(main, PrepareConfig, ["data", "out", "metrics", "report"])
+    stage.run(main, PrepareConfig, ["data", "out", "hashes", "metrics", "report"])

@@ -1,7 +1,12 @@
-"""Stage recommend: the top-k most similar items for every item, and retrieval metrics."""
+"""Stage recommend: the top-k most similar items for every item, duplicates collapsed, and
+retrieval metrics."""
+
+import numpy as np
 
 from imgrec import stage
+from imgrec.audit_report import load_report
 from imgrec.catalog import load_catalog
+from imgrec.duplicates import collapsed_search
 from imgrec.files import write_json
 from imgrec.neighbors import make_index
 from imgrec.recommend import RecommendConfig, retrieval_metrics
@@ -11,9 +16,14 @@ from imgrec.recommendations import Recommendations, save_recommendations
 def main(args, config: RecommendConfig) -> None:
     catalog = load_catalog(args.embeddings, args.prepared)
     index = make_index(config).fit(catalog.embeddings)
-    scores, neighbors = index.search_catalog(config.top_k)  # (N, k) positions
-    metrics = retrieval_metrics(catalog.labels[neighbors], catalog.labels)
+    n = len(catalog.row_ids)
+    if config.collapse_duplicates:
+        groups = load_report(args.audit).duplicate_groups(catalog.row_ids)
+    else:
+        groups = np.arange(n)
     k = config.top_k
+    scores, neighbors = collapsed_search(index.search_catalog, n - 1, k, groups, groups[:, None])
+    metrics = retrieval_metrics(catalog.labels[neighbors], catalog.labels)
     print(f"precision@{k} {metrics['precision@k']:.4f}, mAP@{k} {metrics['map@k']:.4f}")
     save_recommendations(
         args.out, Recommendations(catalog.row_ids, catalog.row_ids[neighbors], scores)
@@ -22,4 +32,4 @@ def main(args, config: RecommendConfig) -> None:
 
 
 if __name__ == "__main__":
-    stage.run(main, RecommendConfig, ["embeddings", "prepared", "out", "metrics"])
+    stage.run(main, RecommendConfig, ["embeddings", "prepared", "audit", "out", "metrics"])

@@ -97,9 +97,20 @@ def make_parquet(
     return path
 
 
+def tagged_image(value: int, size: int = 4) -> bytes:
+    """A PNG of `size` px whose top-left pixel is `value` grey, on noise seeded by it:
+    images of different values are different images, not near-duplicates of each other
+    (solid colours are: a perceptual hash sees no structure in them)."""
+    pixels = np.random.default_rng(value).integers(0, 256, (size, size, 3), np.uint8)
+    pixels[0, 0] = value % 256
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
 def tagged_images(count: int, start: int = 0) -> list[bytes]:
-    """`count` distinct tiny PNGs: image i is a 2x2 grey of value (start + i) % 256."""
-    return [png_bytes((2, 2), ((start + i) % 256,) * 3) for i in range(count)]
+    """`count` distinct tiny PNGs: image i is `tagged_image(start + i)`."""
+    return [tagged_image(start + i) for i in range(count)]
 
 
 @pytest.fixture

@@ -135,3 +135,56 @@ def test_serve_smoke_run_answers_every_request(tmp_path: Path):
     assert re.search(r"server PSS: \d+ MB loaded, before any query; peak RSS of a process \d+ MB",
                      run.stdout), run.stdout  # fmt: skip
     assert "identical bits: " in run.stdout
+
+
+def test_audit_smoke_run_prints_what_fingerprints_and_the_audit_cost(tmp_path: Path):
+    from imgrec.catalog import save_catalog
+    from imgrec.prepared import IMAGES_FILE, save_prepared_labels
+
+    labels, row_ids = np.arange(90) % 3, np.arange(90)
+    (tmp_path / "prepared").mkdir()
+    np.save(tmp_path / "prepared" / IMAGES_FILE, np.zeros((90, 4, 4, 3), np.uint8))
+    save_prepared_labels(
+        tmp_path / "prepared", labels=labels, row_ids=row_ids, train_index=row_ids[:70],
+        val_index=row_ids[70:], class_names=["a", "b", "c"], img_size=4,
+    )  # fmt: skip
+    rng = np.random.default_rng(0)
+    vectors = np.abs(np.abs(rng.normal(size=(3, 16)))[labels] + 0.3 * rng.normal(size=(90, 16)))
+    vectors = (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
+    save_catalog(tmp_path / "catalog", vectors, vectors, row_ids, "md5", 0.5)
+
+    command = [
+        sys.executable,
+        str(ROOT / "benchmarks" / "audit.py"),
+        "--images",
+        "12",
+        "--copies",
+        "12",
+    ]
+    command += ["--img-size", "32", "--rounds", "1", "--catalog-rows", "40", "--audit-rows", "400"]
+    command += ["--embeddings", str(tmp_path / "catalog"), "--prepared", str(tmp_path / "prepared")]
+    command += ["--index", "exact", "--index", "ivf", "--catalog-dir", str(tmp_path / "jpegs")]
+    run = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+
+    found = tables(run.stdout)
+    assert {"hash", "grouping", "calibration", "audit"} <= set(found)
+    _, hashing = found["hash"]
+    before, after = (float(cell) for cell in hashing["ms per image"][:2])
+    assert 0 < before < after  # fingerprinting adds work to the decode
+    _, audited = found["audit"]
+    assert list(audited) == ["exact", "ivf"]
+    assert all(float(cells[0]) >= 0 for cells in audited.values())
+
+
+@pytest.mark.slow
+def test_audit_bar_smoke_run_finds_what_was_planted(tmp_path: Path):
+    command = [sys.executable, str(ROOT / "benchmarks" / "audit_bar.py"), "--rows", "60"]
+    command += ["--copies", "5", "--flips", "3", "--epochs", "1", "--work-dir", str(tmp_path)]
+    run = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+
+    _, rows = tables(run.stdout)["audit bar"]
+    assert rows["... by prepare's hash alone"] == ["5 of 5"]  # every kind of copy, one each
+    assert rows["injected pairs across train/validation"] == ["0"]
+    assert rows["duplicate rows counted by prepare"] == ["5"]

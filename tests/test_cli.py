@@ -90,6 +90,28 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory, dask_scheduler: str) -> P
     return Pipeline(raw, prepared, root / "model.pt", embeddings)
 
 
+@pytest.fixture(scope="module")
+def audited(pipeline: Pipeline, tmp_path_factory: pytest.TempPathFactory) -> list[str]:
+    """The audit's report and the image hashes for the pipeline's catalog, made by the
+    audit's own function with the catalog's model: the options that point the query at them."""
+    from imgrec import duplicates
+    from imgrec.audit import AuditConfig, audit, copy_similarity_threshold
+    from imgrec.audit_report import save_report
+    from imgrec.image_hashes import ImageHashes, save_image_hashes
+
+    root = tmp_path_factory.mktemp("audited")
+    catalog = load_catalog(pipeline.embeddings, pipeline.prepared)
+    prints = [duplicates.fingerprint(np.asarray(image)) for image in catalog.images]
+    groups, _ = duplicates.duplicate_groups(prints, max_bits=4)
+    hashes = ImageHashes(catalog.row_ids, prints, catalog.row_ids[groups], 4)
+    save_image_hashes(root / "hashes.parquet", hashes)
+    model = load_checkpoint(pipeline.model).model
+    copy_cosine = copy_similarity_threshold(catalog, lambda x: embed(model, x))
+    report, _ = audit(catalog, hashes, copy_cosine, AuditConfig())
+    save_report(root / "audit.json", report)
+    return ["--audit", str(root / "audit.json"), "--hashes", str(root / "hashes.parquet")]
+
+
 @pytest.fixture
 def catalog_image(pipeline: Pipeline, tmp_path: Path) -> tuple[Path, int]:
     """A catalog image's original bytes written to a file, and its row id."""
@@ -122,6 +144,27 @@ def test_catalog_image_finds_itself_from_another_directory(pipeline, catalog_ima
     catalog = load_catalog(pipeline.embeddings, pipeline.prepared)
     position = catalog.positions(np.array([row_id]))[0]
     assert best["label"] == catalog.class_names[catalog.labels[position]]
+
+
+def test_a_catalog_image_is_its_own_duplicate_and_left_out(pipeline, audited, catalog_image):
+    path, row_id = catalog_image
+    command = [sys.executable, "-m", "imgrec", "recommend", str(path), "--json", "--top-k", "4"]
+    done = subprocess.run([*command, *pipeline.options(), *audited], capture_output=True,
+                          text=True, check=False)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    (answer,) = json.loads(done.stdout)
+    assert row_id in answer["duplicate_of"]
+    listed = [r["row_id"] for r in answer["results"]]
+    assert len(listed) == 4 and not set(listed) & set(answer["duplicate_of"])
+    from imgrec.audit_report import load_report
+
+    catalog = load_catalog(pipeline.embeddings, pipeline.prepared)
+    groups = load_report(audited[1]).duplicate_groups(catalog.row_ids)
+    listed_groups = groups[catalog.positions(np.array(listed))]
+    assert len(set(listed_groups.tolist())) == 4  # no two duplicates of each other
+    shown = subprocess.run([*command[:-3], *pipeline.options(), *audited], capture_output=True,
+                           text=True, check=False)  # fmt: skip
+    assert f"duplicates catalog item(s) {row_id}" in shown.stdout
 
 
 def test_query_embedding_equals_the_pipelines(pipeline, catalog_image):

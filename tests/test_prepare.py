@@ -5,7 +5,7 @@ import re
 
 import numpy as np
 import pytest
-from conftest import hf_metadata, make_parquet, png_bytes
+from conftest import hf_metadata, make_parquet, png_bytes, tagged_image
 
 from imgrec.errors import ImgrecError
 from imgrec.prepare import (
@@ -22,14 +22,15 @@ IMG_SIZE = 4
 
 
 def _grey(value: int) -> bytes:
-    return png_bytes((2, 2), (value, value, value))
+    return tagged_image(value, IMG_SIZE)
 
 
 def _prepare(parquet, out, **overrides):
     """prepare with test-sized params; `overrides` are PrepareConfig fields."""
     settings = {"img_size": IMG_SIZE, "val_fraction": 0.25, "seed": 0, "max_bad_fraction": 0.5}
     out.mkdir(exist_ok=True)
-    return prepare(parquet, out, PrepareConfig(**(settings | overrides)))
+    counts, _ = prepare(parquet, out, PrepareConfig(**(settings | overrides)))
+    return counts
 
 
 @pytest.fixture

@@ -23,12 +23,13 @@ import pytest
 import torch
 from PIL import Image
 
-from imgrec import cli
+from imgrec import cli, duplicates
 from imgrec.audit_report import AuditReport, DuplicateGroup, Outlier, SuspectLabel, save_report
 from imgrec.catalog import save_catalog
 from imgrec.checkpoint import checkpoint_md5, load_checkpoint, save_checkpoint
 from imgrec.embed import no_close_match_threshold
 from imgrec.errors import ImgrecError
+from imgrec.image_hashes import ImageHashes, save_image_hashes
 from imgrec.inference import catalog_vectors
 from imgrec.model import CNNClassifier, ModelConfig
 from imgrec.neighbors import ExactIndex
@@ -43,6 +44,7 @@ AUDIT = AuditReport(
     duplicates=[DuplicateGroup((1, 2), "exact", 1.0)],
     suspect_labels=[SuspectLabel(5, "1", "2", 0.8)],
     outliers=[Outlier(7, 0.6)],
+    thresholds={"near_duplicate_cosine": 0.999},
 )
 
 
@@ -73,6 +75,11 @@ def project(tmp_path_factory, tiny_prepared: Path) -> Path:
         root / "data/recommendations.parquet",
         Recommendations(data.row_ids, data.row_ids[neighbors], scores),
     )
+    # As prepare writes them: with the audit's report, a query's copies leave its top-k.
+    prints = [duplicates.fingerprint(np.asarray(image)) for image in data.images]
+    groups, _ = duplicates.duplicate_groups(prints, max_bits=4)
+    hashes = ImageHashes(data.row_ids, prints, data.row_ids[groups], 4)
+    save_image_hashes(root / "data/image_hashes.parquet", hashes)
     (root / "reports").mkdir()
     save_report(root / "reports/audit.json", AUDIT)
     return root
@@ -200,6 +207,9 @@ def cli_json(capsys, project: Path, *argv: str) -> dict:
     options = ["--model", str(project / "models/model.pt"), "--device", "cpu"]
     options += ["--catalog", str(project / "data/embeddings")]
     options += ["--prepared", str(project / "data/prepared")]
+    if argv[0] == "recommend":
+        options += ["--audit", str(project / "reports/audit.json")]
+        options += ["--hashes", str(project / "data/image_hashes.parquet")]
     assert cli.main([*argv, "--json", *options]) == 0
     (answer,) = json.loads(capsys.readouterr().out)
     return answer
@@ -216,7 +226,11 @@ def test_recommend_answers_the_query_commands_bits(server, project, catalog_png,
     assert status == 200, as_form
     assert as_body == expected | {"query": None}
     assert as_form == expected | {"query": "q.png"}
-    assert as_body["results"][0]["row_id"] == row_id  # a catalog image finds itself first
+    # With the audit's report, a catalog image is a duplicate of itself, left out of its top-k,
+    # and no two of the top-k are duplicates of each other (rows 1 and 2 are, in AUDIT).
+    assert as_body["duplicate_of"] == [row_id]
+    listed = [r["row_id"] for r in as_body["results"]]
+    assert row_id not in listed and not {1, 2} <= set(listed)
     assert [r["rank"] for r in as_body["results"]] == [1, 2, 3, 4]
     assert as_body["no_close_match"] is False
 
@@ -237,7 +251,7 @@ def test_health_names_the_model_file_and_its_md5(server, project):
     assert health["model"] == {"file": "models/model.pt", "md5": md5}
     assert health["catalog_size"] == 48
     assert health["status"] == "ok"
-    assert health["audit"] is True
+    assert health["audit"] is True and health["duplicates_collapsed"] is True
 
 
 def test_an_item_has_its_label_split_stored_neighbours_and_audit_flags(server, project):
@@ -397,7 +411,8 @@ def test_with_a_token_every_api_call_needs_it(guarded, catalog_png):
     with_token = {"Authorization": f"Bearer {TOKEN}"}
     status, _, answer = guarded.request("/api/recommend", png, with_token)
     assert status == 200
-    assert answer["results"][0]["row_id"] == row_id
+    assert answer["results"][0]["row_id"] == row_id  # no audit: it finds itself first
+    assert answer["duplicate_of"] == []
     status, _, page = guarded.request("/", headers={})  # the page asks for the token itself
     assert status == 200 and b'type="file"' in page
 
@@ -405,7 +420,7 @@ def test_with_a_token_every_api_call_needs_it(guarded, catalog_png):
 def test_without_an_audit_report_it_serves_without_flags(guarded):
     with_token = {"Authorization": f"Bearer {TOKEN}"}
     _, _, health = guarded.request("/api/health", headers=with_token)
-    assert (health["audit"], health["flags"]) == (False, [])
+    assert (health["audit"], health["flags"], health["duplicates_collapsed"]) == (False, [], False)
     _, _, item = guarded.request("/api/items/5", headers=with_token)
     assert (item["audit"], item["flags"]) == (None, None)
     status, _, answer = guarded.request("/api/items?flag=duplicate", headers=with_token)
@@ -457,9 +472,10 @@ def test_a_bad_setting_refuses_to_start_with_one_line(project, options, says):
     ],
 )
 def test_which_hosts_need_a_token(project, host, token, no_token, starts):
-    paths = dict.fromkeys(("model", "catalog", "prepared", "recommendations"), project)
+    names = ("model", "catalog", "prepared", "recommendations", "audit", "hashes")
+    paths = dict.fromkeys(names, project)
     make = lambda: ServeConfig(  # noqa: E731
-        **paths, audit=None, model_name="m", host=host, token=token, no_token=no_token
+        **paths, model_name="m", host=host, token=token, no_token=no_token
     )
     if starts:
         make()
@@ -577,7 +593,9 @@ def test_the_page_searches_with_an_uploaded_image_and_opens_an_item(server, cata
                      files=[str(tmp_path / "query.png")])  # fmt: skip
         browser.wait_for(page, cards.format("results") + " === 10", "the top-10")
         first = browser.evaluate(page, "document.querySelector('#results .card').innerText")
-        assert f"#1 row {row_id}" in first and "score 1.0000" in first, first
+        assert first.startswith("#1 row ") and "score 0." in first, first
+        copies = browser.evaluate(page, "document.getElementById('duplicate-of').textContent")
+        assert f"catalog item(s) {row_id}, left out" in copies, copies
         assert browser.evaluate(page, "document.getElementById('no-close-match').hidden")
         drawn = "[...document.querySelectorAll('#results img')].every(i => i.naturalWidth > 0)"
         browser.wait_for(page, drawn, "the results' images")

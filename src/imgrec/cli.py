@@ -40,6 +40,7 @@ from imgrec.errors import (
 from imgrec.query import (
     DEFAULT_AUDIT,
     DEFAULT_CATALOG,
+    DEFAULT_HASHES,
     DEFAULT_MODEL,
     DEFAULT_PREPARED,
     DEFAULT_RECOMMENDATIONS,
@@ -139,27 +140,32 @@ def write_figure(
 
 
 def cmd_recommend(args: argparse.Namespace) -> int:
-    recommender = Recommender.load(args.model, args.catalog, args.prepared, args.device)
+    recommender = Recommender.load(args.model, args.catalog, args.prepared, args.device,
+                                   audit=args.audit, hashes=args.hashes)  # fmt: skip
     catalog, catalog_size = recommender.catalog, len(recommender.catalog.row_ids)
     recommender.check_top_k(args.top_k)
     sources, images, failed = _load_queries(args.images, recommender.img_size)
-    results, novel = recommender.recommend(images, args.top_k, args.batch_size)
+    results, novel, copies = recommender.recommend(images, args.top_k, args.batch_size)
 
     try:
         if args.json:
             answers = [
-                recommend_answer(s, r, n) for s, n, r in zip(sources, novel, results, strict=True)
+                recommend_answer(s, r, n, c)
+                for s, n, r, c in zip(sources, novel, results, copies, strict=True)
             ]
             print(json.dumps(_in_given_order(args.images, answers, failed, "query"), indent=2))
         else:
-            for number, (source, n, neighbors) in enumerate(
-                zip(sources, novel, results, strict=True)
+            for number, (source, n, neighbors, c) in enumerate(
+                zip(sources, novel, results, copies, strict=True)
             ):
                 if number:
                     print()
                 print(f"{source}: top {args.top_k} of {catalog_size} catalog items")
                 if n.no_close_match:
                     print(n.note())
+                if c:
+                    shown = ", ".join(map(str, c[:10])) + (", ..." if len(c) > 10 else "")
+                    print(f"duplicates catalog item(s) {shown} (left out of the results)")
                 rows = [(str(n.rank), str(n.row_id), n.label, f"{n.score:.4f}") for n in neighbors]
                 print(format_table(("rank", "row_id", "label", "score"), rows, align="rrlr"))
         sys.stdout.flush()  # the results are out before the figure can fail
@@ -209,7 +215,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         catalog=Path(args.catalog),
         prepared=Path(args.prepared),
         recommendations=Path(args.recommendations),
-        audit=None if args.audit is None else Path(args.audit),
+        audit=Path(args.audit),
+        hashes=Path(args.hashes),
         model_name=str(model.relative_to(root) if model.is_relative_to(root) else model.name),
         device=args.device,
         host=args.host,
@@ -318,6 +325,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="how many similar items per image (default: 5)",
     )
     recommend.add_argument(
+        "--audit",
+        metavar="FILE",
+        type=Path,
+        help=f"the audit's report, whose duplicate groups are collapsed in the results, as "
+        f"recommend does (default: {DEFAULT_AUDIT}; none there: no collapsing)",
+    )
+    recommend.add_argument(
+        "--hashes",
+        metavar="FILE",
+        type=Path,
+        help=f"the prepared images' hashes, to tell a query that duplicates a catalog item "
+        f"(default: {DEFAULT_HASHES})",
+    )
+    recommend.add_argument(
         "--out",
         metavar="FILE",
         help="also write a figure of each query beside its top-k, as the figure stage does, "
@@ -401,8 +422,17 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--audit",
         metavar="FILE",
-        help=f"the audit stage's report, for audit flags (default: {DEFAULT_AUDIT} where it "
-        "exists; without one the server runs without flags)",
+        type=Path,
+        help="the audit's report: its flags for each item, and its duplicate groups, "
+        f"collapsed in the results as recommend does (default: {DEFAULT_AUDIT}; none there: "
+        "no flags and no collapsing)",
+    )
+    serve.add_argument(
+        "--hashes",
+        metavar="FILE",
+        type=Path,
+        help=f"the prepared images' hashes, to tell a query that duplicates a catalog item "
+        f"(default: {DEFAULT_HASHES})",
     )
     serve.set_defaults(run=cmd_serve)
 
@@ -423,12 +453,11 @@ def resolve_defaults(args: argparse.Namespace, root: Path) -> None:
         ("catalog", DEFAULT_CATALOG),
         ("prepared", DEFAULT_PREPARED),
         ("recommendations", DEFAULT_RECOMMENDATIONS),
+        ("audit", DEFAULT_AUDIT),
+        ("hashes", DEFAULT_HASHES),
     ):
         if getattr(args, name, None) is None:
             setattr(args, name, root / default)
-    # Optional: the default is used where it exists; a path given must exist.
-    if getattr(args, "audit", None) is None and (root / DEFAULT_AUDIT).exists():
-        args.audit = root / DEFAULT_AUDIT
 
 
 def _quiet_stdout() -> None:

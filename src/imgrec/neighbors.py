@@ -6,15 +6,14 @@ For catalogs of millions, FAISS: `HnswIndex` (a graph) and `IvfIndex` (k-means c
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
 
+from imgrec.config import StageConfig, param
 from imgrec.errors import ImgrecError
-
-if TYPE_CHECKING:  # for the annotation only: the index library does not load a stage
-    from imgrec.recommend import RecommendConfig
 
 _BLOCK_ROWS = 1024  # queries per block: 1024 x 40k float32 scores is 160 MB
 
@@ -93,11 +92,15 @@ class ExactIndex:
         return scores_out, index_out
 
 
-def _faiss():
+def load_faiss():
+    """FAISS, imported quietly: its loader logs each SIMD build it tries and misses."""
+    import logging
+
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)
     try:
         import faiss
     except ImportError as error:
-        raise ImgrecError("param index=hnsw or ivf needs faiss: pip install faiss-cpu.") from error
+        raise ImgrecError("faiss is missing: pip install faiss-cpu.") from error
     return faiss
 
 
@@ -163,7 +166,7 @@ class HnswIndex(FaissIndex):
         self.hnsw_ef_search = hnsw_ef_search
 
     def _build(self, embeddings: np.ndarray):
-        faiss = _faiss()
+        faiss = load_faiss()
         index = faiss.IndexHNSWFlat(embeddings.shape[1], self.hnsw_m, faiss.METRIC_INNER_PRODUCT)
         index.hnsw.efConstruction = self.hnsw_ef_construction
         return index
@@ -198,7 +201,7 @@ class IvfIndex(FaissIndex):
         self.seed = seed
 
     def _build(self, embeddings: np.ndarray):
-        faiss = _faiss()
+        faiss = load_faiss()
         n, dim = embeddings.shape
         wanted = self.ivf_nlist or round(4 * np.sqrt(n))
         self.nlist_ = max(1, min(wanted, n // _MIN_POINTS_PER_LIST))
@@ -220,7 +223,21 @@ class IvfIndex(FaissIndex):
         return f"raise param ivf_nprobe (now {self.ivf_nprobe})"
 
 
-def make_index(config: RecommendConfig) -> ExactIndex | HnswIndex | IvfIndex:
+@dataclass(frozen=True)
+class IndexConfig(StageConfig):
+    """Which index a stage searches the catalog with (recommend, audit)."""
+
+    index: Literal["exact", "hnsw", "ivf"] = "exact"
+    hnsw_m: int = param(32, ge=1)
+    hnsw_ef_construction: int = param(200, ge=1)
+    hnsw_ef_search: int = param(128, ge=1)
+    ivf_nlist: int = param(0, ge=0)  # 0: about 4 sqrt(N), capped by what the catalog trains
+    ivf_nprobe: int = param(32, ge=1)
+    # numpy's matrix products score the catalog: the BLAS kernels change the last bits.
+    kernels: Literal["portable", "native"] = "portable"
+
+
+def make_index(config: IndexConfig) -> ExactIndex | HnswIndex | IvfIndex:
     """`exact` (default), or for millions of items approximate `hnsw` (a graph) or `ivf`
     (k-means cells)."""
     if config.index == "hnsw":

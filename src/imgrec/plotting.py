@@ -136,3 +136,11 @@ def recommendation_figure(
             axes[r, c].set_title(caption, fontsize=8)
     fig.suptitle(title)
     return fig
+
+
+def message_figure(text: str) -> plt.Figure:
+    """A figure that says there is nothing to draw (an output must still be a picture)."""
+    fig, ax = plt.subplots(figsize=(6, 1.5))
+    ax.axis("off")
+    ax.text(0.5, 0.5, text, ha="center", va="center", fontsize=12)
+    return fig

@@ -7,7 +7,7 @@ import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
@@ -15,10 +15,12 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from imgrec import images
+from imgrec import duplicates, images
 from imgrec.config import StageConfig, param
 from imgrec.dask_cluster import LOCAL, dask_client, ordered_results
+from imgrec.duplicates import PHASH_BITS
 from imgrec.errors import ImgrecError
+from imgrec.image_hashes import ImageHashes
 from imgrec.prepared import IMAGES_FILE, save_prepared_labels
 from imgrec.raw_parquet import class_names_from_metadata
 
@@ -34,6 +36,11 @@ class PrepareConfig(StageConfig):
     val_fraction: float = param(0.2, gt=0, lt=1)
     seed: int = param(42, ge=0)
     max_bad_fraction: float = param(0.1, ge=0, le=1)
+    # keep: duplicates stay, each group on one side of the split; drop: one image a group.
+    duplicates: Literal["keep", "drop"] = "keep"
+    # Most phash bits (of 64) two near-duplicates differ by: copies re-encoded, resized or
+    # converted measured 0-4 at 64 px and up, unrelated images 10 or more (README).
+    near_duplicate_bits: int = param(4, ge=0, le=PHASH_BITS)
     dask_scheduler: str = LOCAL  # where the decoding runs; the output is the same anywhere
 
 
@@ -55,28 +62,36 @@ def class_ids(labels: list, label_names: list[str] | None) -> tuple[np.ndarray, 
     return ids, [name(value) for value in values]
 
 
-def stratified_split(labels: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, ...]:
-    """A fixed stratified split; a class with a single image goes to train (it cannot be split)."""
-    counts = np.bincount(labels)
+def stratified_split(
+    labels: np.ndarray, val_fraction: float, seed: int, groups: np.ndarray | None = None
+) -> tuple[np.ndarray, ...]:
+    """A fixed stratified split that keeps each group (`groups`: (N,) the position of each
+    item's group's first item; default: every item its own) on one side: the groups are
+    split, stratified by their first item's label. A class with a single group goes to
+    train (it cannot be split)."""
     positions = np.arange(len(labels))
-    single = np.isin(labels, np.flatnonzero(counts == 1))
-    splittable = positions[~single]
+    groups = positions if groups is None else groups
+    firsts = np.unique(groups)  # ascending: with no groups, every position
+    counts = np.bincount(labels[firsts], minlength=labels.max(initial=0) + 1)
+    single = np.isin(labels[firsts], np.flatnonzero(counts == 1))
+    splittable = firsts[~single]
     n_classes = int(np.count_nonzero(counts >= 2))
     n_val = int(np.ceil(val_fraction * len(splittable)))
     # max(..., 1): with no class of two images, nothing can go to validation at all.
     if n_val < max(n_classes, 1) or len(splittable) - n_val < n_classes:
+        unit = "images" if len(firsts) == len(labels) else "groups of duplicates"
         raise ImgrecError(
-            f"param val_fraction={val_fraction} splits {len(splittable)} images into {n_val} for "
-            f"validation, but a stratified split needs at least one per class on each side "
+            f"param val_fraction={val_fraction} splits {len(splittable)} {unit} into {n_val} "
+            f"for validation, but a stratified split needs at least one per class on each side "
             f"({n_classes} classes); change val_fraction or fetch more rows."
         )
     from sklearn.model_selection import train_test_split  # slow import; only needed here
 
-    train, val = train_test_split(
+    _, val = train_test_split(
         splittable, test_size=n_val, stratify=labels[splittable], random_state=seed
     )
-    train = np.concatenate([train, positions[single]])
-    return np.sort(train).astype(np.int64), np.sort(val).astype(np.int64)
+    in_val = np.isin(groups, val)
+    return positions[~in_val].astype(np.int64), positions[in_val].astype(np.int64)
 
 
 def has_label(label: object) -> bool:
@@ -100,13 +115,15 @@ def _reserve(path: Path) -> None:
                 raise
 
 
-def decode_group(group: pa.Table, img_size: int) -> tuple[np.ndarray, list, list[str | None]]:
+def decode_group(
+    group: pa.Table, img_size: int
+) -> tuple[np.ndarray, list, list[str | None], list[duplicates.Fingerprint]]:
     """A Dask task: one row group's images decoded, on whichever worker runs it.
 
     The row group travels in with the task and the pixels come back, so a worker needs
     no view of the stage's files: it may be a process here or a machine of a cluster.
-    Returns the kept rows' pixels (K, S, S, 3), the group's labels and each row's skip
-    reason (None: kept).
+    Returns the kept rows' pixels (K, S, S, 3), the group's labels, each row's skip
+    reason (None: kept), and the kept rows' fingerprints (for duplicates).
     """
     blobs = pc.struct_field(group.column("image").combine_chunks(), "bytes").to_pylist()
     labels = group.column("label").to_pylist()
@@ -121,7 +138,7 @@ def decode_group(group: pa.Table, img_size: int) -> tuple[np.ndarray, list, list
         except images.SkippedImage as skipped:
             reasons.append(skipped.reason)
     pixels = np.stack(kept) if kept else np.empty((0, img_size, img_size, 3), np.uint8)
-    return pixels, labels, reasons
+    return pixels, labels, reasons, [duplicates.fingerprint(image) for image in kept]
 
 
 @dataclass
@@ -130,6 +147,7 @@ class Decoded:
 
     kept_rows: list[int] = field(default_factory=list)
     kept_labels: list = field(default_factory=list)
+    fingerprints: list[duplicates.Fingerprint] = field(default_factory=list)  # kept rows'
     skipped: Counter = field(default_factory=Counter)  # reason -> rows
     examples: dict[str, list[int]] = field(default_factory=dict)  # reason -> row numbers
 
@@ -150,10 +168,11 @@ def decode_rows(parquet: pq.ParquetFile, staging_path: Path, img_size: int, clie
     # disable=None: a bar on a terminal only; a log gets prepare's summary line.
     with tqdm(total=sum(sizes), desc="prepare", unit="img", disable=None) as progress:
         decoded = ordered_results(client, decode_group, tasks)
-        for first_row, (pixels, labels, reasons) in zip(firsts, decoded, strict=True):
+        for first_row, (pixels, labels, reasons, fingerprints) in zip(firsts, decoded, strict=True):
             rows = range(first_row, first_row + len(labels))
             kept = [row for row, reason in zip(rows, reasons, strict=True) if reason is None]
             staging[kept] = pixels
+            found.fingerprints += fingerprints
             for row, label, reason in zip(rows, labels, reasons, strict=True):
                 if reason is None:
                     found.kept_rows.append(row)
@@ -200,13 +219,35 @@ def compact(staging_path: Path, images_path: Path, kept_rows: list[int]) -> None
     staging_path.unlink()
 
 
+def find_duplicates(found: Decoded, config: PrepareConfig) -> tuple[np.ndarray, list[dict]]:
+    """Group the kept rows' duplicates; with `duplicates: drop`, keep each group's first row
+    only (`found` shrinks). Returns each kept row's group (a position) and the groups, by
+    row number, for the report."""
+    groups, found_groups = duplicates.duplicate_groups(
+        found.fingerprints, config.near_duplicate_bits
+    )
+    rows = np.asarray(found.kept_rows, dtype=np.int64)
+    report = [
+        {"row_ids": rows[g["positions"]].tolist(), "kind": g["kind"], "hash_bits": g["hash_bits"]}
+        for g in found_groups
+    ]
+    if config.duplicates == "drop":
+        keep = np.unique(groups)
+        found.kept_rows = rows[keep].tolist()
+        found.kept_labels = [found.kept_labels[k] for k in keep]
+        found.fingerprints = [found.fingerprints[k] for k in keep]
+        groups = np.arange(len(keep))
+    return groups, report
+
+
 def prepare(
     parquet_path: str | os.PathLike,
     out_dir: str | os.PathLike,
     config: PrepareConfig,
-) -> dict:
+) -> tuple[dict, ImageHashes]:
     """Decode every image exactly once into `out_dir`, as Dask tasks on
-    `config.dask_scheduler`'s workers; return the counts for the report."""
+    `config.dask_scheduler`'s workers; return the counts for the report and the images'
+    hashes."""
     parquet = pq.ParquetFile(parquet_path)
     total = parquet.metadata.num_rows
     out_dir = Path(out_dir)
@@ -221,30 +262,40 @@ def prepare(
     with dask_client(config.dask_scheduler, processes=True, tasks=groups) as client:
         found = decode_rows(parquet, staging_path, config.img_size, client)
     check_skips(found, total, config.max_bad_fraction)
+    duplicate_of, duplicate_groups = find_duplicates(found, config)
     compact(staging_path, out_dir / IMAGES_FILE, found.kept_rows)
 
     label_names = class_names_from_metadata(parquet.schema_arrow.metadata)
     labels, class_names = class_ids(found.kept_labels, label_names)
-    train_index, val_index = stratified_split(labels, config.val_fraction, config.seed)
+    train_index, val_index = stratified_split(
+        labels, config.val_fraction, config.seed, duplicate_of
+    )
+    row_ids = np.asarray(found.kept_rows, dtype=np.int64)
     save_prepared_labels(
         out_dir,
         labels=labels,
-        row_ids=np.asarray(found.kept_rows, dtype=np.int64),
+        row_ids=row_ids,
         train_index=train_index,
         val_index=val_index,
         class_names=class_names,
         img_size=config.img_size,
     )
+    hashes = ImageHashes(
+        row_ids, found.fingerprints, row_ids[duplicate_of], config.near_duplicate_bits
+    )
     n_skipped = sum(found.skipped.values())
+    n_duplicates = sum(len(group["row_ids"]) - 1 for group in duplicate_groups)
     log.info(
-        "prepared %d images (%d skipped), %d classes, %d train / %d val",
+        "prepared %d images (%d skipped, %d duplicates %s), %d classes, %d train / %d val",
         len(found.kept_rows),
         n_skipped,
+        n_duplicates,
+        "dropped" if config.duplicates == "drop" else "kept",
         len(class_names),
         len(train_index),
         len(val_index),
     )
-    return {
+    counts = {
         "rows_read": total,
         "rows_skipped": n_skipped,
         "skipped_by_reason": {reason: found.skipped.get(reason, 0) for reason in SKIP_REASONS},
@@ -253,4 +304,9 @@ def prepare(
         "classes": len(class_names),
         "train_images": len(train_index),
         "val_images": len(val_index),
+        # Rows that duplicate an earlier one (dropped with `duplicates: drop`), and the
+        # groups by row number, each group's first row the one kept.
+        "duplicate_rows": n_duplicates,
+        "duplicate_groups": duplicate_groups,
     }
+    return counts, hashes

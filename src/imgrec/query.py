@@ -1,8 +1,9 @@
 """The one query API, which the CLI and the server both call: load the model and the catalog
 once and check they are in step, read and decode query images exactly as prepare decodes
 the catalog's, embed them as embed does (`inference.catalog_vectors`), search with
-`neighbors.ExactIndex` as recommend does, and judge novelty. So a catalog image given as a
-query finds itself first with score 1.0, and any front end gives the same bits.
+`neighbors.ExactIndex` as recommend does, collapse duplicates as recommend does (where the
+audit has run), and judge novelty. So any front end gives the same bits; a catalog image
+given as a query is reported as a duplicate of itself and its copies are left out.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
 
     from imgrec.catalog import Catalog
     from imgrec.checkpoint import Checkpoint
+    from imgrec.duplicates import Fingerprint
     from imgrec.recommendations import Recommendations
 
 # Relative to the repository root (the folder holding dvc.yaml): where dvc.yaml writes them.
@@ -32,7 +34,8 @@ DEFAULT_MODEL = "models/model.pt"
 DEFAULT_CATALOG = "data/embeddings"
 DEFAULT_PREPARED = "data/prepared"
 DEFAULT_RECOMMENDATIONS = "data/recommendations.parquet"
-DEFAULT_AUDIT = "reports/audit.json"  # the audit stage's report: optional for every front end
+DEFAULT_AUDIT = "reports/audit.json"  # optional for every front end
+DEFAULT_HASHES = "data/image_hashes.parquet"
 
 
 @dataclass(frozen=True)
@@ -179,10 +182,82 @@ def check_catalog(model_path: Path, catalog: Catalog) -> None:
         )
 
 
-def search(catalog: Catalog, queries: np.ndarray, top_k: int) -> list[list[Neighbor]]:
-    """The top-k catalog items for each query embedding, best first."""
-    scores, positions = catalog.embedding_index.search(queries, top_k)  # (Q, k)
-    return [
+@dataclass(frozen=True)
+class CatalogDuplicates:
+    """The catalog's duplicate groups (the audit's) and what makes a query a duplicate:
+    prepare's hash cut, and the audit's embedding cut."""
+
+    groups: np.ndarray  # (N,) per catalog position; equal within a duplicate group
+    fingerprints: list[Fingerprint]  # (N,)
+    near_duplicate_bits: int
+    near_duplicate_cosine: float
+
+    @classmethod
+    def load(cls, audit: Path, hashes: Path, catalog: Catalog) -> CatalogDuplicates:
+        import numpy as np
+
+        from imgrec.audit_report import load_report
+        from imgrec.image_hashes import load_image_hashes
+
+        report, image_hashes = load_report(audit), load_image_hashes(hashes)
+        if not np.array_equal(image_hashes.row_ids, catalog.row_ids):
+            raise ImgrecError(f"the image hashes in {hashes} do not match the catalog; run "
+                              "`dvc repro` to bring them in step.")  # fmt: skip
+        return cls(
+            report.duplicate_groups(catalog.row_ids),
+            image_hashes.fingerprints,
+            image_hashes.near_duplicate_bits,
+            float(report.thresholds["near_duplicate_cosine"]),
+        )
+
+    def of_queries(self, images: np.ndarray, scores: np.ndarray, positions: np.ndarray):
+        """Per query, the catalog positions it duplicates, whole groups (ascending): equal
+        or near by hash, or its nearest item when as alike as a copy (`scores`,
+        `positions`: each query's nearest items, (Q, K)), as the audit judges pairs."""
+        import numpy as np
+
+        from imgrec.duplicates import fingerprint, near_matches
+
+        found = [set() for _ in images]
+        queries = [fingerprint(image) for image in images]
+        for q, p, _ in zip(*near_matches(queries, self.fingerprints, self.near_duplicate_bits),
+                           strict=True):  # fmt: skip
+            found[q].add(int(p))
+        for q in np.flatnonzero(scores[:, 0] >= self.near_duplicate_cosine):
+            found[q].add(int(positions[q, 0]))
+        groups = [np.unique(self.groups[sorted(f)]) for f in found]
+        return [np.flatnonzero(np.isin(self.groups, g)) for g in groups]
+
+
+def search(
+    catalog: Catalog,
+    queries: np.ndarray,
+    top_k: int,
+    duplicates: CatalogDuplicates | None = None,
+    images: np.ndarray | None = None,
+) -> tuple[list[list[Neighbor]], list[list[int]]]:
+    """The top-k catalog items for each query embedding, best first, and the row ids of
+    the catalog items each query duplicates. With `duplicates` (and the query `images`),
+    no two of a top-k are duplicates of each other, and none duplicates its query."""
+    import numpy as np
+
+    from imgrec.duplicates import collapsed_search
+
+    index = catalog.embedding_index  # fitted once per catalog
+    n = len(catalog.row_ids)
+    if duplicates is None:
+        scores, positions = index.search(queries, top_k)  # (Q, k)
+        copies = [np.empty(0, np.int64) for _ in queries]
+    else:
+        copies = duplicates.of_queries(images, *index.search(queries, 1))
+        width = max((len(c) for c in copies), default=0)
+        excluded = np.full((len(queries), max(width, 1)), -1, np.int64)
+        for row, positions_of_copies in enumerate(copies):
+            excluded[row, : len(positions_of_copies)] = duplicates.groups[positions_of_copies]
+        scores, positions = collapsed_search(
+            lambda k: index.search(queries, k), n, top_k, duplicates.groups, excluded
+        )
+    results = [
         [
             Neighbor(
                 rank=rank,
@@ -194,6 +269,7 @@ def search(catalog: Catalog, queries: np.ndarray, top_k: int) -> list[list[Neigh
         ]
         for row_positions, row_scores in zip(positions, scores, strict=True)
     ]
+    return results, [catalog.row_ids[c].tolist() for c in copies]
 
 
 def item_position(catalog: Catalog, row_id: int) -> int:
@@ -244,12 +320,15 @@ def novelty(catalog: Catalog, appearance: np.ndarray) -> list[Novelty]:
     return [Novelty(bool(c < threshold), round(float(c), 6), threshold) for c in closest]
 
 
-def recommend_answer(query: str | None, neighbors: list[Neighbor], novel: Novelty) -> dict:
+def recommend_answer(
+    query: str | None, neighbors: list[Neighbor], novel: Novelty, duplicate_of: list[int]
+) -> dict:
     """One image's answer as `recommend --json` prints it and the server sends it."""
     return {
         "query": query,
         "no_close_match": novel.no_close_match,
         "appearance_similarity": novel.appearance_similarity,
+        "duplicate_of": duplicate_of,
         "results": [vars(neighbor) for neighbor in neighbors],
     }
 
@@ -274,14 +353,16 @@ class Recommender:
     device: torch.device
     catalog: Catalog | None
     why_no_catalog: str | None = None  # when catalog is None
+    duplicates: CatalogDuplicates | None = None  # where the audit has run
 
     @classmethod
     def load(
         cls, model: Path, catalog: Path, prepared: Path, device: str = "auto",
-        *, need_catalog: bool = True,
+        *, need_catalog: bool = True, audit: Path | None = None, hashes: Path | None = None,
     ) -> Recommender:  # fmt: skip
         """The checkpoint on `device`, and its catalog (required unless `need_catalog` is
-        False: a classifier needs none, its novelty flag does)."""
+        False: a classifier needs none, its novelty flag does). Where the audit report and
+        image hashes exist, results collapse duplicates as recommend's do."""
         from imgrec.catalog import load_catalog
         from imgrec.checkpoint import load_checkpoint
         from imgrec.runtime import pick_device
@@ -295,7 +376,9 @@ class Recommender:
             if need_catalog:
                 raise
             return cls(checkpoint, torch_device, None, first_line(error))
-        return cls(checkpoint, torch_device, loaded)
+        known = audit is not None and hashes is not None and audit.exists() and hashes.exists()
+        duplicates = CatalogDuplicates.load(audit, hashes, loaded) if known else None
+        return cls(checkpoint, torch_device, loaded, duplicates=duplicates)
 
     @property
     def img_size(self) -> int:
@@ -309,15 +392,17 @@ class Recommender:
 
     def recommend(
         self, images: np.ndarray, top_k: int, batch_size: int = 256
-    ) -> tuple[list[list[Neighbor]], list[Novelty]]:
-        """Each image's top-k catalog items and its novelty against the catalog."""
+    ) -> tuple[list[list[Neighbor]], list[Novelty], list[list[int]]]:
+        """Each image's top-k catalog items, its novelty against the catalog, and the row
+        ids of the catalog items it duplicates."""
         from imgrec.inference import catalog_vectors
 
         self.check_top_k(top_k)
         queries, appearance = catalog_vectors(
             self.checkpoint.model, images, batch_size=batch_size, device=self.device
         )
-        return search(self.catalog, queries, top_k), novelty(self.catalog, appearance)
+        results, copies = search(self.catalog, queries, top_k, self.duplicates, images)
+        return results, novelty(self.catalog, appearance), copies
 
     def classify(
         self, images: np.ndarray, batch_size: int = 256

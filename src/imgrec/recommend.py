@@ -2,24 +2,19 @@
 its label (precision@k, mAP@k). The indexes themselves are `neighbors`."""
 
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 
-from imgrec.config import StageConfig, param
+from imgrec.config import param
+from imgrec.neighbors import IndexConfig
 
 
 @dataclass(frozen=True)
-class RecommendConfig(StageConfig):
+class RecommendConfig(IndexConfig):
     top_k: int = param(5, ge=1)
-    index: Literal["exact", "hnsw", "ivf"] = "exact"
-    hnsw_m: int = param(32, ge=1)
-    hnsw_ef_construction: int = param(200, ge=1)
-    hnsw_ef_search: int = param(128, ge=1)
-    ivf_nlist: int = param(0, ge=0)  # 0: about 4 sqrt(N), capped by what the catalog trains
-    ivf_nprobe: int = param(32, ge=1)
-    # numpy's matrix products score the catalog: the BLAS kernels change the last bits.
-    kernels: Literal["portable", "native"] = "portable"
+    # A top-k lists no duplicate of its query, and no two duplicates of each other (the
+    # audit's groups); false shows them.
+    collapse_duplicates: bool = True
 
 
 def retrieval_metrics(neighbor_labels: np.ndarray, labels: np.ndarray) -> dict:

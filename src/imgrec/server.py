@@ -91,7 +91,10 @@ class ServeConfig:
     catalog: Path
     prepared: Path
     recommendations: Path
-    audit: Path | None  # None: no audit report, so no audit flags
+    # Both used where they exist, as the query command uses them: the audit's flags, and
+    # its duplicate groups collapsed in every top-k (which needs the hashes too).
+    audit: Path
+    hashes: Path
     model_name: str  # how /api/health names the model file: relative to the repository
     device: str = "auto"
     host: str = "127.0.0.1"
@@ -130,8 +133,8 @@ class ServeConfig:
     @classmethod
     def from_json(cls, text: str) -> Self:
         values = json.loads(text)
-        for name in ("model", "catalog", "prepared", "recommendations", "audit"):
-            values[name] = None if values[name] is None else Path(values[name])
+        for name in ("model", "catalog", "prepared", "recommendations", "audit", "hashes"):
+            values[name] = Path(values[name])
         return cls(**values)
 
 
@@ -151,7 +154,10 @@ class Served:
     @classmethod
     def load(cls, config: ServeConfig) -> Self:
         """Everything, or one ImgrecError on what is missing or out of step."""
-        recommender = Recommender.load(config.model, config.catalog, config.prepared, config.device)
+        recommender = Recommender.load(
+            config.model, config.catalog, config.prepared, config.device,
+            audit=config.audit, hashes=config.hashes,
+        )  # fmt: skip
         if not config.recommendations.exists():
             raise MissingOutput(
                 f"no recommendations at {config.recommendations}; run `dvc repro` to make them."
@@ -162,7 +168,7 @@ class Served:
                 f"the recommendations in {config.recommendations} are not of the catalog in "
                 f"{config.catalog}; run `dvc repro` to bring them in step."
             )
-        audit = load_report(config.audit) if config.audit is not None else None
+        audit = load_report(config.audit) if config.audit.exists() else None
         catalog = recommender.catalog
         _ = catalog.embedding_index, catalog.appearance_index  # fitted now, not in a request
         is_val = np.zeros(len(catalog.row_ids), dtype=bool)
@@ -176,9 +182,11 @@ class Served:
 
     def describe(self) -> str:
         audit = "with" if self.audit is not None else "without"
+        collapsed = "collapsed" if self.recommender.duplicates is not None else "not collapsed"
         return (
             f"serving {self.catalog_size} catalog items with {self.model_name} "
-            f"(md5 {self.recommender.catalog.model_md5}), {audit} an audit report"
+            f"(md5 {self.recommender.catalog.model_md5}), {audit} an audit report, "
+            f"duplicates {collapsed}"
         )
 
     def image_png(self, position: int) -> bytes:
@@ -313,6 +321,7 @@ def create_app(config: ServeConfig, served: Served | None = None) -> FastAPI:
             "model": {"file": served.model_name, "md5": catalog.model_md5},
             "audit": served.audit is not None,
             "flags": list(FLAGS) if served.audit is not None else [],
+            "duplicates_collapsed": served.recommender.duplicates is not None,
             "max_upload_mb": config.max_upload_mb,
         }
 
@@ -325,8 +334,9 @@ def create_app(config: ServeConfig, served: Served | None = None) -> FastAPI:
 
         def answer() -> dict:
             with served.lock:
-                results, novel = served.recommender.recommend(served.decode(data, name), top_k)
-            return recommend_answer(name, results[0], novel[0])
+                image = served.decode(data, name)
+                results, novel, copies = served.recommender.recommend(image, top_k)
+            return recommend_answer(name, results[0], novel[0], copies[0])
 
         return JSONResponse(await run_in_threadpool(answer))
 

@@ -109,6 +109,9 @@ async function search(file) {
     ]);
     $("query-class").textContent = `classified as ${prediction.label} (probability ${prediction.probability.toFixed(4)}); top ${answer.results.length} of the catalog:`;
     $("no-close-match").hidden = !answer.no_close_match;
+    const copies = answer.duplicate_of || [];
+    $("duplicate-of").hidden = copies.length === 0;
+    $("duplicate-of").textContent = `A copy of catalog item(s) ${copies.join(", ")}, left out of the results.`;
     fill($("results"), answer.results);
   } catch (error) {
     $("query").hidden = true;

@@ -1,0 +1,46 @@
+"""Stage audit: duplicates the hash missed, leaks, suspect labels and outliers, from the
+model's vectors; a report, headline counts and two figures."""
+
+from imgrec import runtime, stage
+from imgrec.audit import (
+    AuditConfig,
+    audit,
+    copy_similarity_threshold,
+    duplicates_figure,
+    suspect_labels_figure,
+)
+from imgrec.audit_report import save_report
+from imgrec.catalog import load_catalog
+from imgrec.checkpoint import load_checkpoint
+from imgrec.files import write_json
+from imgrec.image_hashes import load_image_hashes
+from imgrec.inference import embed
+from imgrec.plotting import save_figure
+from imgrec.query import check_catalog
+
+
+def main(args, config: AuditConfig) -> None:
+    device = runtime.start(config)
+    catalog = load_catalog(args.embeddings, args.prepared)
+    check_catalog(args.model, catalog)
+    model = load_checkpoint(args.model, device).model
+    copy_cosine = copy_similarity_threshold(catalog, lambda x: embed(model, x, device=device))
+    report, neighbors = audit(catalog, load_image_hashes(args.hashes), copy_cosine, config)
+    counts = {
+        "exact_duplicates": sum(g.kind == "exact" for g in report.duplicates),
+        "near_duplicates": sum(g.kind == "near" for g in report.duplicates),
+        "split_leaks": len(report.leaks),
+        "suspect_labels": len(report.suspect_labels),
+        "outliers": len(report.outliers),
+    }
+    print(", ".join(f"{name.replace('_', ' ')} {count}" for name, count in counts.items()))
+    save_report(args.report, report)
+    write_json(args.metrics, counts)
+    save_figure(duplicates_figure(report, catalog), args.duplicates_png)
+    save_figure(suspect_labels_figure(report, catalog, neighbors), args.suspects_png)
+
+
+if __name__ == "__main__":
+    paths = ["embeddings", "prepared", "hashes", "model", "report", "metrics", "duplicates_png",
+             "suspects_png"]  # fmt: skip
+    stage.run(main, AuditConfig, paths)
