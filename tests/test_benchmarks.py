@@ -118,6 +118,25 @@ def test_resume_smoke_run_prints_the_cost_of_saving(tmp_path: Path):
     assert float(rows["MB per saved state"][0]) > 30  # weights, Adam's two moments, best weights
 
 
+def test_serve_smoke_run_answers_every_request(tmp_path: Path):
+    command = [sys.executable, str(ROOT / "benchmarks" / "serve.py"), "--smoke"]
+    command += ["--data-dir", str(tmp_path / "data"), "--work-dir", str(tmp_path / "work")]
+    run = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+
+    rows = [line.strip(" |").split(" | ") for line in run.stdout.splitlines() if line[:2] == "| "]
+    assert rows[0][:6] == ["clients", "requests", "errors", "requests/s", "p50 ms", "p99 ms"]
+    assert [(row[0], row[1], row[2]) for row in rows[1:]] == [
+        ("1", "8", "0"), ("2", "8", "0"), ("2", "16", "0")
+    ]  # fmt: skip
+    assert all(
+        math.isfinite(float(cell)) and float(cell) > 0 for row in rows[1:] for cell in row[3:]
+    )
+    assert re.search(r"server PSS: \d+ MB loaded, before any query; peak RSS of a process \d+ MB",
+                     run.stdout), run.stdout  # fmt: skip
+    assert "identical bits: " in run.stdout
+
+
 def test_audit_smoke_run_prints_what_fingerprints_and_the_audit_cost(tmp_path: Path):
     from imgrec.catalog import save_catalog
     from imgrec.prepared import IMAGES_FILE, save_prepared_labels

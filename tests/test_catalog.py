@@ -9,6 +9,7 @@ from conftest import make_parquet, tagged_images
 from imgrec.catalog import NOVELTY_QUANTILE, load_catalog, save_catalog
 from imgrec.embed import no_close_match_threshold
 from imgrec.errors import ImgrecError
+from imgrec.neighbors import ExactIndex
 from imgrec.prepare import PrepareConfig, prepare
 from imgrec.prepared import load_prepared
 
@@ -61,3 +62,20 @@ def test_an_incomplete_catalog_is_one_sentence(prepared, tmp_path, rng):
     (folder / "appearance.npy").unlink()
     with pytest.raises(ImgrecError, match=r"incomplete or from an older imgrec.*dvc repro"):
         load_catalog(folder, prepared)
+
+
+def test_the_kept_indexes_search_as_fresh_ones_do(prepared, tmp_path, rng):
+    data = load_prepared(prepared)
+    n = len(data.row_ids)
+    embeddings, appearance = unit(np.abs(rng.normal(size=(n, 6)))), unit(rng.random((n, 4)))
+    save_catalog(tmp_path / "catalog", embeddings, appearance, data.row_ids, "md5", 0.5)
+    catalog = load_catalog(tmp_path / "catalog", prepared)
+    queries = unit(np.abs(rng.normal(size=(5, 6))))
+    for _ in range(2):  # the second search uses the index the first one fitted
+        scores, positions = catalog.embedding_index.search(queries, 3)
+        fresh_scores, fresh_positions = ExactIndex().fit(embeddings).search(queries, 3)
+        np.testing.assert_array_equal(scores, fresh_scores)
+        np.testing.assert_array_equal(positions, fresh_positions)
+    assert catalog.embedding_index is catalog.embedding_index
+    closest = ExactIndex().fit(appearance).search(appearance[:3], 1)[0][:, 0]
+    np.testing.assert_array_equal(catalog.closest_appearance(appearance[:3]), closest)

@@ -11,6 +11,7 @@ Layout (written by `save_catalog`, read by `load_catalog`; nothing else touches 
 
 import os
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -40,9 +41,21 @@ class Catalog:
         """Positions in the catalog arrays of the given row ids."""
         return np.searchsorted(self.row_ids, row_ids)
 
+    # Fitted once per catalog: a fit reads and copies the whole matrix (0.3 s at 40,000 items
+    # on 2 cores), which a server would otherwise pay on every query. Searching a kept index
+    # gives the bits a fresh one gives.
+    @cached_property
+    def embedding_index(self) -> ExactIndex:
+        """The exact index over `embeddings`: what a query's top-k is searched in."""
+        return ExactIndex().fit(self.embeddings)
+
+    @cached_property
+    def appearance_index(self) -> ExactIndex:
+        return ExactIndex().fit(self.appearance)
+
     def closest_appearance(self, appearance: np.ndarray) -> np.ndarray:
         """(Q,) each query's appearance cosine to its nearest catalog item."""
-        return ExactIndex().fit(self.appearance).search(appearance, 1)[0][:, 0]
+        return self.appearance_index.search(appearance, 1)[0][:, 0]
 
 
 def save_catalog(

@@ -2,11 +2,12 @@
 
     imgrec recommend PATH_OR_URL... [--top-k 5] [--out fig.png] [--json]
     imgrec classify PATH_OR_URL... [--json]
+    imgrec serve [--host 127.0.0.1] [--port 8000] [--workers 1] [--token T | --no-token]
 
 Only the command line: every answer comes from `query.Recommender`, the API the
-server calls too, which runs the pipeline's own code (prepare's decoder, embed's
-vectors, recommend's exact search), so a catalog image given as a query finds
-itself first with score 1.0.
+server (`imgrec.server`, which `serve` starts) calls too, which runs the pipeline's
+own code (prepare's decoder, embed's vectors, recommend's exact search), so a
+catalog image given as a query finds itself first with score 1.0.
 
 Every failure is one `error:` line on stderr, never a traceback (IMGREC_DEBUG=1
 shows a bug's). In a batch, a query that cannot be read or decoded is skipped
@@ -42,12 +43,15 @@ from imgrec.query import (
     DEFAULT_HASHES,
     DEFAULT_MODEL,
     DEFAULT_PREPARED,
+    DEFAULT_RECOMMENDATIONS,
     Recommender,
     UnusableQuery,
+    classify_answer,
     describe,
     find_repo_root,
     has_dvc_remote,
     load_images,
+    recommend_answer,
 )
 
 # torch, fsspec, scikit-learn and matplotlib load inside the commands that need them,
@@ -146,13 +150,7 @@ def cmd_recommend(args: argparse.Namespace) -> int:
     try:
         if args.json:
             answers = [
-                {
-                    "query": s,
-                    "no_close_match": n.no_close_match,
-                    "appearance_similarity": n.appearance_similarity,
-                    "duplicate_of": c,
-                    "results": [vars(neighbor) for neighbor in r],
-                }
+                recommend_answer(s, r, n, c)
                 for s, n, r, c in zip(sources, novel, results, copies, strict=True)
             ]
             print(json.dumps(_in_given_order(args.images, answers, failed, "query"), indent=2))
@@ -190,8 +188,8 @@ def cmd_classify(args: argparse.Namespace) -> int:
         print(f"warning: no novelty check ({recommender.why_no_catalog})", file=sys.stderr)
     sources, images, failed = _load_queries(args.images, recommender.img_size)
     predictions = [
-        {"image": source, "label": label, "probability": probability, "no_close_match": novel}
-        for source, (label, probability, novel) in zip(
+        classify_answer(source, *prediction)
+        for source, prediction in zip(
             sources, recommender.classify(images, args.batch_size), strict=True
         )
     ]
@@ -205,6 +203,34 @@ def cmd_classify(args: argparse.Namespace) -> int:
         ]
         print(format_table(("image", "label", "probability", "catalog"), rows, align="llrl"))
     return EXIT_FAILED if failed else 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from imgrec.server import ServeConfig, serve
+
+    root = find_repo_root()
+    model = Path(args.model).resolve()
+    config = ServeConfig(
+        model=Path(args.model),
+        catalog=Path(args.catalog),
+        prepared=Path(args.prepared),
+        recommendations=Path(args.recommendations),
+        audit=Path(args.audit),
+        hashes=Path(args.hashes),
+        model_name=str(model.relative_to(root) if model.is_relative_to(root) else model.name),
+        device=args.device,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        token=args.token if args.token is not None else os.environ.get("IMGREC_TOKEN") or None,
+        no_token=args.no_token,
+        max_upload_mb=args.max_upload_mb,
+        limit_concurrency=args.limit_concurrency,
+        log_level=args.log_level,
+    )
+    logging.getLogger("imgrec.server").setLevel(logging.INFO)  # its one line on what it serves
+    serve(config)
+    return 0
 
 
 def cmd_machine(args: argparse.Namespace) -> int:
@@ -236,7 +262,31 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    common = argparse.ArgumentParser(add_help=False)
+    # The pipeline's outputs, which every command but `machine` loads.
+    outputs = argparse.ArgumentParser(add_help=False)
+    outputs.add_argument(
+        "--model",
+        metavar="FILE",
+        help=f"model checkpoint from the train stage (default: {DEFAULT_MODEL})",
+    )
+    outputs.add_argument(
+        "--device",
+        default="auto",
+        metavar="DEVICE",
+        help="auto (CUDA when present), cpu, cuda or cuda:N",
+    )
+    outputs.add_argument(
+        "--catalog",
+        metavar="DIR",
+        help=f"embeddings folder from the embed stage (default: {DEFAULT_CATALOG})",
+    )
+    outputs.add_argument(
+        "--prepared",
+        metavar="DIR",
+        help=f"prepared dataset folder from the prepare stage (default: {DEFAULT_PREPARED})",
+    )
+
+    common = argparse.ArgumentParser(add_help=False, parents=[outputs])
     common.add_argument(
         "images",
         nargs="+",
@@ -244,32 +294,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="image file(s): local paths or fsspec URLs (https://, s3://, hf://, ...)",
     )
     common.add_argument(
-        "--model",
-        metavar="FILE",
-        help=f"model checkpoint from the train stage (default: {DEFAULT_MODEL})",
-    )
-    common.add_argument(
-        "--device",
-        default="auto",
-        metavar="DEVICE",
-        help="auto (CUDA when present), cpu, cuda or cuda:N",
-    )
-    common.add_argument(
         "--batch-size",
         type=_positive_int,
         metavar="N",
         default=256,
         help="images per forward pass (default: 256)",
-    )
-    common.add_argument(
-        "--catalog",
-        metavar="DIR",
-        help=f"embeddings folder from the embed stage (default: {DEFAULT_CATALOG})",
-    )
-    common.add_argument(
-        "--prepared",
-        metavar="DIR",
-        help=f"prepared dataset folder from the prepare stage (default: {DEFAULT_PREPARED})",
     )
     common.add_argument(
         "--json",
@@ -328,6 +357,85 @@ def build_parser() -> argparse.ArgumentParser:
     )
     classify.set_defaults(run=cmd_classify)
 
+    serve = commands.add_parser(
+        "serve",
+        parents=[outputs],
+        help="an HTTP API and a page for the recommender (FastAPI on uvicorn)",
+        description="Load the pipeline's outputs once and answer over HTTP with the query "
+        "commands' own code (the same bits as --json for one image): a JSON API under /api, "
+        "documented at /docs, and a page at / to browse the catalog and search it with an "
+        "image. Localhost only unless a token is set or --no-token is given.",
+    )
+    serve.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to bind (default: 127.0.0.1, this machine only); any other needs "
+        "a token or --no-token",
+    )
+    serve.add_argument(
+        "--port", type=_positive_int, default=8000, help="port to bind (default: 8000)"
+    )
+    serve.add_argument(
+        "--workers",
+        type=_positive_int,
+        default=1,
+        metavar="N",
+        help="worker processes, each with its own copy of the model and catalog (default: 1)",
+    )
+    access = serve.add_mutually_exclusive_group()
+    access.add_argument(
+        "--token",
+        help="require `Authorization: Bearer TOKEN` on every API call (default: the "
+        "IMGREC_TOKEN variable, which other users cannot read from the process list)",
+    )
+    access.add_argument(
+        "--no-token",
+        action="store_true",
+        help="serve another host than localhost without a token, on purpose",
+    )
+    serve.add_argument(
+        "--max-upload-mb",
+        type=float,
+        default=20.0,
+        metavar="MB",
+        help="refuse larger uploads with 413 before reading them (default: 20)",
+    )
+    serve.add_argument(
+        "--limit-concurrency",
+        type=_positive_int,
+        default=64,
+        metavar="N",
+        help="connections at once per worker before new ones get 503 (default: 64)",
+    )
+    serve.add_argument(
+        "--log-level",
+        default="info",
+        choices=["critical", "error", "warning", "info", "debug", "trace"],
+        help="uvicorn's log level (default: info)",
+    )
+    serve.add_argument(
+        "--recommendations",
+        metavar="FILE",
+        help="every item's stored top-k from the recommend stage "
+        f"(default: {DEFAULT_RECOMMENDATIONS})",
+    )
+    serve.add_argument(
+        "--audit",
+        metavar="FILE",
+        type=Path,
+        help="the audit's report: its flags for each item, and its duplicate groups, "
+        f"collapsed in the results as recommend does (default: {DEFAULT_AUDIT}; none there: "
+        "no flags and no collapsing)",
+    )
+    serve.add_argument(
+        "--hashes",
+        metavar="FILE",
+        type=Path,
+        help=f"the prepared images' hashes, to tell a query that duplicates a catalog item "
+        f"(default: {DEFAULT_HASHES})",
+    )
+    serve.set_defaults(run=cmd_serve)
+
     machine = commands.add_parser(
         "machine",
         help="where queries compute: CPU, kernels in force, threads, versions",
@@ -344,6 +452,7 @@ def resolve_defaults(args: argparse.Namespace, root: Path) -> None:
         ("model", DEFAULT_MODEL),
         ("catalog", DEFAULT_CATALOG),
         ("prepared", DEFAULT_PREPARED),
+        ("recommendations", DEFAULT_RECOMMENDATIONS),
         ("audit", DEFAULT_AUDIT),
         ("hashes", DEFAULT_HASHES),
     ):

@@ -27,12 +27,14 @@ if TYPE_CHECKING:
     from imgrec.catalog import Catalog
     from imgrec.checkpoint import Checkpoint
     from imgrec.duplicates import Fingerprint
+    from imgrec.recommendations import Recommendations
 
 # Relative to the repository root (the folder holding dvc.yaml): where dvc.yaml writes them.
 DEFAULT_MODEL = "models/model.pt"
 DEFAULT_CATALOG = "data/embeddings"
 DEFAULT_PREPARED = "data/prepared"
-DEFAULT_AUDIT = "reports/audit.json"
+DEFAULT_RECOMMENDATIONS = "data/recommendations.parquet"
+DEFAULT_AUDIT = "reports/audit.json"  # optional for every front end
 DEFAULT_HASHES = "data/image_hashes.parquet"
 
 
@@ -67,13 +69,20 @@ def find_repo_root(start: Path | None = None) -> Path:
 
 
 class UnusableQuery(ImgrecError):
-    """A query image that cannot be read or decoded; `reason` says why without naming it."""
+    """A query image that cannot be read or decoded; `reason` says why without naming it.
+    `skip_reason` is why the decoder refused the bytes (`images.SKIP_REASONS`), None when
+    they could not be read."""
 
-    def __init__(self, source: str, reason: str):
+    def __init__(self, source: str, reason: str, skip_reason: str | None = None):
         reason = first_line(reason).rstrip(".")
         super().__init__(f"{source}: {reason}.")
         self.source = source
         self.reason = reason
+        self.skip_reason = skip_reason
+
+
+class UnknownItem(ImgrecError):
+    """A row id that is no item of the catalog."""
 
 
 def _chain(error: BaseException) -> Iterator[BaseException]:
@@ -126,17 +135,22 @@ def read_image(source: str) -> bytes:
         raise UnusableQuery(source, _read_failure(error)) from error
 
 
-def load_image(source: str, img_size: int) -> np.ndarray:
-    """(img_size, img_size, 3) uint8: the source decoded exactly as prepare decodes it."""
+def decode_image(data: bytes, img_size: int, source: str) -> np.ndarray:
+    """(img_size, img_size, 3) uint8: image bytes (read from `source`, or sent to a server)
+    decoded exactly as prepare decodes the catalog's."""
     from imgrec.images import SkippedImage, decode
 
-    data = read_image(source)
     try:
         return decode(data, img_size)
     except SkippedImage as skipped:
         detail = str(skipped)
         why = skipped.reason if detail == skipped.reason else f"{skipped.reason}: {detail}"
-        raise UnusableQuery(source, f"not a usable image ({why})") from skipped
+        raise UnusableQuery(source, f"not a usable image ({why})", skipped.reason) from skipped
+
+
+def load_image(source: str, img_size: int) -> np.ndarray:
+    """(img_size, img_size, 3) uint8: the source decoded exactly as prepare decodes it."""
+    return decode_image(read_image(source), img_size, source)
 
 
 def load_images(
@@ -228,9 +242,8 @@ def search(
     import numpy as np
 
     from imgrec.duplicates import collapsed_search
-    from imgrec.neighbors import ExactIndex
 
-    index = ExactIndex().fit(catalog.embeddings)
+    index = catalog.embedding_index  # fitted once per catalog
     n = len(catalog.row_ids)
     if duplicates is None:
         scores, positions = index.search(queries, top_k)  # (Q, k)
@@ -259,6 +272,28 @@ def search(
     return results, [catalog.row_ids[c].tolist() for c in copies]
 
 
+def item_position(catalog: Catalog, row_id: int) -> int:
+    """The position of a row id in the catalog's arrays."""
+    import numpy as np
+
+    position = int(catalog.positions(np.asarray([row_id]))[0])
+    if position == len(catalog.row_ids) or catalog.row_ids[position] != row_id:
+        raise UnknownItem(f"no catalog item has row id {row_id}.")
+    return position
+
+
+def item_neighbors(
+    catalog: Catalog, recommendations: Recommendations, row_id: int
+) -> list[Neighbor]:
+    """A catalog item's top-k as the recommend stage stored them, best first."""
+    neighbor_ids, scores = recommendations.of(row_id)
+    labels = catalog.labels[catalog.positions(neighbor_ids)]
+    return [
+        Neighbor(rank, int(n), catalog.class_names[label], round(float(s), 6))
+        for rank, (n, label, s) in enumerate(zip(neighbor_ids, labels, scores, strict=True), 1)
+    ]
+
+
 @dataclass(frozen=True)
 class Novelty:
     """Whether a query is unlike every catalog image (see `imgrec.catalog`, calibration)."""
@@ -283,6 +318,31 @@ def novelty(catalog: Catalog, appearance: np.ndarray) -> list[Novelty]:
     closest = catalog.closest_appearance(appearance)
     threshold = catalog.no_close_match_below
     return [Novelty(bool(c < threshold), round(float(c), 6), threshold) for c in closest]
+
+
+def recommend_answer(
+    query: str | None, neighbors: list[Neighbor], novel: Novelty, duplicate_of: list[int]
+) -> dict:
+    """One image's answer as `recommend --json` prints it and the server sends it."""
+    return {
+        "query": query,
+        "no_close_match": novel.no_close_match,
+        "appearance_similarity": novel.appearance_similarity,
+        "duplicate_of": duplicate_of,
+        "results": [vars(neighbor) for neighbor in neighbors],
+    }
+
+
+def classify_answer(
+    image: str | None, label: str, probability: float, no_close_match: bool | None
+) -> dict:
+    """One image's answer as `classify --json` prints it and the server sends it."""
+    return {
+        "image": image,
+        "label": label,
+        "probability": probability,
+        "no_close_match": no_close_match,
+    }
 
 
 @dataclass
