@@ -21,7 +21,8 @@ README = (ROOT / "README.md").read_text()
 STAGES = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
 
 # What the query examples read: pipeline outputs, git-ignored, made by `dvc repro`.
-QUERY_NEEDS = ("models/model.pt", "data/embeddings", "data/prepared", "data/raw.parquet")
+QUERY_NEEDS = ("models/model.pt", "data/embeddings", "data/prepared", "data/raw.parquet",
+               "data/image_hashes.parquet", "reports/audit.json")
 
 
 def why_not_the_committed_outputs() -> str | None:
@@ -83,7 +84,7 @@ def make_query_folder(folder: Path) -> None:
     # The CLI finds its default paths from the nearest dvc.yaml above the cwd, so links to
     # dvc.yaml and the outputs make the README's relative names (digit.png, similar.png) work
     # without writing anything into the repository.
-    for name in ("dvc.yaml", "data", "models"):
+    for name in ("dvc.yaml", "data", "models", "reports"):
         (folder / name).symlink_to(ROOT / name)
     # As the README says below the examples: "`digit.png` is row 42 of `data/raw.parquet`" ...
     image = pq.read_table(ROOT / "data/raw.parquet", columns=["image"]).column("image")[42]
