@@ -87,6 +87,7 @@ def main() -> None:
     add("--seed", type=int, default=0)
     add("--epochs", type=int, help="train for at most this many epochs (default: params.yaml)")
     add("--work-dir", type=Path, required=True)
+    add("--prepare-only", action="store_true", help="the hash's numbers only: no training")
     args = parser.parse_args()
     print(kernels.machine_line())
     from imgrec.audit import AuditConfig, audit, copy_similarity_threshold
@@ -114,6 +115,31 @@ def main() -> None:
     prepared.mkdir()
     counts, hashes = prepare(raw, prepared, PrepareConfig.from_params(params))
     data = load_prepared(prepared)
+    by_hash = {int(r): int(g) for r, g in zip(hashes.row_ids, hashes.duplicate_groups,
+                                              strict=True)}  # fmt: skip
+    found_by_hash = [by_hash[a] == by_hash[b] for a, b in pairs]
+    val = set(data.row_ids[data.val_index].tolist())
+    across = sum((a in val) != (b in val) for a, b in pairs)
+    print(f"## audit bar: {args.rows} rows + {args.copies} copies ({', '.join(KINDS)}, in turn), "
+          f"{args.flips} flipped labels, img_size {params['img_size']}, near_duplicate_bits "
+          f"{params['near_duplicate_bits']}")  # fmt: skip
+    print()
+    print("| measure | value |")
+    print("|---|---|")
+    print(
+        f"| injected pairs in one group by prepare's hash | {sum(found_by_hash)} of {len(pairs)} |"
+    )
+    for kind in KINDS:
+        mine = [f for i, f in enumerate(found_by_hash) if list(KINDS)[i % len(KINDS)] == kind]
+        print(f"| ... {kind} | {sum(mine)} of {len(mine)} |")
+    print(f"| injected pairs across train/validation | {across} |")
+    print(
+        f"| duplicate groups by the hash / injected | {len(counts['duplicate_groups'])} / "
+        f"{len(pairs)} |"
+    )
+    print(f"| duplicate rows counted by prepare | {counts['duplicate_rows']} |")
+    if args.prepare_only:
+        return
     model_path = work / "model.pt"
     model_path.unlink(missing_ok=True)
     command = [sys.executable, str(ROOT / "stages" / "train.py"), "--prepared", str(prepared),
@@ -132,27 +158,15 @@ def main() -> None:
     groups = report.duplicate_groups(catalog.row_ids)
     position = {int(r): p for p, r in enumerate(catalog.row_ids)}
     found = [groups[position[a]] == groups[position[b]] for a, b in pairs]
-    by_hash = {int(r): int(g) for r, g in zip(hashes.row_ids, hashes.duplicate_groups,
-                                              strict=True)}  # fmt: skip
-    found_by_hash = [by_hash[a] == by_hash[b] for a, b in pairs]
-    val = set(catalog.row_ids[catalog.val_index].tolist())
-    across = sum((a in val) != (b in val) for a, b in pairs)
     top = {s.row_id for s in report.suspect_labels[:200]}
-    accuracy = json.loads((work / "train.json").read_text())
-    print(f"## audit bar: {args.rows} rows + {args.copies} copies ({', '.join(KINDS)}, in turn), "
-          f"{args.flips} flipped labels, img_size {params['img_size']}, best epoch "
-          f"{accuracy['best_epoch']}")  # fmt: skip
-    print()
-    print("| measure | value |")
-    print("|---|---|")
-    print(f"| injected pairs in one group (hash and audit) | {sum(found)} of {len(pairs)} |")
-    print(f"| ... by prepare's hash alone | {sum(found_by_hash)} of {len(pairs)} |")
-    for kind in KINDS:
-        mine = [f for i, f in enumerate(found_by_hash) if list(KINDS)[i % len(KINDS)] == kind]
-        print(f"| ... by the hash, {kind} | {sum(mine)} of {len(mine)} |")
-    print(f"| injected pairs across train/validation | {across} |")
-    print(f"| duplicate groups reported / injected | {len(report.duplicates)} / {len(pairs)} |")
-    print(f"| duplicate rows counted by prepare | {counts['duplicate_rows']} |")
+    best_epoch = json.loads((work / "train.json").read_text())["best_epoch"]
+    print(
+        f"| injected pairs in one group after the audit (best epoch {best_epoch}) | "
+        f"{sum(found)} of {len(pairs)} |"
+    )
+    print(
+        f"| duplicate groups after the audit / injected | {len(report.duplicates)} / {len(pairs)} |"
+    )
     print(
         f"| flipped labels among the 200 most suspect | {len(top & set(flipped))} of "
         f"{len(flipped)} |"

@@ -185,6 +185,19 @@ def test_audit_bar_smoke_run_finds_what_was_planted(tmp_path: Path):
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
 
     _, rows = tables(run.stdout)["audit bar"]
-    assert rows["... by prepare's hash alone"] == ["5 of 5"]  # every kind of copy, one each
+    assert rows["injected pairs in one group by prepare's hash"] == ["5 of 5"]  # a kind each
+    assert rows["flipped labels among the 200 most suspect"][0].endswith("of 3")
     assert rows["injected pairs across train/validation"] == ["0"]
     assert rows["duplicate rows counted by prepare"] == ["5"]
+
+
+def test_suspect_space_smoke_run_judges_labels_in_both_spaces(tmp_path: Path, tiny_prepared):
+    command = [sys.executable, str(ROOT / "benchmarks" / "suspect_space.py"), "--prepared"]
+    command += [str(tiny_prepared), "--share", "0.1", "--epochs", "1", "--work-dir", str(tmp_path)]
+    run = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+
+    lines = [line for line in run.stdout.splitlines() if line.startswith("| embedding")]
+    lines += [line for line in run.stdout.splitlines() if line.startswith("| appearance")]
+    assert len(lines) == 6
+    assert all(cells.split(" | ")[2] == "4 of 4" for cells in lines)  # 48 items: all in top 200

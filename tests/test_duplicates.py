@@ -157,7 +157,7 @@ def test_image_hashes_round_trip(tmp_path, catalog_bytes, dask_scheduler):
     save_image_hashes(tmp_path / "hashes.parquet", hashes)
     loaded = load_image_hashes(tmp_path / "hashes.parquet")
     assert loaded.fingerprints == hashes.fingerprints
-    assert loaded.near_duplicate_bits == 4
+    assert loaded.near_duplicate_bits == 6
     assert np.array_equal(loaded.duplicate_groups, hashes.duplicate_groups)
 
 

@@ -39,8 +39,8 @@ class PrepareConfig(StageConfig):
     # keep: duplicates stay, each group on one side of the split; drop: one image a group.
     duplicates: Literal["keep", "drop"] = "keep"
     # Most phash bits (of 64) two near-duplicates differ by: copies re-encoded, resized or
-    # converted measured 0-4 at 64 px and up, unrelated images 10 or more (README).
-    near_duplicate_bits: int = param(4, ge=0, le=PHASH_BITS)
+    # converted measured 0-6 at 64 px, unrelated photos 10 or more (README).
+    near_duplicate_bits: int = param(6, ge=0, le=PHASH_BITS)
     dask_scheduler: str = LOCAL  # where the decoding runs; the output is the same anywhere
 
 
