@@ -21,8 +21,14 @@ README = (ROOT / "README.md").read_text()
 STAGES = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
 
 # What the query examples read: pipeline outputs, git-ignored, made by `dvc repro`.
-QUERY_NEEDS = ("models/model.pt", "data/embeddings", "data/prepared", "data/raw.parquet",
-               "data/image_hashes.parquet", "reports/audit.json")
+QUERY_NEEDS = (
+    "models/model.pt",
+    "data/embeddings",
+    "data/prepared",
+    "data/raw.parquet",
+    "data/image_hashes.parquet",
+    "reports/audit.json",
+)
 
 
 def why_not_the_committed_outputs() -> str | None:
