@@ -61,7 +61,7 @@ def _prepare_args(tmp_path, data):
 def _recommend_args(tmp_path):
     out = tmp_path / "out"
     return ["--embeddings", f"{tmp_path}/embeddings", "--prepared", f"{tmp_path}/prepared",
-            "--out", f"{out}/recommendations.parquet",
+            "--audit", f"{tmp_path}/audit.json", "--out", f"{out}/recommendations.parquet",
             "--metrics", f"{out}/recommend.json"]  # fmt: skip
 
 

@@ -215,8 +215,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         catalog=Path(args.catalog),
         prepared=Path(args.prepared),
         recommendations=Path(args.recommendations),
-        audit=Path(args.audit),
-        hashes=Path(args.hashes),
+        audit=args.audit,  # Paths (type=Path) or None
+        hashes=args.hashes,
         model_name=str(model.relative_to(root) if model.is_relative_to(root) else model.name),
         device=args.device,
         host=args.host,
@@ -329,7 +329,8 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         type=Path,
         help=f"the audit's report, whose duplicate groups are collapsed in the results, as "
-        f"recommend does (default: {DEFAULT_AUDIT}; none there: no collapsing)",
+        f"recommend does (default: {DEFAULT_AUDIT} when --catalog is the default too; none "
+        "there: no collapsing)",
     )
     recommend.add_argument(
         "--hashes",
@@ -424,8 +425,8 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         type=Path,
         help="the audit's report: its flags for each item, and its duplicate groups, "
-        f"collapsed in the results as recommend does (default: {DEFAULT_AUDIT}; none there: "
-        "no flags and no collapsing)",
+        f"collapsed in the results as recommend does (default: {DEFAULT_AUDIT} when --catalog "
+        "is the default too; none there: no flags and no collapsing)",
     )
     serve.add_argument(
         "--hashes",
@@ -447,15 +448,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def resolve_defaults(args: argparse.Namespace, root: Path) -> None:
-    """Unset paths become the pipeline's outputs under `root`; given paths stay as typed."""
-    for name, default in (
+    """Unset paths become the pipeline's outputs under `root`; given paths stay as typed.
+    The audit's report and the image hashes describe the pipeline's catalog, so they
+    default to its outputs only when the catalog does too (else: none, no collapsing)."""
+    defaults = [
         ("model", DEFAULT_MODEL),
         ("catalog", DEFAULT_CATALOG),
         ("prepared", DEFAULT_PREPARED),
         ("recommendations", DEFAULT_RECOMMENDATIONS),
-        ("audit", DEFAULT_AUDIT),
-        ("hashes", DEFAULT_HASHES),
-    ):
+    ]
+    if getattr(args, "catalog", None) is None:
+        defaults += [("audit", DEFAULT_AUDIT), ("hashes", DEFAULT_HASHES)]
+    for name, default in defaults:
         if getattr(args, name, None) is None:
             setattr(args, name, root / default)
 

@@ -93,8 +93,8 @@ class ServeConfig:
     recommendations: Path
     # Both used where they exist, as the query command uses them: the audit's flags, and
     # its duplicate groups collapsed in every top-k (which needs the hashes too).
-    audit: Path
-    hashes: Path
+    audit: Path | None  # None: not asked for (a catalog of one's own has no audit by default)
+    hashes: Path | None
     model_name: str  # how /api/health names the model file: relative to the repository
     device: str = "auto"
     host: str = "127.0.0.1"
@@ -134,7 +134,7 @@ class ServeConfig:
     def from_json(cls, text: str) -> Self:
         values = json.loads(text)
         for name in ("model", "catalog", "prepared", "recommendations", "audit", "hashes"):
-            values[name] = Path(values[name])
+            values[name] = None if values[name] is None else Path(values[name])
         return cls(**values)
 
 
@@ -168,7 +168,8 @@ class Served:
                 f"the recommendations in {config.recommendations} are not of the catalog in "
                 f"{config.catalog}; run `dvc repro` to bring them in step."
             )
-        audit = load_report(config.audit) if config.audit.exists() else None
+        known = config.audit is not None and config.audit.exists()
+        audit = load_report(config.audit) if known else None
         catalog = recommender.catalog
         _ = catalog.embedding_index, catalog.appearance_index  # fitted now, not in a request
         is_val = np.zeros(len(catalog.row_ids), dtype=bool)
