@@ -42,13 +42,17 @@ def run_dataset(dataset: str, args: argparse.Namespace, params: dict) -> None:
         run = recipe.pipeline_metrics(trained, data, params)
         run["best_epoch"] = trained.result.best_epoch
         runs.append(run)
-        cells = [f"{run[name]:.4f}" for name in METRICS[:-1]] + [str(run["best_epoch"])]
+        cells = [f"{run[name]:.5f}" for name in METRICS[:-1]] + [str(run["best_epoch"])]
         minutes = (time.perf_counter() - start) / 60
         print(f"| {seed} | {' | '.join(cells)} | {trained.result.epochs_run} | {minutes:.1f} |",
               flush=True)  # fmt: skip
     summaries = {"mean": np.mean, "std": recipe.stdev, "min": min, "max": max}
     for name, summary in summaries.items():
-        cells = [f"{summary([run[metric] for run in runs]):.4f}" for metric in METRICS]
+        values = {metric: summary([run[metric] for run in runs]) for metric in METRICS}
+        # 3 significant digits of a spread: what a tolerance is set from.
+        cells = [f"{values[metric]:{'.3g' if name == 'std' else '.5f'}}" for metric in METRICS]
+        if name != "std":
+            cells[-1] = f"{values['best_epoch']:g}"
         print(f"| {name} | {' | '.join(cells)} | | |")
     print(f"\n(std: the sample standard deviation, n - 1; k = top_k = {params['top_k']})")
 
