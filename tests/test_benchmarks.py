@@ -201,3 +201,63 @@ def test_suspect_space_smoke_run_judges_labels_in_both_spaces(tmp_path: Path, ti
     lines += [line for line in run.stdout.splitlines() if line.startswith("| appearance")]
     assert len(lines) == 6
     assert all(cells.split(" | ")[2] == "4 of 4" for cells in lines)  # 48 items: all in top 200
+
+
+def test_spread_smoke_run_prints_each_seed_and_their_summary(tmp_path: Path):
+    command = [sys.executable, str(ROOT / "benchmarks" / "spread.py"), "--dataset", "digits"]
+    command += ["--seeds", "1,2", "--max-batches", "2", "-S", "epochs=1", "-S", "img_size=16"]
+    command += ["--work-dir", str(tmp_path / "work")]
+    run = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+
+    header, rows = tables(run.stdout)["spread"]
+    assert header.startswith("training seed | val_accuracy | macro_f1 | precision@k | map@k")
+    assert list(rows) == ["1", "2", "mean", "std", "min", "max"]
+    seeds = np.array([[float(cell) for cell in rows[seed][:5]] for seed in ("1", "2")])
+    assert ((seeds[:, :4] >= 0) & (seeds[:, :4] <= 1)).all(), rows
+    assert (seeds[:, 4] == 1).all()  # one epoch: the best is the first
+    summary = {name: [float(cell) for cell in rows[name][:5]] for name in ("mean", "std")}
+    np.testing.assert_allclose(summary["mean"], seeds.mean(axis=0), atol=1e-4)
+    np.testing.assert_allclose(summary["std"], seeds.std(axis=0, ddof=1), atol=1e-4)
+
+
+def test_unseen_smoke_run_scores_every_vector_on_held_out_classes(tmp_path: Path):
+    command = [sys.executable, str(ROOT / "benchmarks" / "unseen.py"), "--dataset", "catalog"]
+    command += ["--rows", "200", "--max-batches", "2", "-S", "epochs=1", "-S", "img_size=32"]
+    command += ["--data-dir", str(tmp_path / "data"), "--work-dir", str(tmp_path / "work")]
+    run = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+
+    held_out = re.search(r"held out \(holdout seed 0\): ([\w, ]+) \((\d+) images\)", run.stdout)
+    names = held_out[1].split(", ")
+    assert len(set(names)) == 3 and int(held_out[2]) == 60, held_out[0]  # 20 images a class
+    header, rows = tables(run.stdout)["unseen"]
+    assert header.startswith("vector | dims | unseen: P@k | unseen: mAP@k")
+    dims = {name.split(" ")[0]: int(cells[0]) for name, cells in rows.items()}
+    assert dims["embedding"] == 512 and dims["appearance"] == 256 and dims["pooled"] == 4096
+    assert dims["logits"] == 7  # the seen classes only
+    for name, cells in rows.items():
+        values = [float(cell) for cell in cells[1:]]
+        assert all(0 <= value <= 1 for value in values), (name, cells)
+        # An unseen query's neighbours of its own class are unseen-class ones.
+        assert values[0] + values[2] <= 1 + 1e-4, (name, cells)
+
+
+def test_unseen_query_metrics_agree_with_the_recommend_stage(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    from unseen import query_metrics
+
+    from imgrec.recommend import retrieval_metrics
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 4, 50)
+    labels[:2] = 4  # a label with a single other item to find
+    neighbor_labels = rng.integers(0, 5, (50, 5))
+    every = np.arange(50)
+    assert query_metrics(neighbor_labels, labels, every) == retrieval_metrics(
+        neighbor_labels, labels
+    )
+    whole_classes = np.flatnonzero(labels >= 3)  # the counts of their labels stay the same
+    assert query_metrics(neighbor_labels, labels, whole_classes) == retrieval_metrics(
+        neighbor_labels[whole_classes], labels[whole_classes]
+    )
