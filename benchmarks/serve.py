@@ -43,10 +43,13 @@ SIZES = {  # flag: (default, with --smoke, what it sets)
     "soak": (1000, 16, "requests of the last run, at the most clients"),
 }
 CLIENTS = "1,8,32"
-STAGES = ("fetch", "prepare", "train", "embed", "audit", "recommend")
+STAGES = ("fetch", "prepare", "fetch_catalog", "prepare_catalog", "train", "embed", "audit",
+          "recommend")  # fmt: skip
 STAGE_OUTPUT = {  # what marks a stage done in the work folder
     "fetch": "data/raw.parquet",
     "prepare": "data/prepared/meta.json",
+    "fetch_catalog": "data/catalog/raw.parquet",
+    "prepare_catalog": "data/catalog/prepared/meta.json",
     "train": "models/model.pt",
     "embed": "data/embeddings/meta.json",
     "audit": "reports/audit.json",

@@ -1,26 +1,39 @@
-"""Stage embed: the catalog: each prepared image's embedding and appearance vectors."""
+"""Stage embed: the catalog: each catalog image's embedding and appearance vectors, only the
+images not embedded by an earlier run computed (`embed.embed_catalog`), and the model's
+"no close match" threshold from its training data."""
 
 from imgrec import runtime, stage
 from imgrec.catalog import save_catalog
 from imgrec.checkpoint import check_matches, checkpoint_md5, load_checkpoint
-from imgrec.embed import EmbedConfig, no_close_match_threshold
-from imgrec.inference import catalog_vectors
+from imgrec.embed import EmbedConfig, embed_catalog, no_close_match_threshold
+from imgrec.kept_vectors import VectorKey, load_kept, save_kept, union
 from imgrec.prepared import load_prepared
 
 
 def main(args, config: EmbedConfig) -> None:
     device = runtime.start(config)
-    data = load_prepared(args.prepared)
+    catalog, training = load_prepared(args.catalog), load_prepared(args.training)
     checkpoint = load_checkpoint(args.model, device)
-    check_matches(checkpoint, data.img_size, args.prepared)
-    model = checkpoint.model
-    embeddings, appearance = catalog_vectors(model, data.images, device=device, desc="embed")
-    print(f"embedded {len(embeddings)} images into {embeddings.shape[1]} dimensions")
-    threshold = no_close_match_threshold(appearance, data.train_index, data.val_index)
-    save_catalog(
-        args.out, embeddings, appearance, data.row_ids, checkpoint_md5(args.model), threshold
+    check_matches(checkpoint, catalog.img_size, args.catalog)
+    model_md5 = checkpoint_md5(args.model)
+    key = VectorKey.here(model_md5, device, config.kernels)
+    kept = load_kept(args.kept, key)
+    items = embed_catalog(checkpoint.model, catalog.images, kept, device, desc="embed")
+    print(
+        f"embedded {items.new_images} new images of {len(catalog.row_ids)} (the others were "
+        f"kept in {args.kept}), and the last {items.final_batch} again as a full pass ends"
     )
+    # The threshold is the model's: its training data's vectors (kept after the first run).
+    calibration = embed_catalog(checkpoint.model, training.images, items.kept, device)
+    if calibration.new_images:
+        print(f"embedded {calibration.new_images} training images for the threshold")
+    threshold = no_close_match_threshold(
+        calibration.appearance, training.train_index, training.val_index
+    )
+    save_catalog(args.out, items.embeddings, items.appearance, catalog.row_ids, model_md5,
+                 threshold)  # fmt: skip
+    save_kept(args.kept, key, union(items.kept, calibration.kept))
 
 
 if __name__ == "__main__":
-    stage.run(main, EmbedConfig, ["prepared", "model", "out"])
+    stage.run(main, EmbedConfig, ["catalog", "training", "model", "kept", "out"])

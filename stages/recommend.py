@@ -24,7 +24,10 @@ def main(args, config: RecommendConfig) -> None:
     k = config.top_k
     scores, neighbors = collapsed_search(index.search_catalog, n - 1, k, groups, groups[:, None])
     metrics = retrieval_metrics(catalog.labels[neighbors], catalog.labels)
-    print(f"precision@{k} {metrics['precision@k']:.4f}, mAP@{k} {metrics['map@k']:.4f}")
+    if metrics["precision@k"] is None:
+        print("no catalog item has a label: no retrieval metrics")
+    else:
+        print(f"precision@{k} {metrics['precision@k']:.4f}, mAP@{k} {metrics['map@k']:.4f}")
     save_recommendations(
         args.out, Recommendations(catalog.row_ids, catalog.row_ids[neighbors], scores)
     )

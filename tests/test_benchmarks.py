@@ -261,3 +261,18 @@ def test_unseen_query_metrics_agree_with_the_recommend_stage(monkeypatch):
     assert query_metrics(neighbor_labels, labels, whole_classes) == retrieval_metrics(
         neighbor_labels[whole_classes], labels[whole_classes]
     )
+
+
+def test_grow_catalog_smoke_run_embeds_only_the_appended_rows(tmp_path: Path):
+    command = [sys.executable, str(ROOT / "benchmarks" / "grow_catalog.py"), "--smoke",
+               "--work-dir", str(tmp_path)]  # fmt: skip
+    run = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, timeout=900)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    steps = run.stdout.split("\n#### ")[1:]
+    assert [step.split(":")[0] for step in steps] == [
+        "1. build", "2. unchanged", "3. append", "4. from scratch (embed, audit, recommend)"
+    ]  # fmt: skip
+    appended = [row.split(" | ")[0].strip("| ") for row in steps[2].splitlines() if "| " in row]
+    assert "train" not in appended and "embed" in appended
+    assert "embedded 30 new images of 330" in steps[2]
+    assert "byte-identical to from scratch: yes" in run.stdout

@@ -305,7 +305,7 @@ def test_defaults_resolve_against_the_repo_root(tmp_path, monkeypatch):
     args = cli.build_parser().parse_args(["recommend", "x.png", "--catalog", "mine"])
     cli.resolve_defaults(args, query.find_repo_root())
     assert args.model == tmp_path.resolve() / "models" / "model.pt"
-    assert args.prepared == tmp_path.resolve() / "data" / "prepared"
+    assert args.prepared == tmp_path.resolve() / "data" / "catalog" / "prepared"
     assert args.catalog == "mine"  # a given path stays as typed
 
 

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
@@ -71,7 +72,9 @@ def check_parses(path: Path) -> None:
             image.load()
             assert image.width > 100 and image.height > 100
     elif path.suffix == ".parquet":
-        assert pq.read_table(path).num_rows > 0
+        from imgrec.raw_parquet import is_training_data_marker
+
+        assert pq.read_table(path).num_rows > 0 or is_training_data_marker(path)
     elif path.suffix == ".npy":
         assert np.load(path).size > 0
     elif path.suffix == ".pt":
@@ -169,15 +172,73 @@ def test_dvc_metrics_show_has_the_headline_numbers_and_echoes_no_param(project):
     assert not header & params, header & params
 
 
-def test_nothing_changed_means_nothing_to_do(project):
-    assert "up to date" in dvc("status", cwd=project).stdout
+def test_nothing_changed_means_nothing_to_do_but_the_catalog_check(project):
+    # fetch_catalog always runs, to see rows appended to its source (dvc.yaml).
+    assert dvc("status", cwd=project).stdout.split() == ["fetch_catalog:", "always", "changed"]
+    output = dvc("repro", cwd=project).stdout
+    assert re.findall(r"Running stage '(\w+)'", output) == ["fetch_catalog"]
+
+
+def write_catalog(path: Path, rows: range, unlabeled: set[int]) -> None:
+    """Rows of the built-in digits as a catalog file, the `unlabeled` ones without a label."""
+    from imgrec.fetch import digits_table
+
+    table = digits_table().slice(rows.start, len(rows))
+    labels = table.column("label").to_pylist()
+    labels = [None if row in unlabeled else label for row, label in zip(rows, labels, strict=True)]
+    pq.write_table(table.set_column(1, "label", pa.array(labels, pa.int64())), path)
+
+
+def ran_stages(output: str) -> list[str]:
+    return re.findall(r"Running stage '(\w+)'", output)
+
+
+def test_a_grown_catalog_is_embedded_without_training_to_the_bytes_of_a_full_pass(
+    project, tmp_path
+):
+    """Issue 22's bar, tiny: a catalog apart from the training data, grown by appended rows,
+    reruns the catalog's stages and not train, embeds only the new rows, and gives the
+    embeddings and recommendations a from-scratch pass gives."""
+    copy = tmp_path / "project"
+    shutil.copytree(project, copy)
+    catalog = tmp_path / "catalog"
+    catalog.mkdir()
+    write_catalog(catalog / "0000.parquet", range(1000, 1300), unlabeled={1003, 1010})
+    params = yaml.safe_load((copy / "params.yaml").read_text())
+    params["catalog_source"] = str(catalog)
+    (copy / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    catalog_stages = ["fetch_catalog", "prepare_catalog", "embed", "audit", "recommend", "figure"]
+    first = dvc("repro", cwd=copy).stdout
+    assert ran_stages(first) == catalog_stages
+    assert "embedded 300 new images of 300" in first
+    assert json.loads((copy / "metrics/prepare_catalog.json").read_text())["unlabeled_rows"] == 2
+
+    write_catalog(catalog / "0001.parquet", range(1300, 1340), unlabeled=set())
+    grown = dvc("repro", cwd=copy).stdout
+    assert ran_stages(grown) == catalog_stages
+    assert "embedded 40 new images of 340" in grown
+    compared = ["data/embeddings", "data/recommendations.parquet"]
+    after_growth = digest(copy, compared)
+    unchanged = dvc("repro", cwd=copy).stdout
+    assert ran_stages(unchanged) == ["fetch_catalog"] and "up to date with its source" in unchanged
+
+    shutil.rmtree(copy / ".imgrec" / "vectors")
+    scratch = dvc("repro", "--force", "--single-item", "embed", cwd=copy).stdout
+    assert "embedded 340 new images of 340" in scratch
+    dvc("repro", "--force", "--single-item", "recommend", cwd=copy)
+    assert digest(copy, compared) == after_growth
 
 
 @pytest.mark.parametrize(
     ("param", "value", "expected_runs"),
     [
-        ("top_k", 3, {"recommend", "figure"}),
-        ("batch_size", 8, {"train", "evaluate", "embed", "audit", "recommend", "figure"}),
+        # fetch_catalog always runs: it looks for rows appended to the catalog's source.
+        ("top_k", 3, {"fetch_catalog", "recommend", "figure"}),
+        (
+            "batch_size",
+            8,
+            {"fetch_catalog", "train", "evaluate", "embed", "audit", "recommend", "figure"},
+        ),
     ],
 )
 def test_a_param_change_reruns_only_what_depends_on_it(project, param, value, expected_runs):

@@ -24,9 +24,9 @@ STAGES = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
 QUERY_NEEDS = (
     "models/model.pt",
     "data/embeddings",
-    "data/prepared",
+    "data/catalog/prepared",
     "data/raw.parquet",
-    "data/image_hashes.parquet",
+    "data/catalog/image_hashes.parquet",
     "reports/audit.json",
 )
 

@@ -55,8 +55,8 @@ def project(tmp_path_factory, tiny_prepared: Path) -> Path:
     (root / "dvc.yaml").write_text("stages: {}\n")
     (root / "models").mkdir()
     (root / "data").mkdir()
-    shutil.copytree(tiny_prepared, root / "data/prepared")
-    data = load_prepared(root / "data/prepared")
+    shutil.copytree(tiny_prepared, root / "data/catalog/prepared")
+    data = load_prepared(root / "data/catalog/prepared")
     torch.manual_seed(0)
     model = CNNClassifier(ModelConfig(num_classes=len(data.class_names)))
     save_checkpoint(
@@ -79,7 +79,7 @@ def project(tmp_path_factory, tiny_prepared: Path) -> Path:
     prints = [duplicates.fingerprint(np.asarray(image)) for image in data.images]
     groups, _ = duplicates.duplicate_groups(prints, max_bits=4)
     hashes = ImageHashes(data.row_ids, prints, data.row_ids[groups], 4)
-    save_image_hashes(root / "data/image_hashes.parquet", hashes)
+    save_image_hashes(root / "data/catalog/image_hashes.parquet", hashes)
     (root / "reports").mkdir()
     save_report(root / "reports/audit.json", AUDIT)
     return root
@@ -185,7 +185,7 @@ def png_of(pixels: np.ndarray) -> bytes:
 @pytest.fixture(scope="module")
 def catalog_png(project: Path) -> tuple[bytes, int]:
     """A catalog item's pixels as a PNG (they decode to the same pixels), and its row id."""
-    data = load_prepared(project / "data/prepared")
+    data = load_prepared(project / "data/catalog/prepared")
     position = int(data.val_index[2])
     return png_of(np.asarray(data.images[position])), int(data.row_ids[position])
 
@@ -206,10 +206,10 @@ def multipart(field: str, filename: str, data: bytes) -> tuple[bytes, dict]:
 def cli_json(capsys, project: Path, *argv: str) -> dict:
     options = ["--model", str(project / "models/model.pt"), "--device", "cpu"]
     options += ["--catalog", str(project / "data/embeddings")]
-    options += ["--prepared", str(project / "data/prepared")]
+    options += ["--prepared", str(project / "data/catalog/prepared")]
     if argv[0] == "recommend":
         options += ["--audit", str(project / "reports/audit.json")]
-        options += ["--hashes", str(project / "data/image_hashes.parquet")]
+        options += ["--hashes", str(project / "data/catalog/image_hashes.parquet")]
     assert cli.main([*argv, "--json", *options]) == 0
     (answer,) = json.loads(capsys.readouterr().out)
     return answer
@@ -293,7 +293,7 @@ def test_an_items_image_is_its_prepared_pixels(server, project):
     status, headers, png = server.request("/api/items/7/image")
     assert status == 200
     assert headers.get_content_type() == "image/png"
-    data = load_prepared(project / "data/prepared")
+    data = load_prepared(project / "data/catalog/prepared")
     expected = data.images[data.positions(np.array([7]))[0]]
     np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(png))), expected)
 
@@ -486,7 +486,7 @@ def test_which_hosts_need_a_token(project, host, token, no_token, starts):
 
 def test_a_stale_catalog_refuses_to_start_with_one_line(project, tmp_path, capsys):
     other = tmp_path / "other.pt"
-    data = load_prepared(project / "data/prepared")
+    data = load_prepared(project / "data/catalog/prepared")
     torch.manual_seed(1)
     save_checkpoint(
         other, CNNClassifier(ModelConfig(num_classes=4)), data.class_names, data.img_size,
@@ -494,7 +494,7 @@ def test_a_stale_catalog_refuses_to_start_with_one_line(project, tmp_path, capsy
     )  # fmt: skip
     code = cli.main(
         ["serve", "--model", str(other), "--catalog", str(project / "data/embeddings"),
-         "--prepared", str(project / "data/prepared"), "--port", str(free_port())]
+         "--prepared", str(project / "data/catalog/prepared"), "--port", str(free_port())]
     )  # fmt: skip
     err = capsys.readouterr().err
     assert code == 1

@@ -29,6 +29,7 @@ from imgrec.config import ComputeConfig, param
 from imgrec.errors import ImgrecError
 from imgrec.image_hashes import ImageHashes
 from imgrec.neighbors import ExactIndex, IndexConfig, make_index
+from imgrec.prepared import UNLABELED, label_name
 
 COPY_SAMPLE = 500
 COPY_QUANTILE = 0.01
@@ -80,13 +81,18 @@ def suspect_labels(
     labels: np.ndarray, neighbor_labels: np.ndarray, neighbor_scores: np.ndarray, n_classes: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """(N,) score (the cosine-weighted share of neighbours with another label) and (N,)
-    suggested label (the one with most weight among the others)."""
-    weights = np.maximum(neighbor_scores, 0).astype(np.float64)  # (N, k)
+    suggested label (the one with most weight among the others). Unlabeled neighbours do not
+    vote; an unlabeled item, or one with no labelled neighbour, scores 0."""
+    known = neighbor_labels != UNLABELED  # (N, k)
+    weights = np.where(known, np.maximum(neighbor_scores, 0), 0).astype(np.float64)
     votes = np.zeros((len(labels), n_classes))
-    np.add.at(votes, (np.arange(len(labels))[:, None], neighbor_labels), weights)
+    np.add.at(votes, (np.arange(len(labels))[:, None], np.where(known, neighbor_labels, 0)),
+              weights)  # fmt: skip
     total = np.maximum(votes.sum(axis=1), np.finfo(np.float64).tiny)
-    score = 1 - votes[np.arange(len(labels)), labels] / total
-    votes[np.arange(len(labels)), labels] = -1  # the suggestion is another label
+    own = np.maximum(labels, 0)
+    score = 1 - votes[np.arange(len(labels)), own] / total
+    score[(labels == UNLABELED) | ~known.any(axis=1)] = 0
+    votes[np.arange(len(labels)), own] = -1  # the suggestion is another label
     return score, votes.argmax(axis=1)
 
 
@@ -162,7 +168,8 @@ FIGURE_COLUMNS = 6
 
 
 def _caption(catalog: Catalog, position: int) -> str:
-    return f"#{catalog.row_ids[position]}  {catalog.class_names[catalog.labels[position]]}"
+    label = label_name(catalog.class_names, catalog.labels[position]) or "unlabeled"
+    return f"#{catalog.row_ids[position]}  {label}"
 
 
 def duplicates_figure(report: AuditReport, catalog: Catalog):

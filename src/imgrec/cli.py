@@ -166,7 +166,8 @@ def cmd_recommend(args: argparse.Namespace) -> int:
                 if c:
                     shown = ", ".join(map(str, c[:10])) + (", ..." if len(c) > 10 else "")
                     print(f"duplicates catalog item(s) {shown} (left out of the results)")
-                rows = [(str(n.rank), str(n.row_id), n.label, f"{n.score:.4f}") for n in neighbors]
+                rows = [(str(n.rank), str(n.row_id), n.label or "-", f"{n.score:.4f}")
+                        for n in neighbors]  # fmt: skip
                 print(format_table(("rank", "row_id", "label", "score"), rows, align="rrlr"))
         sys.stdout.flush()  # the results are out before the figure can fail
     except BrokenPipeError:
@@ -283,7 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
     outputs.add_argument(
         "--prepared",
         metavar="DIR",
-        help=f"prepared dataset folder from the prepare stage (default: {DEFAULT_PREPARED})",
+        help=f"the catalog's prepared images, from prepare_catalog (default: {DEFAULT_PREPARED})",
     )
 
     common = argparse.ArgumentParser(add_help=False, parents=[outputs])

@@ -1,26 +1,106 @@
-"""Stage embed: the catalog, each prepared image's embedding and appearance vectors, and the
-"no close match" threshold calibrated on it.
+"""Stage embed: the catalog, each catalog image's embedding and appearance vectors, and the
+"no close match" threshold, the model's, calibrated on its training data.
+
+Incremental: a vector's bits are a function of the image, the model, and the size of the
+batch it was computed in (oneDNN and BLAS pick kernels by shape; measured: not of its place
+in the batch or the images beside it). A from-scratch pass puts every image in a full
+batch of FULL_BATCH but the last N mod FULL_BATCH. So `embed_catalog` keeps full-batch
+vectors (`kept_vectors`) by pixel hash, computes only images it has not kept, in full
+batches padded with blank images, and computes the final partial batch again as a
+from-scratch pass does: the catalog is the bytes a from-scratch pass writes
+(tests/test_embed.py), whether 1 or all of its images are new.
 
 Calibration: every validation image's appearance cosine to its nearest training
 image; the threshold is the NOVELTY_QUANTILE of those. Validation images are what
 new images drawn like the catalog's look like to a model that never trained on
 them (training images sit closer together), so about that share of such new
 images is flagged; a query whose nearest catalog item is less alike than the
-threshold is "unlike the catalog".
+threshold is "unlike the catalog". Its inputs are the model and its training data, so a
+catalog that grows or changes never moves it.
 """
 
 from dataclasses import dataclass
 
 import numpy as np
+import torch
+from tqdm import tqdm
 
 from imgrec.catalog import NOVELTY_QUANTILE
 from imgrec.config import ComputeConfig
+from imgrec.duplicates import pixel_hash
+from imgrec.inference import catalog_vectors
+from imgrec.kept_vectors import KeptVectors, empty, first_of_each, kept_vectors, union
+from imgrec.model import CNNClassifier
 from imgrec.neighbors import ExactIndex
+
+FULL_BATCH = 256  # images a forward pass takes at once
 
 
 @dataclass(frozen=True)
 class EmbedConfig(ComputeConfig):
     pass
+
+
+@dataclass(frozen=True)
+class Embedded:
+    embeddings: np.ndarray  # (N, D) float32, L2-normalised
+    appearance: np.ndarray  # (N, C) float32, L2-normalised
+    kept: KeptVectors  # every image's full-batch vectors, to keep for the next run
+    new_images: int  # distinct images embedded here (the others were kept)
+    final_batch: int  # images of the final partial batch, computed again as from scratch
+
+
+def pixel_hashes(images: np.ndarray) -> np.ndarray:
+    """(N, 16) uint8: each (S, S, 3) image's `duplicates.pixel_hash`."""
+    hashes = np.empty((len(images), 16), np.uint8)
+    for i, image in enumerate(images):
+        hashes[i] = np.frombuffer(pixel_hash(image), np.uint8)
+    return hashes
+
+
+def full_batch_vectors(
+    model: CNNClassifier, images: np.ndarray, device: torch.device | str, desc: str | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """`catalog_vectors` of `images`, each computed in a full batch (padded with blank
+    images): the bits it has anywhere but a final partial batch."""
+    n = len(images)
+    embeddings = np.empty((n, model.config.embedding_dim), np.float32)
+    appearance = np.empty((n, model.config.widths[-1]), np.float32)
+    for start in tqdm(range(0, n, FULL_BATCH), desc=desc, unit="batch", disable=None):
+        stop = min(start + FULL_BATCH, n)
+        batch = np.zeros((FULL_BATCH, *images.shape[1:]), np.uint8)  # blank past the images
+        batch[: stop - start] = images[start:stop]
+        e, a = catalog_vectors(model, batch, batch_size=FULL_BATCH, device=device)
+        embeddings[start:stop], appearance[start:stop] = e[: stop - start], a[: stop - start]
+    return embeddings, appearance
+
+
+def embed_catalog(
+    model: CNNClassifier,
+    images: np.ndarray,
+    kept: KeptVectors | None,
+    device: torch.device | str,
+    desc: str | None = None,
+) -> Embedded:
+    """`catalog_vectors(model, images)`'s bits, computing only the images `kept` lacks
+    (and the final partial batch again)."""
+    config = model.config
+    kept = kept or empty(config.embedding_dim, config.widths[-1])
+    hashes = pixel_hashes(images)
+    new_positions = np.flatnonzero(kept.find(hashes) < 0)
+    new_positions = new_positions[np.sort(first_of_each(hashes[new_positions]))]  # once each
+    new_vectors = full_batch_vectors(model, images[new_positions], device, desc)
+    both = union(kept, kept_vectors(hashes[new_positions], *new_vectors))
+    at = both.find(hashes)
+    embeddings, appearance = both.embeddings[at], both.appearance[at]  # full-batch bits
+    this_run = kept_vectors(hashes, embeddings, appearance)  # copies: kept before the tail
+    final = len(images) % FULL_BATCH
+    if final:  # as a full pass ends: one batch of the last `final` images
+        tail = np.asarray(images[len(images) - final :])
+        embeddings[-final:], appearance[-final:] = catalog_vectors(
+            model, tail, batch_size=FULL_BATCH, device=device
+        )
+    return Embedded(embeddings, appearance, this_run, len(new_positions), final)
 
 
 def no_close_match_threshold(

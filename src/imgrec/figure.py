@@ -25,11 +25,15 @@ class FigureConfig(StageConfig):
 def catalog_recommendations_figure(
     data: Prepared, recommendations: Recommendations, max_queries: int = 12
 ) -> plt.Figure:
-    """One query per class (up to `max_queries`): each class's first validation image."""
-    val_labels = data.labels[data.val_index]
-    classes = np.unique(val_labels)[:max_queries]
-    positions = [int(data.val_index[np.argmax(val_labels == c)]) for c in classes]
-    names = data.class_names
+    """One query per class (up to `max_queries`): each class's first validation image, or
+    for a catalog apart from the training data (no split) its first item; unlabeled items
+    are one more "class"."""
+    candidates = data.val_index if len(data.val_index) else np.arange(len(data.labels))
+    candidate_labels = data.labels[candidates]
+    classes = np.unique(candidate_labels)[:max_queries]
+    positions = [int(candidates[np.argmax(candidate_labels == c)]) for c in classes]
+    names = [*data.class_names, "unlabeled"]  # UNLABELED (-1) is the last
+    queries = "validation image" if len(data.val_index) else "catalog item"
     neighbor_positions, neighbor_titles = [], []
     for position in positions:
         neighbor_rows, scores = recommendations.of(int(data.row_ids[position]))
@@ -47,7 +51,7 @@ def catalog_recommendations_figure(
         [f"query #{data.row_ids[p]}\n{names[data.labels[p]]}" for p in positions],
         [[data.images[p] for p in found] for found in neighbor_positions],
         neighbor_titles,
-        title=f"Left, bold: each class's first validation image (row id, label; {shown}).\n"
+        title=f"Left, bold: each class's first {queries} (row id, label; {shown}).\n"
         f"Right: its {recommendations.neighbor_row_ids.shape[1]} most similar catalog items "
         "(row id, label, cosine score), best first.",
     )

@@ -1,5 +1,6 @@
 """prepare: decode every fetched image exactly once into the prepared arrays."""
 
+import collections
 import errno
 import logging
 import math
@@ -21,7 +22,7 @@ from imgrec.dask_cluster import LOCAL, dask_client, ordered_results
 from imgrec.duplicates import PHASH_BITS
 from imgrec.errors import ImgrecError
 from imgrec.image_hashes import ImageHashes
-from imgrec.prepared import IMAGES_FILE, save_prepared_labels
+from imgrec.prepared import IMAGES_FILE, UNLABELED, save_prepared_labels
 from imgrec.raw_parquet import class_names_from_metadata
 
 log = logging.getLogger(__name__)
@@ -31,10 +32,10 @@ _COMPACT_ROWS = 1024  # images copied at once when skipped rows are squeezed out
 
 
 @dataclass(frozen=True)
-class PrepareConfig(StageConfig):
+class DecodeConfig(StageConfig):
+    """How images are decoded and grouped: the training data's and the catalog's alike."""
+
     img_size: int = param(64, ge=1)
-    val_fraction: float = param(0.2, gt=0, lt=1)
-    seed: int = param(42, ge=0)
     max_bad_fraction: float = param(0.1, ge=0, le=1)
     # keep: duplicates stay, each group on one side of the split; drop: one image a group.
     duplicates: Literal["keep", "drop"] = "keep"
@@ -44,14 +45,21 @@ class PrepareConfig(StageConfig):
     dask_scheduler: str = LOCAL  # where the decoding runs; the output is the same anywhere
 
 
+@dataclass(frozen=True)
+class PrepareConfig(DecodeConfig):
+    val_fraction: float = param(0.2, gt=0, lt=1)
+    seed: int = param(42, ge=0)
+
+
 def class_ids(labels: list, label_names: list[str] | None) -> tuple[np.ndarray, list[str]]:
-    """Map any label values (ints, gaps, strings) to contiguous ids 0..C-1 in sorted order.
+    """Map any label values (ints, gaps, strings) to contiguous ids 0..C-1 in sorted order;
+    a missing label (a catalog's unlabeled row) to UNLABELED.
 
     Integer labels take their names from the dataset's ClassLabel names when
     it has them; otherwise a label's name is the label itself.
     """
-    values = sorted(set(labels))
-    lookup = {value: index for index, value in enumerate(values)}
+    values = sorted({label for label in labels if has_label(label)})
+    lookup = collections.defaultdict(lambda: UNLABELED, {v: i for i, v in enumerate(values)})
     ids = np.fromiter((lookup[value] for value in labels), dtype=np.int64, count=len(labels))
 
     def name(value: object) -> str:
@@ -116,7 +124,7 @@ def _reserve(path: Path) -> None:
 
 
 def decode_group(
-    group: pa.Table, img_size: int
+    group: pa.Table, img_size: int, keep_unlabeled: bool = False
 ) -> tuple[np.ndarray, list, list[str | None], list[duplicates.Fingerprint]]:
     """A Dask task: one row group's images decoded, on whichever worker runs it.
 
@@ -129,7 +137,7 @@ def decode_group(
     labels = group.column("label").to_pylist()
     kept, reasons = [], []
     for blob, label in zip(blobs, labels, strict=True):
-        if not has_label(label):
+        if not (keep_unlabeled or has_label(label)):
             reasons.append("unlabeled")
             continue
         try:
@@ -152,7 +160,9 @@ class Decoded:
     examples: dict[str, list[int]] = field(default_factory=dict)  # reason -> row numbers
 
 
-def decode_rows(parquet: pq.ParquetFile, staging_path: Path, img_size: int, client: Any) -> Decoded:
+def decode_rows(
+    parquet: pq.ParquetFile, staging_path: Path, img_size: int, client: Any, keep_unlabeled: bool
+) -> Decoded:
     """Decode every row group as a Dask task; write the pixels into the staging array."""
     sizes = [parquet.metadata.row_group(group).num_rows for group in range(parquet.num_row_groups)]
     firsts = (np.cumsum(sizes, dtype=np.int64) - sizes).tolist()  # each group's first row
@@ -160,7 +170,7 @@ def decode_rows(parquet: pq.ParquetFile, staging_path: Path, img_size: int, clie
     # groups, not the file; `hash=False`: two equal groups are still two pieces of data.
     tasks = (
         (client.scatter(parquet.read_row_group(group, columns=["image", "label"]), hash=False),
-         img_size)
+         img_size, keep_unlabeled)
         for group in range(len(sizes))
     )  # fmt: skip
     staging = np.load(staging_path, mmap_mode="r+")
@@ -240,17 +250,24 @@ def find_duplicates(found: Decoded, config: PrepareConfig) -> tuple[np.ndarray, 
     return groups, report
 
 
-def prepare(
-    parquet_path: str | os.PathLike,
-    out_dir: str | os.PathLike,
-    config: PrepareConfig,
-) -> tuple[dict, ImageHashes]:
-    """Decode every image exactly once into `out_dir`, as Dask tasks on
-    `config.dask_scheduler`'s workers; return the counts for the report and the images'
-    hashes."""
+@dataclass
+class DecodedImages:
+    """What `decode_into` leaves besides the pixels in `out_dir`."""
+
+    found: Decoded
+    total: int  # rows read
+    groups: np.ndarray  # (K,) each kept row's duplicate group, as a position
+    group_report: list[dict]  # the groups by row number
+    class_names_in_metadata: list[str] | None
+
+
+def decode_into(
+    parquet_path: str | os.PathLike, out_dir: Path, config: DecodeConfig, keep_unlabeled: bool
+) -> DecodedImages:
+    """Decode every image exactly once into `out_dir / IMAGES_FILE`, as Dask tasks on
+    `config.dask_scheduler`'s workers; group the duplicates."""
     parquet = pq.ParquetFile(parquet_path)
     total = parquet.metadata.num_rows
-    out_dir = Path(out_dir)
     staging_path = out_dir / "staging.npy"
     # One slot per row, filled at the row's position; compacted afterwards if rows were skipped.
     staging = np.lib.format.open_memmap(
@@ -260,15 +277,43 @@ def prepare(
     _reserve(staging_path)
     groups = parquet.num_row_groups
     with dask_client(config.dask_scheduler, processes=True, tasks=groups) as client:
-        found = decode_rows(parquet, staging_path, config.img_size, client)
+        found = decode_rows(parquet, staging_path, config.img_size, client, keep_unlabeled)
     check_skips(found, total, config.max_bad_fraction)
     duplicate_of, duplicate_groups = find_duplicates(found, config)
     compact(staging_path, out_dir / IMAGES_FILE, found.kept_rows)
-
     label_names = class_names_from_metadata(parquet.schema_arrow.metadata)
-    labels, class_names = class_ids(found.kept_labels, label_names)
+    return DecodedImages(found, total, duplicate_of, duplicate_groups, label_names)
+
+
+def counts_of(decoded: DecodedImages, n_classes: int) -> dict:
+    found = decoded.found
+    return {
+        "rows_read": decoded.total,
+        "rows_skipped": sum(found.skipped.values()),
+        "skipped_by_reason": {reason: found.skipped.get(reason, 0) for reason in SKIP_REASONS},
+        "skipped_rows_e_g": {reason: rows[:10] for reason, rows in sorted(found.examples.items())},
+        "images": len(found.kept_rows),
+        "classes": n_classes,
+        # Rows that duplicate an earlier one (dropped with `duplicates: drop`), and the
+        # groups by row number, each group's first row the one kept.
+        "duplicate_rows": sum(len(group["row_ids"]) - 1 for group in decoded.group_report),
+        "duplicate_groups": decoded.group_report,
+    }
+
+
+def prepare(
+    parquet_path: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    config: PrepareConfig,
+) -> tuple[dict, ImageHashes]:
+    """Decode every image exactly once into `out_dir`, as Dask tasks on
+    `config.dask_scheduler`'s workers, and split it; return the counts for the report and
+    the images' hashes."""
+    decoded = decode_into(parquet_path, Path(out_dir), config, keep_unlabeled=False)
+    found = decoded.found
+    labels, class_names = class_ids(found.kept_labels, decoded.class_names_in_metadata)
     train_index, val_index = stratified_split(
-        labels, config.val_fraction, config.seed, duplicate_of
+        labels, config.val_fraction, config.seed, decoded.groups
     )
     row_ids = np.asarray(found.kept_rows, dtype=np.int64)
     save_prepared_labels(
@@ -281,32 +326,18 @@ def prepare(
         img_size=config.img_size,
     )
     hashes = ImageHashes(
-        row_ids, found.fingerprints, row_ids[duplicate_of], config.near_duplicate_bits
+        row_ids, found.fingerprints, row_ids[decoded.groups], config.near_duplicate_bits
     )
-    n_skipped = sum(found.skipped.values())
-    n_duplicates = sum(len(group["row_ids"]) - 1 for group in duplicate_groups)
+    counts = counts_of(decoded, len(class_names))
     log.info(
         "prepared %d images (%d skipped, %d duplicates %s), %d classes, %d train / %d val",
         len(found.kept_rows),
-        n_skipped,
-        n_duplicates,
+        counts["rows_skipped"],
+        counts["duplicate_rows"],
         "dropped" if config.duplicates == "drop" else "kept",
         len(class_names),
         len(train_index),
         len(val_index),
     )
-    counts = {
-        "rows_read": total,
-        "rows_skipped": n_skipped,
-        "skipped_by_reason": {reason: found.skipped.get(reason, 0) for reason in SKIP_REASONS},
-        "skipped_rows_e_g": {reason: rows[:10] for reason, rows in sorted(found.examples.items())},
-        "images": len(found.kept_rows),
-        "classes": len(class_names),
-        "train_images": len(train_index),
-        "val_images": len(val_index),
-        # Rows that duplicate an earlier one (dropped with `duplicates: drop`), and the
-        # groups by row number, each group's first row the one kept.
-        "duplicate_rows": n_duplicates,
-        "duplicate_groups": duplicate_groups,
-    }
+    counts["train_images"], counts["val_images"] = len(train_index), len(val_index)
     return counts, hashes

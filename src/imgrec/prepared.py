@@ -3,14 +3,16 @@
 Layout (read by `load_prepared`; written by `prepare.prepare`, which streams the
 pixels into IMAGES_FILE from its workers, then `save_prepared_labels` for the rest):
   images.npy      uint8 (N, S, S, 3), ready to memory-map
-  labels.npy      int64 (N,) contiguous class ids
+  labels.npy      int64 (N,) contiguous class ids; UNLABELED in a catalog's unlabeled rows
   row_ids.npy     int64 (N,) row of each image in the fetched parquet
-  train_index.npy, val_index.npy   int64 positions into the arrays above
+  train_index.npy, val_index.npy   int64 positions into the arrays above (both empty for a
+                  catalog apart from the training data: `prepare.prepare_catalog`)
   meta.json       class names and image size
 """
 
 import hashlib
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +22,12 @@ from imgrec.errors import MissingOutput
 from imgrec.files import read_json, write_json
 
 IMAGES_FILE = "images.npy"  # written in place by prepare's workers, then moved here
+UNLABELED = -1  # the label id of a catalog item without a label
+
+
+def label_name(class_names: list[str], label: int) -> str | None:
+    """A label id's class name; None for UNLABELED."""
+    return None if label == UNLABELED else class_names[label]
 
 
 @dataclass(frozen=True)
@@ -81,3 +89,14 @@ def save_prepared_labels(
     np.save(folder / "train_index.npy", train_index)
     np.save(folder / "val_index.npy", val_index)
     write_json(folder / "meta.json", {"class_names": class_names, "img_size": img_size})
+
+
+def link_prepared(source: str | os.PathLike, folder: str | os.PathLike) -> None:
+    """Fill the empty `folder` with the prepared dataset in `source`: hard links where the
+    filesystem allows (no second copy of the pixels; nothing rewrites a prepared file in
+    place), copies elsewhere."""
+    for file in sorted(Path(source).iterdir()):
+        try:
+            os.link(file, Path(folder) / file.name)
+        except OSError:
+            shutil.copyfile(file, Path(folder) / file.name)

@@ -32,17 +32,17 @@ if TYPE_CHECKING:
 # Relative to the repository root (the folder holding dvc.yaml): where dvc.yaml writes them.
 DEFAULT_MODEL = "models/model.pt"
 DEFAULT_CATALOG = "data/embeddings"
-DEFAULT_PREPARED = "data/prepared"
+DEFAULT_PREPARED = "data/catalog/prepared"  # the catalog's images: the training data by default
 DEFAULT_RECOMMENDATIONS = "data/recommendations.parquet"
 DEFAULT_AUDIT = "reports/audit.json"  # optional for every front end
-DEFAULT_HASHES = "data/image_hashes.parquet"
+DEFAULT_HASHES = "data/catalog/image_hashes.parquet"
 
 
 @dataclass(frozen=True)
 class Neighbor:
     rank: int
     row_id: int
-    label: str
+    label: str | None  # None: a catalog item without a label
     score: float
 
 
@@ -257,12 +257,14 @@ def search(
         scores, positions = collapsed_search(
             lambda k: index.search(queries, k), n, top_k, duplicates.groups, excluded
         )
+    from imgrec.prepared import label_name
+
     results = [
         [
             Neighbor(
                 rank=rank,
                 row_id=int(catalog.row_ids[p]),
-                label=catalog.class_names[catalog.labels[p]],
+                label=label_name(catalog.class_names, catalog.labels[p]),
                 score=round(float(s), 6),  # float32 holds about 7 digits
             )
             for rank, (p, s) in enumerate(zip(row_positions, row_scores, strict=True), start=1)
@@ -286,10 +288,12 @@ def item_neighbors(
     catalog: Catalog, recommendations: Recommendations, row_id: int
 ) -> list[Neighbor]:
     """A catalog item's top-k as the recommend stage stored them, best first."""
+    from imgrec.prepared import label_name
+
     neighbor_ids, scores = recommendations.of(row_id)
     labels = catalog.labels[catalog.positions(neighbor_ids)]
     return [
-        Neighbor(rank, int(n), catalog.class_names[label], round(float(s), 6))
+        Neighbor(rank, int(n), label_name(catalog.class_names, label), round(float(s), 6))
         for rank, (n, label, s) in enumerate(zip(neighbor_ids, labels, scores, strict=True), 1)
     ]
 

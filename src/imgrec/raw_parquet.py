@@ -1,11 +1,14 @@
-"""The fetched parquet (data/raw.parquet): the Hugging Face Image schema and its class names.
+"""The fetched parquet (data/raw.parquet, data/catalog/raw.parquet): the Hugging Face Image
+schema and its class names.
 
 fetch writes it, prepare reads it; both go through the names here.
 """
 
 import json
+import os
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 IMAGE_TYPE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
 # Image bytes are compressed already, unique and unordered: dictionary-encoding them,
@@ -27,3 +30,20 @@ def class_names_from_metadata(metadata: dict[bytes, bytes] | None) -> list[str] 
     except (TypeError, KeyError, ValueError):
         return None
     return [str(name) for name in names] if isinstance(names, list) else None
+
+
+# fetch_catalog's file when `catalog_source` is empty: no rows, and this metadata key, so
+# prepare_catalog takes the training data's prepared images as the catalog.
+_TRAINING_DATA_KEY = b"imgrec_catalog"
+_TRAINING_DATA_VALUE = b"the training data"
+
+
+def save_training_data_marker(path: str | os.PathLike) -> None:
+    """A fetched catalog that says "the catalog is the training data"."""
+    empty = pa.table({"image": pa.array([], IMAGE_TYPE), "label": pa.array([], pa.int64())})
+    pq.write_table(empty.replace_schema_metadata({_TRAINING_DATA_KEY: _TRAINING_DATA_VALUE}), path)
+
+
+def is_training_data_marker(path: str | os.PathLike) -> bool:
+    metadata = pq.read_schema(path).metadata or {}
+    return metadata.get(_TRAINING_DATA_KEY) == _TRAINING_DATA_VALUE

@@ -7,6 +7,7 @@ import numpy as np
 
 from imgrec.config import param
 from imgrec.neighbors import IndexConfig
+from imgrec.prepared import UNLABELED
 
 
 @dataclass(frozen=True)
@@ -21,12 +22,17 @@ def retrieval_metrics(neighbor_labels: np.ndarray, labels: np.ndarray) -> dict:
     """precision@k and mAP@k by label agreement, for every catalog item against the others.
 
     `labels` (N,): the catalog's; `neighbor_labels` (N, k): those of each item's top-k
-    (self excluded, as `search_catalog` gives them).
+    (self excluded, as `search_catalog` gives them). Only labelled items are judged, and an
+    unlabeled neighbour shares no label (None for both when no item has a label).
     precision@k: share of the k neighbours that carry the item's label.
     AP@k: sum of precision@i over the ranks i holding such a neighbour, divided by
     min(k, how many other items carry the label), the most that could be found (0 when
     none can); mAP@k averages it over items.
     """
+    labelled = labels != UNLABELED
+    if not labelled.any():
+        return {"precision@k": None, "map@k": None}
+    labels, neighbor_labels = labels[labelled], neighbor_labels[labelled]
     relevant = neighbor_labels == labels[:, None]  # (N, k)
     k = relevant.shape[1]
     precision_at_rank = np.cumsum(relevant, axis=1) / np.arange(1, k + 1)

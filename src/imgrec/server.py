@@ -46,6 +46,7 @@ from starlette.datastructures import Headers, UploadFile
 from imgrec.audit_report import AuditReport, load_report
 from imgrec.errors import ImgrecError, MissingOutput, first_line
 from imgrec.images import FORMATS
+from imgrec.prepared import label_name
 from imgrec.query import (
     Recommender,
     UnknownItem,
@@ -146,7 +147,9 @@ class Served:
     recommendations: Recommendations
     audit: AuditReport | None
     model_name: str
-    is_val: np.ndarray  # (N,) bool: the catalog item is in the validation split
+    # (N,) "train" or "val", the split of the training data an item is in; None for every
+    # item of a catalog apart from the training data (it has no split).
+    splits: np.ndarray
     flags: dict[int, list[str]]  # row id -> what the audit says of it; empty without one
     # One query at a time per worker: see the module's docstring.
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -172,10 +175,12 @@ class Served:
         audit = load_report(config.audit) if known else None
         catalog = recommender.catalog
         _ = catalog.embedding_index, catalog.appearance_index  # fitted now, not in a request
-        is_val = np.zeros(len(catalog.row_ids), dtype=bool)
-        is_val[catalog.val_index] = True
+        splits = np.full(len(catalog.row_ids), None, dtype=object)
+        if len(catalog.val_index):
+            splits[:] = "train"
+            splits[catalog.val_index] = "val"
         flags = _item_flags(audit)
-        return cls(recommender, recommendations, audit, config.model_name, is_val, flags)
+        return cls(recommender, recommendations, audit, config.model_name, splits, flags)
 
     @property
     def catalog_size(self) -> int:
@@ -384,8 +389,8 @@ def create_app(config: ServeConfig, served: Served | None = None) -> FastAPI:
         row_id = int(catalog.row_ids[position])
         return {
             "row_id": row_id,
-            "label": catalog.class_names[catalog.labels[position]],
-            "split": "val" if served.is_val[position] else "train",
+            "label": label_name(catalog.class_names, catalog.labels[position]),
+            "split": served.splits[position],
             "flags": served.flags.get(row_id, []) if served.audit is not None else None,
         }
 

@@ -57,7 +57,7 @@ function card(entry) {
   item.append(image);
   const rank = entry.rank !== undefined ? `#${entry.rank} ` : "";
   item.append(element("div", `${rank}row ${entry.row_id}`));
-  item.append(element("div", `label ${entry.label}`));
+  item.append(element("div", `label ${entry.label ?? "none"}`));
   if (entry.score !== undefined) item.append(element("div", `score ${entry.score.toFixed(4)}`, "score"));
   if (entry.flags && entry.flags.length) item.append(element("div", entry.flags.join(", "), "badges"));
   const open = () => showItem(entry.row_id);
@@ -76,7 +76,7 @@ async function showItem(rowId) {
     $("item").hidden = false;
     $("item-title").textContent = `Row ${item.row_id}`;
     $("item-image").src = await itemImageUrl(item.row_id);
-    const facts = [["label", item.label], ["split", item.split]];
+    const facts = [["label", item.label ?? "none"], ["split", item.split ?? "none (a catalog apart from the training data)"]];
     if (item.audit) {
       const audit = item.audit;
       if (audit.suspect_label) {

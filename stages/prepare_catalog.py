@@ -1,0 +1,32 @@
+"""Stage prepare_catalog: the catalog's images decoded, resized and grouped as prepare does
+the training data's, at the model's img_size, but kept whole (no split; unlabeled rows
+stay); or, when the catalog is the training data, that data's prepared images."""
+
+from imgrec import stage
+from imgrec.files import atomic_dir, write_json
+from imgrec.image_hashes import load_image_hashes, save_image_hashes
+from imgrec.prepare_catalog import PrepareCatalogConfig, catalog_from_training, prepare_catalog
+from imgrec.raw_parquet import is_training_data_marker
+
+
+def main(args, config: PrepareCatalogConfig) -> None:
+    with atomic_dir(args.out) as tmp:
+        if is_training_data_marker(args.data):
+            training_hashes = load_image_hashes(args.training_hashes)
+            counts, hashes = catalog_from_training(args.training, training_hashes, tmp)
+        else:
+            counts, hashes = prepare_catalog(args.data, tmp, config)
+    save_image_hashes(args.hashes, hashes)
+    write_json(args.report, counts)
+    headline = {
+        "rows_used": counts["images"],
+        "rows_skipped": counts["rows_skipped"],
+        "duplicate_rows": counts["duplicate_rows"],
+        "unlabeled_rows": counts["unlabeled_images"],
+    }
+    write_json(args.metrics, headline)
+
+
+if __name__ == "__main__":
+    paths = ["data", "training", "training_hashes", "out", "hashes", "metrics", "report"]
+    stage.run(main, PrepareCatalogConfig, paths)
