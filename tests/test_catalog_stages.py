@@ -108,3 +108,35 @@ def test_unlabeled_items_are_never_suspect_and_cast_no_vote():
     score, _ = suspect_labels(labels, neighbor_labels, scores, n_classes=2)
     assert score[0] == pytest.approx(1.0)  # its one labelled neighbour disagrees
     assert score[1] == 0 and score[2] == 0  # unlabeled; no labelled neighbour
+
+
+def test_a_catalog_file_without_a_label_column_is_fetched_unlabeled(
+    source, tmp_path, dask_scheduler
+):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from imgrec.raw_parquet import IMAGE_TYPE
+
+    images = [{"bytes": b, "path": None} for b in tagged_images(4, start=30)]
+    pq.write_table(pa.table({"image": pa.array(images, IMAGE_TYPE)}), source / "0001.parquet")
+    out = tmp_path / "raw.parquet"
+    report, _ = fetch_catalog(fetch_config(source, dask_scheduler), out, tmp_path / "state")
+    assert report["rows_fetched"] == 34
+    assert pq.read_table(out).column("label").to_pylist()[-5:] == [2, None, None, None, None]
+
+
+def test_the_training_data_still_needs_its_label_column(tmp_path, dask_scheduler):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from imgrec.errors import ImgrecError
+    from imgrec.fetch import fetch
+    from imgrec.raw_parquet import IMAGE_TYPE
+
+    images = [{"bytes": b, "path": None} for b in tagged_images(4)]
+    pq.write_table(pa.table({"image": pa.array(images, IMAGE_TYPE)}), tmp_path / "x.parquet")
+    with pytest.raises(ImgrecError, match="has no 'label' column"):
+        fetch(
+            str(tmp_path / "x.parquet"), 10, tmp_path / "out.parquet", dask_scheduler=dask_scheduler
+        )

@@ -221,6 +221,15 @@ def test_a_grown_catalog_is_embedded_without_training_to_the_bytes_of_a_full_pas
     after_growth = digest(copy, compared)
     unchanged = dvc("repro", cwd=copy).stdout
     assert ran_stages(unchanged) == ["fetch_catalog"] and "up to date with its source" in unchanged
+    # The query command answers from the grown catalog: an appended image is found in it.
+    from imgrec.fetch import digits_table
+
+    (copy / "new.png").write_bytes(digits_table().column("image")[1339].as_py()["bytes"])
+    query = subprocess.run(
+        [sys.executable, "-m", "imgrec", "recommend", "new.png", "--json"],
+        cwd=copy, capture_output=True, text=True, env=dvc_env(copy), check=True,
+    )  # fmt: skip
+    assert 339 in json.loads(query.stdout)[0]["duplicate_of"]  # catalog row 339 of 340
 
     shutil.rmtree(copy / ".imgrec" / "vectors")
     scratch = dvc("repro", "--force", "--single-item", "embed", cwd=copy).stdout

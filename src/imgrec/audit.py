@@ -85,7 +85,7 @@ def suspect_labels(
     vote; an unlabeled item, or one with no labelled neighbour, scores 0."""
     known = neighbor_labels != UNLABELED  # (N, k)
     weights = np.where(known, np.maximum(neighbor_scores, 0), 0).astype(np.float64)
-    votes = np.zeros((len(labels), n_classes))
+    votes = np.zeros((len(labels), max(n_classes, 1)))  # a catalog may have no label at all
     np.add.at(votes, (np.arange(len(labels))[:, None], np.where(known, neighbor_labels, 0)),
               weights)  # fmt: skip
     total = np.maximum(votes.sum(axis=1), np.finfo(np.float64).tiny)

@@ -193,10 +193,11 @@ def _read_footer(fs: fsspec.AbstractFileSystem, path: str) -> _SourceFile:
         raise ImgrecError(f"cannot read source file {name}: {_reason(error)}.") from error
 
 
-def _check_schema(file: _SourceFile, first: _SourceFile) -> None:
-    """One sentence naming the file and column unless `file` holds what fetch can write."""
+def _check_schema(file: _SourceFile, first: _SourceFile, labels_required: bool) -> None:
+    """One sentence naming the file and column unless `file` holds what fetch can write
+    (`first`: the first file with rows and labels)."""
     schema = file.schema
-    for column in ("image", "label"):
+    for column in ("image", "label") if labels_required else ("image",):
         if column not in schema.names:
             raise ImgrecError(
                 f"source file {file.name} has no {column!r} column "
@@ -225,6 +226,8 @@ def _check_schema(file: _SourceFile, first: _SourceFile) -> None:
             f"source file {file.name}: column 'image' is {image}; expected "
             "struct<bytes: binary, path: string> or plain binary image bytes."
         )
+    if "label" not in schema.names:  # a catalog's file without labels
+        return
     label = _decoded(schema.field("label").type)
     if not (_is_class_id(label) or _is_string(label)):
         raise ImgrecError(
@@ -290,15 +293,21 @@ class _Part:
     group: int
     first_row: int  # the group's first row in its file, for messages
     rows: int
+    # The type of the null labels given to a file without a label column (a catalog's);
+    # None: the file has labels.
+    null_label_type: pa.DataType | None = None
 
 
-def _tasks(files: list[_SourceFile], rows: int) -> Iterator[list[_Part]]:
+def _tasks(
+    files: list[_SourceFile], rows: int, label_type: pa.DataType | None = None
+) -> Iterator[list[_Part]]:
     """The first `rows` rows of `files`, in order, as tasks: lists of parts.
 
     Small source groups are gathered, across files too, into tasks of up to
     OUT_ROW_GROUP_ROWS rows, so tiny groups or files make neither tiny tasks nor a fetched
     file of tiny row groups; a bigger group is a task of its own. No output row group
     spans two tasks, so the stage writes each task's rows as they come, copying nothing.
+    A file without a label column (a catalog's) gets null labels of `label_type`.
     """
     task: list[_Part] = []
     for file in files:
@@ -306,7 +315,8 @@ def _tasks(files: list[_SourceFile], rows: int) -> Iterator[list[_Part]]:
         for group, group_rows in enumerate(file.group_rows):
             if rows <= 0:
                 break
-            part = _Part(file.path, file.name, group, first_row, min(group_rows, rows))
+            null_label = None if "label" in file.schema.names else (label_type or pa.int64())
+            part = _Part(file.path, file.name, group, first_row, min(group_rows, rows), null_label)
             first_row += group_rows
             rows -= part.rows
             if not part.rows:
@@ -333,11 +343,16 @@ def read_rows(fs: fsspec.AbstractFileSystem, task: list[_Part]) -> Iterator[pa.T
                 batches = parquet.iter_batches(
                     batch_size=min(OUT_ROW_GROUP_ROWS, part.rows),
                     row_groups=[part.group],
-                    columns=["image", "label"],
+                    columns=["image"] if part.null_label_type else ["image", "label"],
                     use_threads=False,
                 )
                 for batch in batches:
-                    table = to_hf_schema(pa.Table.from_batches([batch.slice(0, part.rows - read)]))
+                    table = pa.Table.from_batches([batch.slice(0, part.rows - read)])
+                    if part.null_label_type:
+                        table = table.append_column(
+                            "label", pa.nulls(len(table), part.null_label_type)
+                        )
+                    table = to_hf_schema(table)
                     read += table.num_rows
                     yield table
                     if read == part.rows:
@@ -391,7 +406,12 @@ def _builtin_fetch(source: str, rows: int, out_path: str | Path) -> FetchResult:
 
 
 def fetch(
-    source: str, rows: int, out_path: str | Path, *, dask_scheduler: str = LOCAL
+    source: str,
+    rows: int,
+    out_path: str | Path,
+    *,
+    dask_scheduler: str = LOCAL,
+    labels_required: bool = True,
 ) -> FetchResult:
     """Write the first `rows` rows of `source`, in order, to one parquet file.
 
@@ -400,13 +420,14 @@ def fetch(
     source themselves: give a cluster a source its workers can reach) and written here
     in order, so memory is a constant plus the row groups in flight whatever the source's
     size, and the file is the same whichever scheduler ran the tasks. A failure leaves no
-    file at `out_path`.
+    file at `out_path`. Without `labels_required` (a catalog), a file may lack the label
+    column: its rows get null labels.
     """
     if source.startswith(BUILTIN_PREFIX):
         return _builtin_fetch(source, rows, out_path)
     fs, paths = list_parquet_files(source)
     with dask_client(dask_scheduler, processes=False) as client:
-        return _fetch(source, fs, paths, rows, out_path, client)
+        return _fetch(source, fs, paths, rows, out_path, client, labels_required)
 
 
 def _fetch(
@@ -416,12 +437,14 @@ def _fetch(
     rows: int,
     out_path: str | Path,
     client: Any,
+    labels_required: bool = True,
 ) -> FetchResult:
     files = list(ordered_results(client, _read_footer, ((fs, path) for path in paths)))
-    # Label types are compared with the first file that holds rows.
-    first = next((file for file in files if file.num_rows), files[0])
+    # Label types are compared with the first file that holds rows (and labels).
+    labelled = [file for file in files if "label" in file.schema.names] or files
+    first = next((file for file in labelled if file.num_rows), labelled[0])
     for file in files:
-        _check_schema(file, first)
+        _check_schema(file, first, labels_required)
     available = sum(file.num_rows for file in files)
     if available == 0:
         raise ImgrecError(f"source {source!r} has no rows.")
@@ -429,7 +452,13 @@ def _fetch(
     first_metadata = files[0].schema.metadata or {}
     class_names = class_names_from_metadata(first_metadata)
     metadata = {b"huggingface": first_metadata[b"huggingface"]} if class_names else None
-    tables = _read(client, fs, _tasks(files, rows))
+    if "label" in first.schema.names and not _is_class_id(
+        _decoded(first.schema.field("label").type)
+    ):
+        label_type = pa.string()
+    else:
+        label_type = pa.int64()
+    tables = _read(client, fs, _tasks(files, rows, label_type))
     writer = None  # opened at the first rows, so a source without rows leaves no file
     written = 0
     try:

@@ -84,7 +84,7 @@ def fetch_catalog(
         return report, False
     with atomic_file(out_path) as tmp:
         result = fetch(config.catalog_source, config.catalog_rows, tmp,
-                       dask_scheduler=config.dask_scheduler)  # fmt: skip
+                       dask_scheduler=config.dask_scheduler, labels_required=False)  # fmt: skip
     report = {"rows_fetched": result.rows_fetched, "files_read": result.files_read}
     remember_fetch(state_path, source, out_path, report)
     return report, True

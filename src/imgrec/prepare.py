@@ -229,7 +229,7 @@ def compact(staging_path: Path, images_path: Path, kept_rows: list[int]) -> None
     staging_path.unlink()
 
 
-def find_duplicates(found: Decoded, config: PrepareConfig) -> tuple[np.ndarray, list[dict]]:
+def find_duplicates(found: Decoded, config: DecodeConfig) -> tuple[np.ndarray, list[dict]]:
     """Group the kept rows' duplicates; with `duplicates: drop`, keep each group's first row
     only (`found` shrinks). Returns each kept row's group (a position) and the groups, by
     row number, for the report."""
