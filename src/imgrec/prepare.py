@@ -285,6 +285,26 @@ def decode_into(
     return DecodedImages(found, total, duplicate_of, duplicate_groups, label_names)
 
 
+def save_decoded(
+    out_dir: str | os.PathLike,
+    decoded: DecodedImages,
+    labels: np.ndarray,
+    class_names: list[str],
+    split: tuple[np.ndarray, np.ndarray],
+    config: DecodeConfig,
+) -> ImageHashes:
+    """Everything of the prepared dataset but the pixels (`decode_into` wrote those), with
+    `split` (train, val positions); the images' hashes."""
+    found = decoded.found
+    row_ids = np.asarray(found.kept_rows, dtype=np.int64)
+    save_prepared_labels(out_dir, labels=labels, row_ids=row_ids, train_index=split[0],
+                         val_index=split[1], class_names=class_names,
+                         img_size=config.img_size)  # fmt: skip
+    return ImageHashes(
+        row_ids, found.fingerprints, row_ids[decoded.groups], config.near_duplicate_bits
+    )
+
+
 def counts_of(decoded: DecodedImages, n_classes: int) -> dict:
     found = decoded.found
     return {
@@ -315,19 +335,7 @@ def prepare(
     train_index, val_index = stratified_split(
         labels, config.val_fraction, config.seed, decoded.groups
     )
-    row_ids = np.asarray(found.kept_rows, dtype=np.int64)
-    save_prepared_labels(
-        out_dir,
-        labels=labels,
-        row_ids=row_ids,
-        train_index=train_index,
-        val_index=val_index,
-        class_names=class_names,
-        img_size=config.img_size,
-    )
-    hashes = ImageHashes(
-        row_ids, found.fingerprints, row_ids[decoded.groups], config.near_duplicate_bits
-    )
+    hashes = save_decoded(out_dir, decoded, labels, class_names, (train_index, val_index), config)
     counts = counts_of(decoded, len(class_names))
     log.info(
         "prepared %d images (%d skipped, %d duplicates %s), %d classes, %d train / %d val",

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 
 from imgrec.image_hashes import ImageHashes
-from imgrec.prepare import DecodeConfig, class_ids, counts_of, decode_into
-from imgrec.prepared import UNLABELED, link_prepared, save_prepared_labels
+from imgrec.prepare import DecodeConfig, class_ids, counts_of, decode_into, save_decoded
+from imgrec.prepared import UNLABELED, link_prepared
 
 log = logging.getLogger(__name__)
 
@@ -30,24 +30,12 @@ def prepare_catalog(
     decoded = decode_into(parquet_path, Path(out_dir), config, keep_unlabeled=True)
     found = decoded.found
     labels, class_names = class_ids(found.kept_labels, decoded.class_names_in_metadata)
-    row_ids = np.asarray(found.kept_rows, dtype=np.int64)
-    none = np.empty(0, np.int64)
-    save_prepared_labels(
-        out_dir,
-        labels=labels,
-        row_ids=row_ids,
-        train_index=none,
-        val_index=none,
-        class_names=class_names,
-        img_size=config.img_size,
-    )
-    hashes = ImageHashes(
-        row_ids, found.fingerprints, row_ids[decoded.groups], config.near_duplicate_bits
-    )
+    no_split = (np.empty(0, np.int64), np.empty(0, np.int64))
+    hashes = save_decoded(out_dir, decoded, labels, class_names, no_split, config)
     counts = counts_of(decoded, len(class_names))
     counts["unlabeled_images"] = int(np.count_nonzero(labels == UNLABELED))
     log.info("prepared a catalog of %d images (%d unlabeled, %d skipped, %d duplicates)",
-             len(row_ids), counts["unlabeled_images"], counts["rows_skipped"],
+             len(labels), counts["unlabeled_images"], counts["rows_skipped"],
              counts["duplicate_rows"])  # fmt: skip
     return counts, hashes
 
