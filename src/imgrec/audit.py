@@ -155,7 +155,8 @@ def audit(
         "near_duplicate_calibration": f"quantile {COPY_QUANTILE} of the embedding cosine "
         f"between {min(COPY_SAMPLE, n)} catalog images and their copies at half resolution "
         f"and JPEG quality {COPY_JPEG_QUALITY}, or quantile {DISTINCT_QUANTILE} of each "
-        "validation image's cosine to its nearest training image where that is higher",
+        "validation image's cosine to its nearest training image where that is higher"
+        + ("" if len(catalog.val_index) else " (this catalog has no split: no such floor)"),
         "suspect_score_above": SUSPECT_SCORE,
         "suspect_neighbors": k,
         "outlier_appearance_below": catalog.no_close_match_below,

@@ -5,7 +5,7 @@ Layout (written by `save_catalog`, read by `load_catalog`; nothing else touches 
   appearance.npy  float32 (N, C), L2-normalised `forward_appearance`: what novelty is judged on
   row_ids.npy     int64 (N,), the prepared dataset's row ids, in its order
   meta.json       the md5 of the checkpoint that made them (so staleness is exact), and
-                  the "no close match" threshold calibrated on the catalog itself
+                  the "no close match" threshold calibrated on the training data
                   (`embed.no_close_match_threshold`)
 """
 

@@ -131,7 +131,7 @@ def write_figure(
         list(images),
         [f"query\n{_source_name(s)}" for s in sources],
         [[catalog.images[p] for p in row] for row in positions],
-        [[neighbor_title(n.label, n.score) for n in r] for r in results],
+        [[neighbor_title(n.label or "unlabeled", n.score) for n in r] for r in results],
     )
     try:
         save_figure(figure, path)

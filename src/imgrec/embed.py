@@ -59,17 +59,22 @@ def pixel_hashes(images: np.ndarray) -> np.ndarray:
 
 
 def full_batch_vectors(
-    model: CNNClassifier, images: np.ndarray, device: torch.device | str, desc: str | None = None
+    model: CNNClassifier,
+    images: np.ndarray,
+    positions: np.ndarray,
+    device: torch.device | str,
+    desc: str | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """`catalog_vectors` of `images`, each computed in a full batch (padded with blank
-    images): the bits it has anywhere but a final partial batch."""
-    n = len(images)
+    """`catalog_vectors` of `images[positions]`, each computed in a full batch (padded with
+    blank images): the bits it has anywhere but a final partial batch. A batch at a time
+    is read from the memory-mapped images."""
+    n = len(positions)
     embeddings = np.empty((n, model.config.embedding_dim), np.float32)
     appearance = np.empty((n, model.config.widths[-1]), np.float32)
     for start in tqdm(range(0, n, FULL_BATCH), desc=desc, unit="batch", disable=None):
         stop = min(start + FULL_BATCH, n)
         batch = np.zeros((FULL_BATCH, *images.shape[1:]), np.uint8)  # blank past the images
-        batch[: stop - start] = images[start:stop]
+        batch[: stop - start] = images[positions[start:stop]]
         e, a = catalog_vectors(model, batch, batch_size=FULL_BATCH, device=device)
         embeddings[start:stop], appearance[start:stop] = e[: stop - start], a[: stop - start]
     return embeddings, appearance
@@ -89,7 +94,7 @@ def embed_catalog(
     hashes = pixel_hashes(images)
     new_positions = np.flatnonzero(kept.find(hashes) < 0)
     new_positions = new_positions[np.sort(first_of_each(hashes[new_positions]))]  # once each
-    new_vectors = full_batch_vectors(model, images[new_positions], device, desc)
+    new_vectors = full_batch_vectors(model, images, new_positions, device, desc)
     both = union(kept, kept_vectors(hashes[new_positions], *new_vectors))
     at = both.find(hashes)
     embeddings, appearance = both.embeddings[at], both.appearance[at]  # full-batch bits

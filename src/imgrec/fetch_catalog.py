@@ -5,7 +5,8 @@ data is the catalog (`raw_parquet.save_training_data_marker`).
 DVC tracks a param, not the files it names, so the stage always runs (dvc.yaml:
 `always_changed`) and reads its source again only when it changed: each file's fsspec
 `ukey` (`source_state`) is remembered in the state file beside the output's md5, which DVC
-keeps (`persist`); the same source and output, and nothing is read.
+keeps (`persist`); the same source, code and output, and nothing is read. To read it
+again regardless, delete that state file (`.imgrec/fetch_catalog.json`).
 """
 
 import hashlib
@@ -13,8 +14,11 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import pyarrow as pa
+
 from imgrec.config import StageConfig, param
 from imgrec.dask_cluster import LOCAL
+from imgrec.errors import ImgrecError, first_line
 from imgrec.fetch import BUILTIN_PREFIX, fetch, list_parquet_files
 from imgrec.files import atomic_file
 from imgrec.raw_parquet import save_training_data_marker
@@ -28,14 +32,26 @@ class FetchCatalogConfig(StageConfig):
     dask_scheduler: str = LOCAL  # where row groups are read; the output is the same anywhere
 
 
+# What writes the fetched file: an edit to any of them, or another pyarrow, fetches again.
+FETCH_CODE = ("fetch.py", "fetch_catalog.py", "raw_parquet.py")
+
+
 def source_state(source: str, rows: int) -> dict:
-    """What decides the rows `fetch(source, rows)` writes, cheaply: the source, `rows`, and
-    each parquet file's fsspec `ukey` (local: size and modification time; Hugging Face: the
-    file's git blob). An appended row changes a file or adds one, and so this."""
+    """What decides the rows `fetch(source, rows)` writes, cheaply: the source, `rows`, the
+    code and pyarrow that write them, and each parquet file's fsspec `ukey` (local: size and
+    modification time; Hugging Face: the file's git blob). An appended row changes a file
+    or adds one, and so this."""
+    package = Path(__file__).parent
+    code = hashlib.md5(b"".join((package / name).read_bytes() for name in FETCH_CODE))
+    state = {"source": source, "rows": rows, "code_md5": code.hexdigest(),
+             "pyarrow": pa.__version__, "files": []}  # fmt: skip
     if source.startswith(BUILTIN_PREFIX):
-        return {"source": source, "rows": rows, "files": []}
+        return state
     fs, paths = list_parquet_files(source)
-    return {"source": source, "rows": rows, "files": [[p, fs.ukey(p)] for p in paths]}
+    try:
+        return state | {"files": [[p, fs.ukey(p)] for p in paths]}
+    except Exception as error:  # network and auth errors come in many types
+        raise ImgrecError(f"cannot reach source {source!r}: {first_line(error)}") from error
 
 
 def _file_md5(path: str | Path) -> str | None:

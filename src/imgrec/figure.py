@@ -30,7 +30,8 @@ def catalog_recommendations_figure(
     are one more "class"."""
     candidates = data.val_index if len(data.val_index) else np.arange(len(data.labels))
     candidate_labels = data.labels[candidates]
-    classes = np.unique(candidate_labels)[:max_queries]
+    classes = np.unique(candidate_labels)  # UNLABELED (-1) first: moved to the end
+    classes = np.concatenate([classes[classes >= 0], classes[classes < 0]])[:max_queries]
     positions = [int(candidates[np.argmax(candidate_labels == c)]) for c in classes]
     names = [*data.class_names, "unlabeled"]  # UNLABELED (-1) is the last
     queries = "validation image" if len(data.val_index) else "catalog item"

@@ -60,6 +60,10 @@ class VectorKey:
             digest.update(name.encode())
             digest.update((package / name).read_bytes())
         compute = f"device {device}, {torch.get_num_threads()} threads, {kernels_mode} kernels"
+        if device.type == "cuda":  # another GPU or cuDNN computes other bits
+            compute += (
+                f"; {torch.cuda.get_device_name(device)}, cuDNN {torch.backends.cudnn.version()}"
+            )
         if kernels_mode == "native":
             compute += f"; {kernels.machine_line()}"
         libraries = f"torch {torch.__version__}, numpy {np.__version__}"
@@ -134,13 +138,18 @@ def load_kept(root: str | os.PathLike, key: VectorKey) -> KeptVectors | None:
 
 def save_kept(root: str | os.PathLike, key: VectorKey, kept: KeptVectors) -> None:
     """Keep `kept` under `key` (replacing what was there); forget all but the KEPT_KEYS most
-    recently used keys' vectors."""
+    recently used keys' vectors. A failure (a full disk) is one log line: the next run
+    embeds more, with the same result."""
     root = Path(root)
-    with atomic_dir(root / key.folder_name) as tmp:
-        np.save(tmp / "pixel_hashes.npy", kept.pixel_hashes)
-        np.save(tmp / "embeddings.npy", kept.embeddings)
-        np.save(tmp / "appearance.npy", kept.appearance)
-        write_json(tmp / "key.json", asdict(key))
+    try:
+        with atomic_dir(root / key.folder_name) as tmp:
+            np.save(tmp / "pixel_hashes.npy", kept.pixel_hashes)
+            np.save(tmp / "embeddings.npy", kept.embeddings)
+            np.save(tmp / "appearance.npy", kept.appearance)
+            write_json(tmp / "key.json", asdict(key))
+    except OSError as error:
+        log.warning("could not keep the vectors in %s: %s", root, first_line(error))
+        return
     folders = sorted(
         (f for f in root.iterdir() if f.is_dir() and not f.name.startswith(".")),
         key=lambda f: f.stat().st_mtime_ns,

@@ -6,7 +6,7 @@ pixels into IMAGES_FILE from its workers, then `save_prepared_labels` for the re
   labels.npy      int64 (N,) contiguous class ids; UNLABELED in a catalog's unlabeled rows
   row_ids.npy     int64 (N,) row of each image in the fetched parquet
   train_index.npy, val_index.npy   int64 positions into the arrays above (both empty for a
-                  catalog apart from the training data: `prepare.prepare_catalog`)
+                  catalog apart from the training data: `prepare_catalog.prepare_catalog`)
   meta.json       class names and image size
 """
 
