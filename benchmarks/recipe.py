@@ -9,6 +9,7 @@ make_catalog.py: 10 classes of drawn shapes) at a chosen number of rows.
 
 import imgrec  # noqa: F401, I001 - first: it applies IMGREC_KERNELS before numpy and torch load
 
+import argparse
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,17 @@ from imgrec.train import TrainConfig, TrainResult, train
 
 HERE = Path(__file__).resolve().parent
 DATASETS = ("digits", "catalog")
+
+
+def add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options every recipe benchmark takes: datasets, rows, batches, params, folders."""
+    add = parser.add_argument
+    add("--dataset", action="append", choices=DATASETS, help="repeat for both (default)")
+    add("--rows", type=int, default=2000, help="catalog rows (the digits are all 1,797)")
+    add("--max-batches", type=int, help="cap batches per epoch (smoke runs)")
+    add("-S", "--set", action="append", default=[], help="PARAM=VALUE, as dvc's -S")
+    add("--data-dir", type=Path, default=HERE / "data", help="where catalogs are made")
+    add("--work-dir", type=Path, default=HERE / "work", help="prepared datasets")
 
 
 def read_params(overrides: list[str]) -> dict:

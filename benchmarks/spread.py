@@ -17,7 +17,6 @@ import argparse
 import os
 import time
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 
@@ -60,13 +59,8 @@ def run_dataset(dataset: str, args: argparse.Namespace, params: dict) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add = parser.add_argument
-    add("--dataset", action="append", choices=recipe.DATASETS, help="repeat for both (default)")
+    recipe.add_recipe_arguments(parser)
     add("--seeds", default="42,43,44,45,46", help="training seeds, comma-separated")
-    add("--rows", type=int, default=2000, help="catalog rows (the digits are all 1,797)")
-    add("--max-batches", type=int, help="cap batches per epoch (smoke runs)")
-    add("-S", "--set", action="append", default=[], help="PARAM=VALUE, as dvc's -S")
-    add("--data-dir", type=Path, default=recipe.HERE / "data", help="where catalogs are made")
-    add("--work-dir", type=Path, default=recipe.HERE / "work", help="prepared datasets")
     args = parser.parse_args()
     args.seeds = [int(seed) for seed in args.seeds.split(",")]
     params = recipe.read_params(args.set)

@@ -18,7 +18,6 @@ import argparse
 import os
 import time
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -192,14 +191,9 @@ def run_draw(dataset: str, data: Prepared, holdout_seed: int, args, params: dict
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add = parser.add_argument
-    add("--dataset", action="append", choices=recipe.DATASETS, help="repeat for both (default)")
+    recipe.add_recipe_arguments(parser)
     add("--holdout", type=int, default=3, help="classes held out of training")
     add("--holdout-seeds", default="0", help="one draw of held-out classes per seed")
-    add("--rows", type=int, default=2000, help="catalog rows (the digits are all 1,797)")
-    add("--max-batches", type=int, help="cap batches per epoch (smoke runs)")
-    add("-S", "--set", action="append", default=[], help="PARAM=VALUE, as dvc's -S")
-    add("--data-dir", type=Path, default=recipe.HERE / "data", help="where catalogs are made")
-    add("--work-dir", type=Path, default=recipe.HERE / "work", help="prepared datasets")
     args = parser.parse_args()
     params = recipe.read_params(args.set)
     print(f"params: params.yaml{''.join(f' -S {s}' for s in args.set)}")
