@@ -4,7 +4,7 @@ of a killed run resumes from --state. With `nproc` > 1 it starts that many ranks
 
 from functools import partial
 
-from imgrec import ddp, runtime, stage
+from imgrec import ddp, fingerprint, runtime, stage
 from imgrec.checkpoint import save_checkpoint
 from imgrec.files import write_json
 from imgrec.model import CNNClassifier
@@ -22,10 +22,12 @@ def main(args, config: TrainConfig) -> None:
         return ddp.launch(config.nproc)
     world = runtime.World.from_environment()
     device = runtime.start(config, world)
+    data, data_md5 = load_prepared(args.prepared), prepared_md5(args.prepared)
+    if world.is_main:  # before seeding: it draws torch's RNG
+        fingerprint.record(args.fingerprint, fingerprint.setup_for(config, data.img_size, device))
     # Dropout and augmentation differ between ranks, as their images do; rank 0 seeds as a
     # single process does, and DDP gives every rank rank 0's initial weights.
     generator = runtime.seed_everything(config.seed + world.rank)
-    data, data_md5 = load_prepared(args.prepared), prepared_md5(args.prepared)
     if world.is_main:
         print(f"dataset: {len(data.train_index)} train / {len(data.val_index)} val images, "
               f"{len(data.class_names)} classes, {data.img_size} px")  # fmt: skip
@@ -48,6 +50,6 @@ def main(args, config: TrainConfig) -> None:
 
 
 if __name__ == "__main__":
-    paths = ["prepared", "model", "live_dir", "metrics", "state"]
+    paths = ["prepared", "model", "live_dir", "metrics", "fingerprint", "state"]
     stage.run(main, TrainConfig, paths, options=lambda parser: parser.add_argument(
         "--max-batches", type=int, help="cap batches per epoch (smoke tests)"))  # fmt: skip

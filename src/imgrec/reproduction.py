@@ -3,14 +3,17 @@
     python -m imgrec.reproduction [--against HEAD] [--tolerances reproducibility.yaml]
                                   [--summary FILE]
 
-On x86-64 with portable kernels on the CPU a fresh run must rewrite every
-tracked output byte for byte: this says so in one line, and fails (showing the
-metrics for reference) if a byte moved. Where bits cannot match (ARM, a GPU,
-`kernels: native`) it compares each metric of every metrics file dvc.yaml
-declares with the committed value against the tolerance declared for it,
-prints a Markdown table (also appended to `--summary`, e.g.
-`$GITHUB_STEP_SUMMARY`), and fails only when a metric leaves its tolerance
-(or has none declared) or an exact output (fetch's, prepare's) changed a byte.
+The train stage writes the per-operation fingerprint of the kernels it ran with
+(`imgrec.fingerprint`). Where it equals the committed run's, and the params are the
+committed run's, every tracked output must come back byte for byte: this says so in
+one line, and a changed byte fails the check, named (a real regression, not float
+noise). Where the fingerprints differ (another CPU whose kernels give other bits, a
+GPU, `kernels: native`), or where there is no fingerprint to compare and bits cannot
+be promised (ARM, a GPU, native kernels), it names why, compares each metric of every
+metrics file dvc.yaml declares with the committed value against the tolerance declared
+for it, prints a Markdown table (also appended to `--summary`, e.g.
+`$GITHUB_STEP_SUMMARY`), and fails only when a metric leaves its tolerance (or has
+none declared) or an exact output (fetch's, prepare's) changed a byte.
 """
 
 import argparse
@@ -24,7 +27,7 @@ from pathlib import Path
 
 import yaml
 
-from imgrec import kernels
+from imgrec import fingerprint, kernels
 from imgrec.errors import EXIT_FAILED, ImgrecError
 
 TOLERANCES_FILE = "reproducibility.yaml"
@@ -160,12 +163,22 @@ def read_tolerances(path: str) -> dict:
 BIT_NEUTRAL_PARAMS = frozenset({"checkpoint_every", "dask_scheduler"})
 
 
-def bits_expected(committed_params: dict | None = None) -> tuple[bool, str]:
+def bits_expected(
+    committed_params: dict | None = None,
+    fingerprints: tuple[fingerprint.Fingerprint | None, fingerprint.Fingerprint | None] = (
+        None,
+        None,
+    ),
+) -> tuple[bool, str]:
     """Whether this machine and params.yaml promise bit-identical outputs, and why (not).
 
     Params other than the committed run's (`committed_params`) never do: another
     `num_threads` or `nproc` splits the float sums differently, and any other param
-    trains another model; such a run is held to the declared tolerances.
+    trains another model; such a run is held to the declared tolerances. Then the
+    kernels: where both the committed run and this one left their fingerprint
+    (`fingerprints`: committed, reproduced), equal ones promise equal bits and differing
+    ones name the operations; where either is missing, the machine decides as before
+    fingerprints existed (x86-64, portable kernels, the CPU).
     """
     params = yaml.safe_load(Path("params.yaml").read_text()) or {}
     committed = params if committed_params is None else committed_params
@@ -175,6 +188,18 @@ def bits_expected(committed_params: dict | None = None) -> tuple[bool, str]:
     )  # fmt: skip
     if changed:
         return False, f"other params than the committed run's ({', '.join(changed)})"
+    committed_fingerprint, reproduced_fingerprint = fingerprints
+    if committed_fingerprint is not None and reproduced_fingerprint is not None:
+        differing = reproduced_fingerprint.differing(committed_fingerprint)
+        if not differing:
+            return True, "kernels whose fingerprint equals the committed run's"
+        shown = ", ".join(differing[:12]) + (
+            f" and {len(differing) - 12} more" if len(differing) > 12 else ""
+        )
+        return False, (
+            f"kernels that differ from the committed run's in {len(differing)} "
+            f"operation(s): {shown}"
+        )
     if not kernels.applies_here():
         return False, f"a {platform.machine()} CPU (portable kernels are x86-64 AVX2 ones)"
     if params.get("kernels", "portable") != "portable":
@@ -188,6 +213,10 @@ def bits_expected(committed_params: dict | None = None) -> tuple[bool, str]:
         if torch.cuda.is_available():
             return False, "a CUDA GPU (device: auto)"
     return True, "x86-64 with AVX2 or better, portable kernels, the CPU"
+
+
+def _reproduced_fingerprint(path: str) -> fingerprint.Fingerprint | None:
+    return fingerprint.load(path) if Path(path).exists() else None
 
 
 def check(revision: str, tolerances_path: str) -> tuple[bool, str]:
@@ -214,7 +243,14 @@ def check(revision: str, tolerances_path: str) -> tuple[bool, str]:
     new_lock = _lock_hashes(Path("dvc.lock").read_text())
     moved = [p for p in declared["exact_outputs"] if old_lock.get(p) != new_lock.get(p)]
 
-    strict, why = bits_expected(yaml.safe_load(_git("show", f"{revision}:./params.yaml")))
+    path = declared.get("kernel_fingerprint")
+    fingerprints = (
+        (fingerprint.committed(path, revision), _reproduced_fingerprint(path))
+        if path
+        else (None, None)
+    )
+    committed_params = yaml.safe_load(_git("show", f"{revision}:./params.yaml"))
+    strict, why = bits_expected(committed_params, fingerprints)
     within = all(row.ok for row in rows) and not moved
     passed = within and not strict
     shown = [row for row in rows if not row.ok or row.committed != row.reproduced]
@@ -222,13 +258,13 @@ def check(revision: str, tolerances_path: str) -> tuple[bool, str]:
     if strict:
         verdict = "FAILED: not bit-identical"
         reading = (
-            f"On {why} every tracked output must come back byte for byte, but "
+            f"With {why}, every tracked output must come back byte for byte, but "
             f"{len(changed)} tracked file(s) differ ({listed}). The metrics, for reference:"
         )
     else:
         verdict = "within tolerance" if passed else "FAILED"
         reading = (
-            f"Bits cannot be expected to match on {why}: {len(changed)} tracked file(s) differ "
+            f"Bits cannot be expected to match ({why}): {len(changed)} tracked file(s) differ "
             f"({listed}), so metrics are compared with the tolerances in {tolerances_path}."
         )
     lines = [

@@ -1,0 +1,71 @@
+"""The kernels' per-operation fingerprint: stable on one machine, and it names what differs."""
+
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from imgrec import fingerprint
+from imgrec.fingerprint import Fingerprint, Setup
+
+TINY = Setup(img_size=16, batch_size=4, channels_last=True, precision="fp32", num_threads=2,
+             device="cpu")  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def tiny() -> Fingerprint:
+    return fingerprint.compute(TINY, widths=(4, 8, 8, 8))
+
+
+def test_the_same_setup_gives_the_same_fingerprint(tiny, deterministic_torch):
+    again = fingerprint.compute(TINY, widths=(4, 8, 8, 8))
+    assert again == tiny and not again.differing(tiny)
+    # every layer's three passes, the pieces between them, and the whole model's steps
+    assert {"conv4.backward_weights", "batchnorm.backward", "cross_entropy.backward",
+            "model.step2.weights", "model.embedding"} <= tiny.operations.keys()  # fmt: skip
+    assert len(set(tiny.operations.values())) == len(tiny.operations)  # all distinct outputs
+
+
+def test_the_file_holds_settings_and_hashes_only(tiny, tmp_path):
+    path = tmp_path / "fp.txt"
+    fingerprint.save(path, tiny)
+    assert fingerprint.load(path) == tiny
+    text = path.read_text()
+    assert "# img_size 16\n" in text and "# device cpu\n" in text
+    assert "EPYC" not in text and "Xeon" not in text and "torch" not in text
+
+
+def test_differing_names_the_operations_and_settings(tiny):
+    other = Fingerprint(
+        tiny.setup | {"num_threads": "1"},
+        tiny.operations | {"conv2.forward": "0" * 32, "model.step0.loss": "1" * 32},
+    )
+    assert other.differing(tiny) == ["setup:num_threads", "conv2.forward", "model.step0.loss"]
+    line = fingerprint.verdict(other, tiny, "committed run")
+    assert "differs from the committed run's in 3 operation(s)" in line
+    assert "conv2.forward" in line
+    assert "same as the committed run's" in fingerprint.verdict(tiny, tiny, "committed run")
+
+
+def test_another_setup_changes_the_bits(tiny):
+    """bf16 runs other kernels: a fingerprint that missed it would promise bits it cannot."""
+    bf16 = fingerprint.compute(Setup(**{**TINY.__dict__, "precision": "bf16"}), widths=(4, 8, 8, 8))
+    assert "conv1.forward" in bf16.differing(tiny)
+
+
+def test_the_command_compares_with_a_file_and_fails_on_a_difference(tmp_dir, tiny):
+    params = {"img_size": 16, "batch_size": 4, "channels_last": True, "precision": "fp32",
+              "num_threads": 2, "device": "cpu", "kernels": "portable"}  # fmt: skip
+    (tmp_dir / "params.yaml").write_text(yaml.safe_dump(params))
+    command = [sys.executable, "-m", "imgrec.fingerprint"]
+    made = subprocess.run([*command, "--out", "here.txt"], capture_output=True, text=True)
+    assert made.returncode == 0, made.stderr
+    assert "machine: " in made.stderr
+    same = subprocess.run([*command, "--against", "here.txt"], capture_output=True, text=True)
+    assert same.returncode == 0 and "same as the here.txt's" in same.stderr
+    edited = fingerprint.load("here.txt")
+    edited = Fingerprint(edited.setup, edited.operations | {"linear.forward": "0" * 32})
+    fingerprint.save("there.txt", edited)
+    other = subprocess.run([*command, "--against", "there.txt"], capture_output=True, text=True)
+    assert other.returncode == 1 and "linear.forward" in other.stderr
