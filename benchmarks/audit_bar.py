@@ -144,7 +144,8 @@ def main() -> None:
     model_path.unlink(missing_ok=True)
     command = [sys.executable, str(ROOT / "stages" / "train.py"), "--prepared", str(prepared),
                "--model", str(model_path), "--live-dir", str(work / "live"), "--metrics",
-               str(work / "train.json"), "--state", str(work / "state.pt")]  # fmt: skip
+               str(work / "train.json"), "--fingerprint", str(work / "kernel_fingerprint.txt"),
+               "--state", str(work / "state.pt")]  # fmt: skip
     subprocess.run(command, cwd=work, check=True, stdout=subprocess.DEVNULL)
     model = load_checkpoint(model_path).model
     embeddings, appearance = catalog_vectors(model, data.images)

@@ -51,7 +51,7 @@ def main() -> None:
     params["epochs"] = args.epochs or params["epochs"]
     (work / "params.yaml").write_text(yaml.safe_dump(params))
     outputs = {"--model": "model.pt", "--live-dir": "live", "--metrics": "train.json",
-               "--state": "state.pt"}  # fmt: skip
+               "--fingerprint": "kernel_fingerprint.txt", "--state": "state.pt"}  # fmt: skip
     command = [sys.executable, str(ROOT / "stages" / "train.py"), "--prepared", str(prepared)]
     command += [word for flag, name in outputs.items() for word in (flag, str(work / name))]
     subprocess.run(command, cwd=work, check=True, stdout=subprocess.DEVNULL)

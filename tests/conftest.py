@@ -171,7 +171,7 @@ def train_stage_command(project: Path, prepared: Path, params: dict, *extra: str
     return [
         sys.executable, str(ROOT / "stages" / "train.py"), "--prepared", str(prepared),
         "--model", "models/model.pt", "--live-dir", "dvclive", "--metrics", "train.json",
-        "--state", ".imgrec/train-state.pt", *extra,
+        "--fingerprint", "kernel_fingerprint.txt", "--state", ".imgrec/train-state.pt", *extra,
     ]  # fmt: skip
 
 

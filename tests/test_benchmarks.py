@@ -276,3 +276,16 @@ def test_grow_catalog_smoke_run_embeds_only_the_appended_rows(tmp_path: Path):
     assert "train" not in appended and "embed" in appended
     assert "embedded 30 new images of 330" in steps[2]
     assert "byte-identical to from scratch: yes" in run.stdout
+
+
+def test_conv_paths_smoke_run_prints_each_path_and_what_it_changes():
+    command = [sys.executable, str(ROOT / "benchmarks" / "conv_paths.py"), "--smoke"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    rows = [
+        line for line in done.stdout.splitlines() if line.startswith("| ") and "---" not in line
+    ]
+    assert len(rows) == 5  # the header and four paths
+    assert "| portable (oneDNN AVX2) |" in rows[1] and rows[1].endswith("| 1.00 | none |")
+    # ATen's own convolution computes every layer in another order than oneDNN's
+    assert "layers: conv1, conv2, conv3, conv4" in rows[3]
