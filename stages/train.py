@@ -21,7 +21,7 @@ def main(args, config: TrainConfig) -> None:
         print(f"train: {config.nproc} ranks (DDP), started through torchrun's launcher")
         return ddp.launch(config.nproc)
     world = runtime.World.from_environment()
-    device = runtime.start(config, world)
+    device = runtime.start(config, world, config.precision)
     # Dropout and augmentation differ between ranks, as their images do; rank 0 seeds as a
     # single process does, and DDP gives every rank rank 0's initial weights.
     generator = runtime.seed_everything(config.seed + world.rank)

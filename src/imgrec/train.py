@@ -55,7 +55,9 @@ class TrainConfig(ComputeConfig):
     augment: bool = False
     seed: int = param(42, ge=0)
     channels_last: bool = True
-    precision: Literal["fp32", "bf16"] = "fp32"
+    # fp32: true fp32 on CUDA too; tf32: TF32 convolutions and matmuls on CUDA (fp32 on the
+    # CPU); bf16: autocast (`runtime.set_precision`).
+    precision: Literal["fp32", "tf32", "bf16"] = "fp32"
     # Batches between saves of the resumable state (0: epoch ends only). It decides no bit,
     # so it stays out of the checkpoint's provenance and of what makes a state this run's.
     checkpoint_every: int = param(0, ge=0)
