@@ -88,7 +88,8 @@ class RunIdentity:
 
 
 def capture_rng(generator: torch.Generator) -> dict:
-    """Python's, NumPy's, torch's (CPU and CUDA) and the data generator's state, as data."""
+    """Python's, NumPy's, torch's (CPU and every visible GPU's: dropout on CUDA draws from
+    the GPU's) and the data generator's state (on whatever device it lives), as data."""
     numpy_state = np.random.get_state(legacy=False)  # noqa: NPY002 - the global one, as seeded
     return {
         "python": random.getstate(),
@@ -218,6 +219,11 @@ class Resume:
         (the stage `script` and what it imports), where it computes, and its libraries.
         Portable kernels give the same bits on any x86-64 CPU; native ones are the CPU's."""
         compute = f"device {device}, {torch.get_num_threads()} threads"
+        if device.type == "cuda":  # another GPU, GPU count (its RNG states) or cuDNN: other bits
+            compute += (
+                f"; {torch.cuda.get_device_name(device)} of {torch.cuda.device_count()} GPUs, "
+                f"CUDA {torch.version.cuda}, cuDNN {torch.backends.cudnn.version()}"
+            )
         if train_config["kernels"] == "native":
             compute += f"; {kernels.machine_line()}"
         identity = RunIdentity(prepared_md5, train_config, code_md5(script), compute, max_batches)
