@@ -31,7 +31,6 @@ from imgrec import kernels
 from imgrec.errors import first_line
 from imgrec.files import atomic_file
 from imgrec.runtime import World
-from imgrec.stage_deps import derived_deps
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +40,8 @@ FORMAT_VERSION = 1
 def code_md5(script: str | os.PathLike) -> str:
     """One md5 over a stage script and the package files it imports: the train stage's
     code deps, derived from the import graph as dvc.yaml's are (`stage_deps`)."""
+    from imgrec.stage_deps import derived_deps  # here: it reads dvc.yaml (PyYAML) for stages only
+
     script = Path(script).resolve()
     root = script.parents[1]  # stages/X.py sits beside src/
     digest = hashlib.md5()
