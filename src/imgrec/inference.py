@@ -25,12 +25,13 @@ def to_tensor(batch: np.ndarray | torch.Tensor, device: torch.device | str = "cp
 
 def on_device(images: np.ndarray, device: torch.device, share: float = 0.5) -> torch.Tensor | None:
     """`images` (N, H, W, 3) uint8 copied to a GPU once, where they fit in `share` of its free
-    memory: then no batch crosses the host link (on an H200 that was a third of an epoch).
-    None on the CPU or where they do not fit."""
+    memory: then no batch is gathered on the host and copied over (on an H200, batches from
+    the host gave 6.2 s an epoch where the compute alone takes 4.7 s). None on the CPU or
+    where they do not fit."""
     if device.type != "cuda" or images.nbytes > share * torch.cuda.mem_get_info(device)[0]:
         return None
     resident = torch.empty(images.shape, dtype=torch.uint8, device=device)
-    chunk = max(1, (64 << 20) // max(1, images[0].nbytes if len(images) else 1))  # 64 MiB
+    chunk = max(1, (64 << 20) // max(1, images[0].nbytes if len(images) else 1))  # 64 MiB each
     for start in range(0, len(images), chunk):
         # np.array: a writable copy of the memory-mapped slice, as torch.from_numpy wants
         resident[start : start + chunk].copy_(
