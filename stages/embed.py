@@ -19,20 +19,27 @@ def main(args, config: EmbedConfig) -> None:
     key = VectorKey.here(model_md5, device, config.kernels)
     kept = load_kept(args.kept, key)
     items = embed_catalog(checkpoint.model, catalog.images, kept, device, desc="embed")
-    print(
-        f"embedded {items.new_images} new images of {len(catalog.row_ids)} (the others were "
-        f"kept in {args.kept}), and the last {items.final_batch} again as a full pass ends"
-    )
+    if items.kept is None:
+        print(f"embedded all {len(catalog.row_ids)} images, keeping none: on {device} an "
+              "image's vectors depend on its place in the batch (measured)")  # fmt: skip
+    else:
+        print(
+            f"embedded {items.new_images} new images of {len(catalog.row_ids)} (the others "
+            f"were kept in {args.kept}), and the last {items.final_batch} again as a full "
+            "pass ends"
+        )
     # The threshold is the model's: its training data's vectors (kept after the first run).
-    calibration = embed_catalog(checkpoint.model, training.images, items.kept, device)
-    if calibration.new_images:
+    calibration = embed_catalog(checkpoint.model, training.images, items.kept, device,
+                                position_matters=items.kept is None)  # fmt: skip
+    if calibration.new_images and items.kept is not None:
         print(f"embedded {calibration.new_images} training images for the threshold")
     threshold = no_close_match_threshold(
         calibration.appearance, training.train_index, training.val_index
     )
     save_catalog(args.out, items.embeddings, items.appearance, catalog.row_ids, model_md5,
                  threshold)  # fmt: skip
-    save_kept(args.kept, key, union(items.kept, calibration.kept))
+    if items.kept is not None:
+        save_kept(args.kept, key, union(items.kept, calibration.kept))
 
 
 if __name__ == "__main__":

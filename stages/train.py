@@ -21,7 +21,7 @@ def main(args, config: TrainConfig) -> None:
         print(f"train: {config.nproc} ranks (DDP), started through torchrun's launcher")
         return ddp.launch(config.nproc)
     world = runtime.World.from_environment()
-    device = runtime.start(config, world)
+    device = runtime.start(config, world, config.precision)
     data, data_md5 = load_prepared(args.prepared), prepared_md5(args.prepared)
     if world.is_main:  # before seeding: it draws torch's RNG
         fingerprint.record(args.fingerprint, fingerprint.setup_for(config, data.img_size, device))

@@ -1,5 +1,6 @@
 """benchmarks/run.py in smoke mode: every stage runs and prints its table, so it cannot rot."""
 
+import json
 import math
 import re
 import subprocess
@@ -289,3 +290,44 @@ def test_conv_paths_smoke_run_prints_each_path_and_what_it_changes():
     assert "| portable (oneDNN AVX2) |" in rows[1] and rows[1].endswith("| 1.00 | none |")
     # ATen's own convolution computes every layer in another order than oneDNN's
     assert "layers: conv1, conv2, conv3, conv4" in rows[3]
+
+
+# What a GPU machine may lack (measured on the H200 of issue 28: no dvc, dask, faiss or
+# simplejpeg), and what the check must not need besides.
+NOT_ON_A_GPU_MACHINE = (
+    "dask", "distributed", "faiss", "simplejpeg", "dvc", "dvclive", "yaml", "matplotlib",
+    "pandas", "torchvision", "fastapi", "uvicorn",
+)  # fmt: skip
+
+
+@pytest.mark.slow  # about 35 s of CPU: every section, each once
+def test_gpu_check_dry_run_needs_none_of_the_pipelines_other_packages(tmp_path: Path):
+    """`benchmarks/gpu_check.py --small` on the CPU, each package above made unimportable: every
+    section runs, every check passes, the JSON and the table are written."""
+    script = ROOT / "benchmarks" / "gpu_check.py"
+    runner = f"""
+import importlib.machinery, runpy, sys
+class NotInstalled:  # found, but importing it fails as for a package that is not there
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in {NOT_ON_A_GPU_MACHINE!r}:
+            return importlib.machinery.ModuleSpec(name, self)
+    def create_module(self, spec):
+        raise ModuleNotFoundError(f"No module named {{spec.name!r}}", name=spec.name)
+    def exec_module(self, module):
+        pass
+sys.meta_path.insert(0, NotInstalled())
+sys.argv = ["gpu_check.py", "--small", "--out", {str(tmp_path)!r}]
+runpy.run_path({str(script)!r}, run_name="__main__")
+"""
+    run = subprocess.run([sys.executable, "-c", runner], capture_output=True, text=True,
+                         cwd=tmp_path, timeout=900)  # fmt: skip
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    results = json.loads((tmp_path / "gpu_check.json").read_text())
+    sections = ["environment", "data", "stage_paths", "determinism", "resume",
+                "incremental_embed", "epoch_seconds", "seed_loop", "ceiling"]  # fmt: skip
+    for name in sections:
+        assert "error" not in results[name] and "skipped" not in results[name], results[name]
+    assert "an equivalent PIL loop" in results["seed_loop"]["loop"]
+    assert results["resume"]["augment_tf32_resumed_equal_uninterrupted"] is True
+    assert results["incremental_embed"]["fp32_grown_equals_full_pass"] is True
+    assert "| 32 |" in (tmp_path / "gpu_check.md").read_text()  # the epoch table's row

@@ -27,6 +27,7 @@ GOOD = [
     (PrepareConfig, "max_bad_fraction", "0.0", 0.0),
     (TrainConfig, "augment", True, True),
     (TrainConfig, "precision", "bf16", "bf16"),
+    (TrainConfig, "precision", "tf32", "tf32"),
     (TrainConfig, "kernels", "native", "native"),
     (RecommendConfig, "index", "hnsw", "hnsw"),
     (FetchConfig, "source", "/data/O'Brien/$HOME *.parquet", "/data/O'Brien/$HOME *.parquet"),

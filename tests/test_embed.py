@@ -118,3 +118,24 @@ def test_only_the_most_recently_used_keys_are_kept(model, images, tmp_path):
     save_kept(tmp_path, keys[2], embedded.kept)
     left = sorted(p.name for p in tmp_path.iterdir())
     assert left == sorted([keys[0].folder_name, keys[2].folder_name])  # keys[1] forgotten
+
+
+def test_on_the_cpu_an_images_place_in_the_batch_does_not_matter(model, images):
+    from imgrec.embed import batch_position_matters
+
+    assert not batch_position_matters(model, images, "cpu")
+    assert not batch_position_matters(model, images[:3], "cpu")  # repeated to a full batch
+
+
+def test_where_the_place_matters_everything_is_embedded_as_one_pass(
+    model, images, from_scratch, monkeypatch
+):
+    """What a GPU with TF32 gets (measured on an H200): a full pass, nothing kept."""
+    import imgrec.embed
+
+    kept = embed_catalog(model, images[:100], None, "cpu").kept
+    monkeypatch.setattr(imgrec.embed, "batch_position_matters", lambda *args: True)
+    grown = embed_catalog(model, images, kept, "cpu")
+    assert np.array_equal(grown.embeddings, from_scratch[0])
+    assert np.array_equal(grown.appearance, from_scratch[1])
+    assert grown.kept is None and grown.new_images == N_IMAGES

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from imgrec.model import CNNClassifier, ModelConfig
+from imgrec.model import AdaptiveAvgPool2d, CNNClassifier, ModelConfig, adaptive_avg_pool2d_backward
 
 NUM_CLASSES = 5
 
@@ -95,3 +95,144 @@ def test_eval_mode_is_deterministic_and_train_mode_uses_dropout(model):
     first = model(x)
     torch.manual_seed(2)
     assert not torch.equal(first, model(x))
+
+
+# ---- the pool on CUDA: deterministic backward, the same CPU bits ---------------------------
+
+# The last conv block's map is img_size // 16 per side: 32, 64, 128 and 224 px, and sizes
+# that 16 does not divide (40 -> 2, 72 -> 4, 100 -> 6, 180 -> 11), non-square too.
+MAP_SIZES = [(1, 1), (2, 2), (4, 4), (8, 8), (14, 14), (6, 6), (11, 11), (3, 5), (13, 7)]
+
+
+@pytest.mark.parametrize("size", MAP_SIZES)
+def test_pool_cuda_backward_formula_matches_aten(size):
+    """The gather backward CUDA runs, computed here on CPU tensors, against aten's."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, *size, requires_grad=True)
+    y = nn.functional.adaptive_avg_pool2d(x, 4)
+    grad = torch.randn_like(y)
+    y.backward(grad)
+    mine = adaptive_avg_pool2d_backward(grad, x.detach())
+    torch.testing.assert_close(mine, x.grad, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("size", MAP_SIZES)
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_pool_on_the_cpu_is_torchs_bit_for_bit(size, layout, dtype):
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, *size, dtype=dtype).contiguous(memory_format=layout)
+    grads = []
+    for pool in (nn.AdaptiveAvgPool2d(4), AdaptiveAvgPool2d(4)):
+        leaf = x.clone().contiguous(memory_format=layout).requires_grad_()
+        y = pool(leaf)
+        y.backward(torch.ones_like(y).mul_(0.37).cumsum(0))
+        grads.append((y.detach(), leaf.grad))
+    (y_torch, g_torch), (y_mine, g_mine) = grads
+    assert torch.equal(y_mine, y_torch)
+    assert torch.equal(g_mine, g_torch)
+    assert g_mine.stride() == g_torch.stride()
+
+
+def test_training_steps_give_the_bits_of_torchs_pool():
+    """The whole model, a few Adam steps at a size 16 does not divide: the same weights."""
+    states = []
+    for pool in (AdaptiveAvgPool2d, nn.AdaptiveAvgPool2d):
+        torch.manual_seed(0)
+        model = CNNClassifier(ModelConfig(num_classes=3)).to(memory_format=torch.channels_last)
+        model.features[-2] = pool(4)
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+        generator = torch.Generator().manual_seed(1)
+        for _ in range(3):
+            x = torch.rand(4, 3, 40, 40, generator=generator)
+            loss = nn.functional.cross_entropy(model(x), torch.tensor([0, 1, 2, 0]))
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        states.append(model.state_dict())
+    assert states[0].keys() == states[1].keys()
+    for key in states[0]:
+        assert torch.equal(states[0][key], states[1][key]), key
+
+
+def test_old_checkpoints_load_into_the_model():
+    old = CNNClassifier(ModelConfig(num_classes=3))
+    old.features[-2] = nn.AdaptiveAvgPool2d(4)  # the model before its own pool
+    CNNClassifier(ModelConfig(num_classes=3)).load_state_dict(old.state_dict(), strict=True)
+
+
+# ---- no op without a deterministic CUDA backward (CI has no GPU) ---------------------------
+
+# The backward nodes of the ops that "will throw a RuntimeError when mode=True" on CUDA, from
+# the docs of torch.use_deterministic_algorithms (torch 2.14:
+# https://docs.pytorch.org/docs/stable/generated/torch.use_deterministic_algorithms.html).
+# NLLLoss: its CUDA kernel alerts for the spatial (2D) form only; the (B, C) form the
+# training loss uses ran under strict determinism on an H200 (2026-12-04).
+# MaxPool3d: listed in older torch versions.
+NO_DETERMINISTIC_CUDA_BACKWARD = {
+    "AvgPool3DBackward0",
+    "AdaptiveAvgPool2DBackward0",
+    "AdaptiveAvgPool3DBackward0",
+    "AdaptiveMaxPool2DBackward0",
+    "AdaptiveMaxPool3DBackward0",
+    "FractionalMaxPool2DBackward0",
+    "FractionalMaxPool3DBackward0",
+    "MaxUnpool2DBackward0",  # MaxUnpool1d and 2d
+    "MaxUnpool3DBackward0",
+    "UpsampleLinear1DBackward0",  # interpolate: linear, bilinear, bicubic, trilinear
+    "UpsampleBilinear2DBackward0",
+    "UpsampleBilinear2DAaBackward0",
+    "UpsampleBicubic2DBackward0",
+    "UpsampleBicubic2DAaBackward0",
+    "UpsampleTrilinear3DBackward0",
+    "ReflectionPad1DBackward0",
+    "ReflectionPad2DBackward0",
+    "ReflectionPad3DBackward0",
+    "NllLoss2DBackward0",
+    "CtcLossBackward0",
+    "CtcLossBackward1",
+    "EmbeddingBagBackward0",  # mode='max'
+    "PutBackward0",
+    "GridSampler2DBackward0",
+    "GridSampler3DBackward0",
+    "ScatterReduceBackward0",  # reduce='prod'
+    "MaxPool3DWithIndicesBackward0",
+}
+
+
+def backward_nodes(loss: torch.Tensor) -> set[str]:
+    """The names of every node in `loss`'s autograd graph."""
+    names, seen, todo = set(), set(), [loss.grad_fn]
+    while todo:
+        node = todo.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        names.add(type(node).__name__)
+        todo.extend(next_node for next_node, _ in node.next_functions)
+    return names
+
+
+def training_loss(model: CNNClassifier, img_size: int) -> torch.Tensor:
+    """A forward and the loss as `train.train_epoch` computes them, augmentation included."""
+    from imgrec.train import augment_batch
+
+    model.train().to(memory_format=torch.channels_last)
+    generator = torch.Generator().manual_seed(0)
+    x = augment_batch(torch.rand(2, 3, img_size, img_size), generator)
+    x = x.contiguous(memory_format=torch.channels_last)
+    return nn.functional.cross_entropy(model(x).float(), torch.tensor([0, 1]))
+
+
+@pytest.mark.parametrize("img_size", [32, 64, 128, 224, 40, 100])
+def test_every_backward_op_has_a_deterministic_cuda_kernel(model, img_size):
+    nodes = backward_nodes(training_loss(model, img_size))
+    assert "MaxPool2DWithIndicesBackward0" in nodes  # the walk reaches the conv blocks
+    assert not nodes & NO_DETERMINISTIC_CUDA_BACKWARD
+
+
+def test_the_walk_finds_torchs_adaptive_pool(model):
+    """The crash this guards against: torch's own pool, as the model had it."""
+    model.features[-2] = nn.AdaptiveAvgPool2d(4)
+    nodes = backward_nodes(training_loss(model, 64))
+    assert nodes & NO_DETERMINISTIC_CUDA_BACKWARD == {"AdaptiveAvgPool2DBackward0"}

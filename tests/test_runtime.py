@@ -143,3 +143,17 @@ def test_skipping_the_nan_fill_changes_no_bit_of_training(restores_determinism):
     make_deterministic(2)
     unfilled = weights_after_two_steps()
     assert all(torch.equal(a, b) for a, b in zip(filled, unfilled, strict=True))
+
+
+@pytest.mark.parametrize(("precision", "tf32"), [("fp32", False), ("tf32", True), ("bf16", False)])
+def test_precision_sets_what_cuda_computes_fp32_in(precision, tf32, restores_determinism, capsys):
+    before = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    try:
+        torch.backends.cudnn.allow_tf32 = not tf32  # torch's default is TF32 convolutions
+        start(TrainConfig(device="cpu"), precision=precision)
+        assert torch.backends.cuda.matmul.allow_tf32 is tf32
+        assert torch.backends.cudnn.allow_tf32 is tf32
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
+    said = "the CPU computes fp32" in capsys.readouterr().out
+    assert said == (precision == "tf32")  # on a CPU, tf32 is fp32, and it says so

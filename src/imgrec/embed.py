@@ -10,6 +10,11 @@ batches padded with blank images, and computes the final partial batch again as 
 from-scratch pass does: the catalog is the bytes a from-scratch pass writes
 (tests/test_embed.py), whether 1 or all of its images are new.
 
+Where that assumption fails (measured: CUDA with TF32 on an H200, where an image's vector
+changes with its place in the batch), nothing can be kept: `embed_catalog` measures it on
+every run (`batch_position_matters`: one full batch, forwards and reversed) and, where it
+fails, embeds every image as a from-scratch pass does and keeps nothing.
+
 Calibration: every validation image's appearance cosine to its nearest training
 image; the threshold is the NOVELTY_QUANTILE of those. Validation images are what
 new images drawn like the catalog's look like to a model that never trained on
@@ -45,7 +50,9 @@ class EmbedConfig(ComputeConfig):
 class Embedded:
     embeddings: np.ndarray  # (N, D) float32, L2-normalised
     appearance: np.ndarray  # (N, C) float32, L2-normalised
-    kept: KeptVectors  # every image's full-batch vectors, to keep for the next run
+    # every image's full-batch vectors, to keep for the next run; None where an image's
+    # vectors depend on its place in the batch (`batch_position_matters`)
+    kept: KeptVectors | None
     new_images: int  # distinct images embedded here (the others were kept)
     final_batch: int  # images of the final partial batch, computed again as from scratch
 
@@ -80,15 +87,38 @@ def full_batch_vectors(
     return embeddings, appearance
 
 
+def batch_position_matters(
+    model: CNNClassifier, images: np.ndarray, device: torch.device | str
+) -> bool:
+    """Whether an image's vectors here depend on its place in the batch: one full batch of
+    `images` (repeated to fill it) against the same batch reversed, bit for bit."""
+    if not len(images):
+        return False
+    batch = np.asarray(images[np.arange(FULL_BATCH) % min(len(images), FULL_BATCH)])
+    forwards = catalog_vectors(model, batch, batch_size=FULL_BATCH, device=device)
+    backwards = catalog_vectors(model, batch[::-1], batch_size=FULL_BATCH, device=device)
+    return not all(np.array_equal(f, b[::-1]) for f, b in zip(forwards, backwards, strict=True))
+
+
 def embed_catalog(
     model: CNNClassifier,
     images: np.ndarray,
     kept: KeptVectors | None,
     device: torch.device | str,
     desc: str | None = None,
+    *,
+    position_matters: bool | None = None,
 ) -> Embedded:
     """`catalog_vectors(model, images)`'s bits, computing only the images `kept` lacks
-    (and the final partial batch again)."""
+    (and the final partial batch again); all of them, keeping none, where an image's
+    vectors depend on its place in the batch (`position_matters`; None: measure it)."""
+    if position_matters is None:
+        position_matters = batch_position_matters(model, images, device)
+    if position_matters:
+        embeddings, appearance = catalog_vectors(
+            model, images, batch_size=FULL_BATCH, device=device, desc=desc
+        )
+        return Embedded(embeddings, appearance, None, len(images), len(images) % FULL_BATCH)
     config = model.config
     kept = kept or empty(config.embedding_dim, config.widths[-1])
     hashes = pixel_hashes(images)

@@ -252,6 +252,7 @@ def main(argv: list[str] | None = None) -> int:
         from imgrec import runtime
 
         runtime.make_deterministic(int(params["num_threads"]))
+        runtime.set_precision(str(params["precision"]))  # TF32 on CUDA as train sets it
         device = runtime.pick_device(str(params.get("device", "auto"))).type
         img_size = params["img_size"]
         fingerprint = compute(setup_for(argparse.Namespace(**params), img_size, device))

@@ -1,9 +1,11 @@
 """The seed's CNN. No I/O here: checkpoints live in `checkpoint.py`."""
 
+import functools
 import itertools
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -15,6 +17,76 @@ class ModelConfig:
     pooled_size: int = 4  # adaptive average pool to pooled_size x pooled_size
     embedding_dim: int = 512
     dropout: float = 0.5
+
+
+class AdaptiveAvgPool2d(nn.AdaptiveAvgPool2d):
+    """`nn.AdaptiveAvgPool2d` with a backward that is deterministic on CUDA too.
+
+    aten's CUDA backward adds into the input gradient with atomics and raises under
+    `torch.use_deterministic_algorithms` (pytorch#108341), whatever the sizes. The forward
+    is aten's on every device and so is the CPU backward (the same bits as before); on
+    CUDA the backward gathers each input position's share of the windows that hold it.
+    No parameters, no buffers: a checkpoint's keys are the same as with torch's module.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _AdaptiveAvgPool.apply(x, self.output_size)
+
+
+class _AdaptiveAvgPool(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, output_size) -> torch.Tensor:
+        ctx.save_for_backward(x)
+        return F.adaptive_avg_pool2d(x, output_size)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        (x,) = ctx.saved_tensors
+        if grad.device.type == "cpu":  # what autograd calls for nn.AdaptiveAvgPool2d
+            return torch.ops.aten._adaptive_avg_pool2d_backward(grad, x), None
+        return adaptive_avg_pool2d_backward(grad, x), None
+
+
+def adaptive_avg_pool2d_backward(grad: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """(B, C, OH, OW) gradient of the pool's output -> (B, C, H, W) gradient of its input `x`,
+    without atomics: rows, then columns, each input index summing its windows' shares in a
+    fixed order (float32 accumulation, as aten's kernels)."""
+    spread = _spread(grad.float(), x.shape[-2], dim=2)  # (B, C, H, OW)
+    spread = _spread(spread, x.shape[-1], dim=3)  # (B, C, H, W)
+    layout = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) else None
+    return spread.to(x.dtype).contiguous(memory_format=layout or torch.contiguous_format)
+
+
+def _spread(grad: torch.Tensor, size: int, dim: int) -> torch.Tensor:
+    """Along `dim`: each of `size` input indices gets the sum of (gradient / window length)
+    over the output windows that contain it."""
+    windows, lengths = _windows(size, grad.shape[dim], grad.device)
+    shape = [1] * grad.dim()
+    shape[dim] = -1
+    pad = [0] * (2 * grad.dim())
+    pad[2 * (grad.dim() - 1 - dim) + 1] = 1  # one zero slice at the end: "no window"
+    shares = F.pad(grad / lengths.view(shape), pad)
+    total = shares.index_select(dim, windows[0])
+    for window in windows[1:]:
+        total = total + shares.index_select(dim, window)
+    return total
+
+
+@functools.cache
+def _windows(size: int, pooled: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """((K, size) the output windows holding each input index, padded with `pooled`: none;
+    (pooled,) each window's length). aten's windows: [floor(o*size/pooled), ceil((o+1)*size/
+    pooled)). Cached per device: built once, never copied to the GPU during training."""
+    starts = [o * size // pooled for o in range(pooled)]
+    ends = [-(-(o + 1) * size // pooled) for o in range(pooled)]
+    holding = [[o for o in range(pooled) if starts[o] <= i < ends[o]] for i in range(size)]
+    depth = max(len(h) for h in holding)
+    windows = [[h[k] if k < len(h) else pooled for h in holding] for k in range(depth)]
+    lengths = [float(e - s) for s, e in zip(starts, ends, strict=True)]
+    return (
+        torch.tensor(windows, dtype=torch.long, device=device),
+        torch.tensor(lengths, dtype=torch.float32, device=device),
+    )
 
 
 def conv_block(in_channels: int, out_channels: int) -> nn.Sequential:
@@ -35,7 +107,7 @@ class CNNClassifier(nn.Module):
         channels = (config.in_channels, *config.widths)
         self.features = nn.Sequential(
             *(conv_block(c_in, c_out) for c_in, c_out in itertools.pairwise(channels)),
-            nn.AdaptiveAvgPool2d(config.pooled_size),
+            AdaptiveAvgPool2d(config.pooled_size),
             nn.Flatten(),
         )
         flat_dim = config.widths[-1] * config.pooled_size**2

@@ -369,9 +369,10 @@ class Recommender:
         image hashes exist, results collapse duplicates as recommend's do."""
         from imgrec.catalog import load_catalog
         from imgrec.checkpoint import load_checkpoint
-        from imgrec.runtime import pick_device
+        from imgrec.runtime import pick_device, set_precision
 
         torch_device = pick_device(device)
+        set_precision("fp32")  # as the embed stage computes the catalog: no TF32 on a GPU
         checkpoint = load_checkpoint(model, torch_device)
         try:
             loaded = load_catalog(catalog, prepared)

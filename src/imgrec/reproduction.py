@@ -196,8 +196,17 @@ def bits_expected(
         shown = ", ".join(differing[:12]) + (
             f" and {len(differing) - 12} more" if len(differing) > 12 else ""
         )
+        devices = (
+            committed_fingerprint.setup.get("device"),
+            reproduced_fingerprint.setup.get("device"),
+        )
+        where = (
+            f"a {devices[1]} device, the committed run a {devices[0]} one; "
+            if devices[0] != devices[1]
+            else ""
+        )
         return False, (
-            f"kernels that differ from the committed run's in {len(differing)} "
+            f"{where}kernels that differ from the committed run's in {len(differing)} "
             f"operation(s): {shown}"
         )
     if not kernels.applies_here():

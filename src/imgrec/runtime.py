@@ -72,9 +72,22 @@ class World:
 ONE_PROCESS = World()
 
 
-def start(config: ComputeConfig, world: World = ONE_PROCESS) -> torch.device:
-    """Threads, deterministic kernels and the device for a stage or one of its ranks; rank 0
-    prints where it runs."""
+def set_precision(precision: str = "fp32") -> None:
+    """What a CUDA GPU computes fp32 convolutions and matmuls in: `tf32` lets cuDNN and cuBLAS
+    round their inputs to TF32 (faster on Ampere and later; other bits, and an image's vector
+    then depends on its place in the batch: measured on an H200); anything else is true fp32
+    (torch's default lets cuDNN use TF32). `bf16` autocasts in training; what it leaves in
+    fp32 stays fp32. The CPU has no TF32: these flags change nothing there."""
+    tf32 = precision == "tf32"
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    torch.backends.cudnn.allow_tf32 = tf32
+
+
+def start(
+    config: ComputeConfig, world: World = ONE_PROCESS, precision: str = "fp32"
+) -> torch.device:
+    """Threads, deterministic kernels, the device and its fp32 `precision` (`set_precision`)
+    for a stage or one of its ranks; rank 0 prints where it runs."""
     # The ranks on a machine share its cores; the share is fixed by nproc and num_threads
     # (never the core count), so the bits stay a function of the params.
     make_deterministic(max(1, config.num_threads // world.local_size))
@@ -82,9 +95,12 @@ def start(config: ComputeConfig, world: World = ONE_PROCESS) -> torch.device:
     if device.type == "cuda" and world.size > 1:
         device = torch.device("cuda", world.local_rank)  # one GPU per rank
         torch.cuda.set_device(device)
+    set_precision(precision)
     if world.is_main:
         ranks = f"; rank 0 of {world.size}" if world.size > 1 else ""
         print(f"{kernels.machine_line()}; device {device}{ranks}")
+        if precision == "tf32" and device.type != "cuda":
+            print("precision tf32 is a CUDA setting: the CPU computes fp32 (the same bits)")
     return device
 
 

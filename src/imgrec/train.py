@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from imgrec.config import ComputeConfig, param
 from imgrec.errors import ImgrecError, Stopped
-from imgrec.inference import memory_format, predict_logits, to_tensor
+from imgrec.inference import memory_format, on_device, predict_logits, to_tensor
 from imgrec.model import CNNClassifier, ModelConfig
 from imgrec.prepared import Prepared
 from imgrec.runtime import ONE_PROCESS, World
@@ -55,7 +55,9 @@ class TrainConfig(ComputeConfig):
     augment: bool = False
     seed: int = param(42, ge=0)
     channels_last: bool = True
-    precision: Literal["fp32", "bf16"] = "fp32"
+    # fp32: true fp32 on CUDA too; tf32: TF32 convolutions and matmuls on CUDA (fp32 on the
+    # CPU); bf16: autocast (`runtime.set_precision`).
+    precision: Literal["fp32", "tf32", "bf16"] = "fp32"
     # Batches between saves of the resumable state (0: epoch ends only). It decides no bit,
     # so it stays out of the checkpoint's provenance and of what makes a state this run's.
     checkpoint_every: int = param(0, ge=0)
@@ -98,6 +100,15 @@ class ArrayBatches(torch.utils.data.Dataset):
         return torch.from_numpy(self.images[rows]), torch.from_numpy(self.labels[rows])
 
 
+class DeviceBatches(ArrayBatches):
+    """Batches gathered on the GPU from images and labels already there (`on_device`): the
+    batch's row numbers are all that crosses the host link, without waiting for the GPU."""
+
+    def __getitems__(self, positions: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = torch.from_numpy(self.index[positions]).to(self.images.device, non_blocking=True)
+        return self.images.index_select(0, rows), self.labels.index_select(0, rows)
+
+
 def augment_batch(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """Random horizontal flips and rotations of up to MAX_ROTATION_DEGREES, per image."""
     n = x.shape[0]
@@ -108,7 +119,7 @@ def augment_batch(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     theta = torch.zeros(n, 2, 3)
     theta[:, 0, 0], theta[:, 0, 1] = cos * sign, -sin
     theta[:, 1, 0], theta[:, 1, 1] = sin * sign, cos
-    grid = F.affine_grid(theta.to(x.device), list(x.shape), align_corners=False)
+    grid = F.affine_grid(theta.to(x.device, non_blocking=True), list(x.shape), align_corners=False)
     # Border padding: a rotated corner repeats the edge instead of turning black.
     return F.grid_sample(x, grid, padding_mode="border", align_corners=False)
 
@@ -184,18 +195,22 @@ def train_epoch(
     world: World = ONE_PROCESS,
     start: int = 0,
     sums: tuple[float, int, int] = (0.0, 0, 0),
-    at_boundary: Callable[[int, tuple[float, int, int]], None] | None = None,
+    at_boundary: Callable[[int, tuple[torch.Tensor, torch.Tensor, int]], None] | None = None,
 ) -> tuple[float, float]:
     """One pass over at most `n_batches` batches; returns (mean loss, accuracy) over all ranks.
 
     A resumed pass begins at batch `start` with the (loss sum, correct, seen) of the batches
     before it (the loader then yields from there); `at_boundary(done, sums)` runs after each
-    batch but the last.
+    batch but the last, the sums as tensors on the device (`plain_sums`).
     """
     model.train()
     layout = memory_format(config.channels_last)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16")
-    loss_sum, correct, seen = sums
+    # Summed on the device, read once an epoch: a read per batch waits for the GPU each time.
+    # float64, as Python's floats were: the same sums to the bit on the CPU.
+    loss_sum = torch.tensor(float(sums[0]), dtype=torch.float64, device=device)
+    correct = torch.tensor(int(sums[1]), dtype=torch.int64, device=device)
+    seen = int(sums[2])
     # disable=None: a bar on a terminal, none in a log (the epoch's line is logged instead).
     progress = tqdm(
         loader, total=n_batches, initial=start, desc=desc, unit="batch", leave=False,
@@ -204,11 +219,11 @@ def train_epoch(
     for step, (pixels, targets) in enumerate(progress, start=start):
         if step == n_batches:
             break
-        x = to_tensor(pixels.numpy(), device)  # (B, 3, H, W)
+        x = to_tensor(pixels, device)  # (B, 3, H, W)
         if config.augment:
             x = augment_batch(x, generator)
         x = x.contiguous(memory_format=layout)
-        targets = targets.to(device)
+        targets = targets.to(device, non_blocking=True)
         with autocast:
             logits = model(x)
             loss = F.cross_entropy(logits.float(), targets)
@@ -216,13 +231,19 @@ def train_epoch(
         loss.backward()
         optimizer.step()
         seen += len(targets)
-        loss_sum += loss.item() * len(targets)
-        correct += (logits.argmax(1) == targets).sum().item()
-        progress.set_postfix(loss=f"{loss_sum / seen:.4f}")
+        loss_sum += loss.detach().double() * len(targets)
+        correct += (logits.argmax(1) == targets).sum()
+        if not progress.disable and (device.type == "cpu" or step % 50 == 0):  # a terminal's
+            progress.set_postfix(loss=f"{loss_sum.item() / seen:.4f}")
         if at_boundary is not None and step + 1 < n_batches:
             at_boundary(step + 1, (loss_sum, correct, seen))
-    loss_sum, correct, seen = all_sum([loss_sum, correct, seen], world, device)
-    return loss_sum / seen, correct / seen
+    totals = all_sum(list(plain_sums((loss_sum, correct, seen))), world, device)
+    return totals[0] / totals[2], totals[1] / totals[2]
+
+
+def plain_sums(sums: tuple) -> tuple[float, int, int]:
+    """(loss sum, correct, seen) as Python numbers (a read from the GPU where they live)."""
+    return float(sums[0]), int(sums[1]), int(sums[2])
 
 
 def validate(
@@ -231,12 +252,14 @@ def validate(
     config: TrainConfig,
     device: torch.device,
     world: World = ONE_PROCESS,
+    images: torch.Tensor | None = None,
 ) -> tuple[float, float]:
-    """(loss, accuracy) on the validation split; under DDP each rank scores its share."""
+    """(loss, accuracy) on the validation split; under DDP each rank scores its share. From
+    `images` on the GPU (`on_device`) where given."""
     index = data.val_index[world.rank :: world.size]  # shares without padding: none counts twice
     logits = predict_logits(
         model,
-        data.images,
+        data.images if images is None else images,
         index,
         batch_size=max(config.batch_size, 256),
         device=device,
@@ -285,7 +308,12 @@ def train(
     """
     batch_size = rank_batch_size(config.batch_size, world.size)
     model.to(device=device, memory_format=memory_format(config.channels_last))
-    dataset = ArrayBatches(data.images, data.labels, data.train_index)
+    resident = on_device(data.images, device)  # None on the CPU: batches from the array
+    if resident is None:
+        dataset = ArrayBatches(data.images, data.labels, data.train_index)
+    else:
+        labels = torch.from_numpy(data.labels).to(device)
+        dataset = DeviceBatches(resident, labels, data.train_index)
     if world.size == 1:
         order = RandomSampler(data.train_index, generator=generator)
     else:
@@ -344,7 +372,7 @@ def train(
         asked = stops.any_rank(world, device)
         if not (asked or due):
             return
-        this_rank = RankState(capture_rng(generator), list(epoch_sums), epoch_generator)
+        this_rank = RankState(capture_rng(generator), list(plain_sums(epoch_sums)), epoch_generator)
         ranks = [this_rank]
         if world.size > 1:
             ranks = [None] * world.size if world.is_main else None
@@ -394,7 +422,7 @@ def train(
                 # so all ranks validate, and keep, the same model.
                 for buffer in model.buffers():
                     dist.broadcast(buffer, src=0)
-            val_loss, val_acc = validate(model, data, config, device, world)
+            val_loss, val_acc = validate(model, data, config, device, world, resident)
             record = {
                 "epoch": epoch,
                 "train_loss": train_loss,

@@ -31,7 +31,6 @@ from imgrec import kernels
 from imgrec.errors import first_line
 from imgrec.files import atomic_file
 from imgrec.runtime import World
-from imgrec.stage_deps import derived_deps
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +40,8 @@ FORMAT_VERSION = 1
 def code_md5(script: str | os.PathLike) -> str:
     """One md5 over a stage script and the package files it imports: the train stage's
     code deps, derived from the import graph as dvc.yaml's are (`stage_deps`)."""
+    from imgrec.stage_deps import derived_deps  # here: it reads dvc.yaml (PyYAML) for stages only
+
     script = Path(script).resolve()
     root = script.parents[1]  # stages/X.py sits beside src/
     digest = hashlib.md5()
@@ -88,7 +89,8 @@ class RunIdentity:
 
 
 def capture_rng(generator: torch.Generator) -> dict:
-    """Python's, NumPy's, torch's (CPU and CUDA) and the data generator's state, as data."""
+    """Python's, NumPy's, torch's (CPU and every visible GPU's: dropout on CUDA draws from
+    the GPU's) and the data generator's state (on whatever device it lives), as data."""
     numpy_state = np.random.get_state(legacy=False)  # noqa: NPY002 - the global one, as seeded
     return {
         "python": random.getstate(),
@@ -218,6 +220,11 @@ class Resume:
         (the stage `script` and what it imports), where it computes, and its libraries.
         Portable kernels give the same bits on any x86-64 CPU; native ones are the CPU's."""
         compute = f"device {device}, {torch.get_num_threads()} threads"
+        if device.type == "cuda":  # another GPU, GPU count (its RNG states) or cuDNN: other bits
+            compute += (
+                f"; {torch.cuda.get_device_name(device)} of {torch.cuda.device_count()} GPUs, "
+                f"CUDA {torch.version.cuda}, cuDNN {torch.backends.cudnn.version()}"
+            )
         if train_config["kernels"] == "native":
             compute += f"; {kernels.machine_line()}"
         identity = RunIdentity(prepared_md5, train_config, code_md5(script), compute, max_batches)
