@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from imgrec.embed import FULL_BATCH, embed_catalog
+from imgrec.embed import FULL_BATCH, Embedded, embed_catalog
 from imgrec.inference import catalog_vectors
 from imgrec.kept_vectors import KEPT_KEYS, VectorKey, load_kept, save_kept
 from imgrec.model import CNNClassifier, ModelConfig
@@ -118,3 +118,20 @@ def test_only_the_most_recently_used_keys_are_kept(model, images, tmp_path):
     save_kept(tmp_path, keys[2], embedded.kept)
     left = sorted(p.name for p in tmp_path.iterdir())
     assert left == sorted([keys[0].folder_name, keys[2].folder_name])  # keys[1] forgotten
+
+
+@pytest.mark.parametrize(
+    ("total", "new", "reused", "final", "says"),
+    [
+        (1797, 1797, 0, 5, "1797 of 1797 images; none were in kept; the last 5 again unpadded"),
+        (1797, 0, 1797, 5, "embedded 0 of 1797 images; reused the vectors of 1797 from kept;"),
+        (240, 40, 200, 240, "reused the vectors of 200 from kept; all 240 again as one unpadded"),
+        (20, 10, 0, 20, "embedded 10 of 20 images (10 more are pixel copies of them); none"),
+        (512, 12, 500, 0, "reused the vectors of 500 from kept"),
+    ],
+)
+def test_the_embed_line_says_what_was_computed_and_what_reused(total, new, reused, final, says):
+    vectors = np.zeros((total, 2), np.float32)
+    line = Embedded(vectors, vectors, None, new, reused, final).summary("kept")
+    assert says in line
+    assert ("others were kept" not in line) and (final or "again" not in line)
