@@ -133,12 +133,12 @@ def make_query_folder(folder: Path, env: dict) -> None:
         assert done.returncode == 0, f"README: {command}: {done.stderr}"
 
 
-@pytest.fixture(scope="module")
-def outputs(tmp_path_factory) -> dict[str, subprocess.CompletedProcess]:
+def run_examples(workdir: Path) -> dict[str, subprocess.CompletedProcess]:
     """Each runnable example's combined stdout and stderr; all start at once to save time."""
     not_committed = why_not_the_committed_outputs()
-    query_folder = tmp_path_factory.mktemp("readme")
-    committed_folder = tmp_path_factory.mktemp("committed")
+    query_folder, committed_folder = workdir / "query", workdir / "committed"
+    query_folder.mkdir()
+    committed_folder.mkdir()
     env = dict(os.environ)
     # The README's numbers are the committed CPU run's, with portable kernels: a visible GPU
     # (the CLI's --device auto) or IMGREC_KERNELS=native may change their last digits.
@@ -167,6 +167,32 @@ def outputs(tmp_path_factory) -> dict[str, subprocess.CompletedProcess]:
     return done
 
 
+@pytest.fixture(scope="module")
+def outputs(tmp_path_factory) -> dict[str, subprocess.CompletedProcess]:
+    return run_examples(tmp_path_factory.mktemp("readme"))
+
+
+def rewritten(markdown: str, outputs: dict[str, subprocess.CompletedProcess]) -> str:
+    """The README with each example's output replaced by what it printed now."""
+
+    def block(match: re.Match) -> str:
+        lines, command = [], None
+        for line in match["body"].splitlines():
+            if line.startswith("$ "):
+                command = line[2:].strip()
+                lines.append(line)
+                if command in outputs:
+                    lines.append(normalise(outputs[command].stdout))
+                    lines.append("")
+            elif command not in outputs:
+                lines.append(line)
+        body = "\n".join(lines).rstrip("\n") + "\n"
+        return f"{match['fence']}{body}```"
+
+    pattern = r"^(?P<fence>```console\n)(?P<body>.*?)^```"
+    return re.sub(pattern, block, markdown, flags=re.MULTILINE | re.DOTALL)
+
+
 def test_readme_shows_the_query_command_and_dvc_metrics_show():
     commands = [e.command for e in EXAMPLES]
     assert any(is_query(e) for e in EXAMPLES), commands
@@ -183,6 +209,19 @@ def test_readme_example_prints_what_the_readme_shows(example: Example, outputs):
     # A mismatch with the committed run's outputs in place means the README (or the code) is
     # wrong; with other outputs (`dvc status` not clean), rerun `dvc repro` first.
     assert normalise(run.stdout) == example.expected
+
+
+def test_rewriting_the_examples_changes_only_their_outputs():
+    same = {e.command: subprocess.CompletedProcess([], 0, e.expected) for e in EXAMPLES}
+    assert rewritten(README, same) == README
+    other = same | {"dvc metrics show": subprocess.CompletedProcess([], 0, "other numbers")}
+    changed = rewritten(README, other)
+    assert "other numbers" in changed and changed.count("```") == README.count("```")
+
+    def others(examples):
+        return [e for e in examples if e.command != "dvc metrics show"]
+
+    assert others(console_examples(changed)) == others(EXAMPLES)
 
 
 # "editing `FILE` reruns A (why) and B, and C only if B's output changed;" up to ; or .
@@ -253,3 +292,18 @@ def test_cited_benchmark_section_exists(title: str):
     assert any(h == title or h.startswith((f"{title}:", f"{title} (")) for h in results), (
         f'README.md or docs/ cite benchmarks/RESULTS.md, "{title}", which has no such heading'
     )
+
+
+if __name__ == "__main__":
+    # After committing a new run: `python tests/test_readme.py` rewrites the README's example
+    # outputs from the committed outputs (the query examples need HEAD's model in place).
+    import tempfile
+
+    if reason := why_not_the_committed_outputs():
+        sys.exit(f"the query examples cannot run: {reason}")
+    with tempfile.TemporaryDirectory() as scratch:
+        done = run_examples(Path(scratch))
+    failed = [command for command, run in done.items() if run.returncode]
+    if failed:
+        sys.exit(f"failed: {failed}")
+    (ROOT / "README.md").write_text(rewritten(README, done))
