@@ -1,5 +1,5 @@
 """Stage audit: duplicates the hash missed, leaks, suspect labels and outliers, from the
-model's vectors; a report, headline counts and two figures."""
+model's vectors; a report, its counts and two figures."""
 
 from imgrec import runtime, stage
 from imgrec.audit import (
@@ -7,6 +7,7 @@ from imgrec.audit import (
     audit,
     copy_similarity_threshold,
     duplicates_figure,
+    mostly_suspect,
     suspect_labels_figure,
 )
 from imgrec.audit_report import save_report
@@ -34,13 +35,15 @@ def main(args, config: AuditConfig) -> None:
         "outliers": len(report.outliers),
     }
     print(", ".join(f"{name.replace('_', ' ')} {count}" for name, count in counts.items()))
+    if warning := mostly_suspect(report, len(catalog.row_ids)):
+        print(f"warning: {warning}")
     save_report(args.report, report)
-    write_json(args.metrics, counts)
+    write_json(args.counts, counts)  # counts, not scores: a report
     save_figure(duplicates_figure(report, catalog), args.duplicates_png)
     save_figure(suspect_labels_figure(report, catalog, neighbors), args.suspects_png)
 
 
 if __name__ == "__main__":
-    paths = ["embeddings", "prepared", "hashes", "model", "report", "metrics", "duplicates_png",
+    paths = ["embeddings", "prepared", "hashes", "model", "report", "counts", "duplicates_png",
              "suspects_png"]  # fmt: skip
     stage.run(main, AuditConfig, paths)

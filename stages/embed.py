@@ -19,15 +19,7 @@ def main(args, config: EmbedConfig) -> None:
     key = VectorKey.here(model_md5, device, config.kernels)
     kept = load_kept(args.kept, key)
     items = embed_catalog(checkpoint.model, catalog.images, kept, device, desc="embed")
-    if items.kept is None:
-        print(f"embedded all {len(catalog.row_ids)} images, keeping none: on {device} an "
-              "image's vectors depend on its place in the batch (measured)")  # fmt: skip
-    else:
-        print(
-            f"embedded {items.new_images} new images of {len(catalog.row_ids)} (the others "
-            f"were kept in {args.kept}), and the last {items.final_batch} again as a full "
-            "pass ends"
-        )
+    print(items.summary(args.kept))
     # The threshold is the model's: its training data's vectors (kept after the first run).
     calibration = embed_catalog(checkpoint.model, training.images, items.kept, device,
                                 position_matters=items.kept is None)  # fmt: skip

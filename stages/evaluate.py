@@ -2,7 +2,13 @@
 
 from imgrec import runtime, stage
 from imgrec.checkpoint import check_matches, load_checkpoint
-from imgrec.evaluate import EvaluateConfig, classification_metrics, confusion_rows, save_rows
+from imgrec.evaluate import (
+    EvaluateConfig,
+    classification_metrics,
+    confusion_rows,
+    not_learned,
+    save_rows,
+)
 from imgrec.files import write_json
 from imgrec.inference import predict_logits
 from imgrec.plotting import confusion_matrix_figure, save_figure, validation_samples_figure
@@ -22,6 +28,10 @@ def main(args, config: EvaluateConfig) -> None:
     y_pred = probabilities.argmax(1)
     metrics, per_class = classification_metrics(y_true, y_pred, names)
     print(f"validation accuracy {metrics['val_accuracy']:.4f}, macro F1 {metrics['macro_f1']:.4f}")
+    train_images = len(data.train_index)
+    if warning := not_learned(metrics["val_accuracy"], y_true, len(names), train_images,
+                              checkpoint.train_config):  # fmt: skip
+        print(f"warning: {warning}")
 
     write_json(args.metrics, metrics)
     save_rows(args.per_class, per_class)

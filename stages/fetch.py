@@ -9,7 +9,7 @@ def main(args, config: FetchConfig) -> None:
     with atomic_file(args.out) as tmp:
         result = fetch(config.source, config.rows, tmp, dask_scheduler=config.dask_scheduler)
     print(f"dataset: {result.rows_fetched} rows from {result.files_read} parquet file(s)")
-    # A report, not a metric: rows_used + rows_skipped (prepare's metrics) say the same.
+    # A report, not a metric: counts, which prepare's report (images + rows_skipped) repeats.
     write_json(args.report, {"rows_fetched": result.rows_fetched, "files_read": result.files_read})
 
 

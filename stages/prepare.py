@@ -11,14 +11,9 @@ def main(args, config: PrepareConfig) -> None:
     with atomic_dir(args.out) as tmp:
         counts, hashes = prepare(args.data, tmp, config)
     save_image_hashes(args.hashes, hashes)
-    write_json(args.report, counts)  # skips by reason, duplicate groups, split sizes
-    headline = {
-        "rows_used": counts["images"],
-        "rows_skipped": counts["rows_skipped"],
-        "duplicate_rows": counts["duplicate_rows"],
-    }
-    write_json(args.metrics, headline)
+    # Skips by reason, duplicate groups, split sizes: counts, not scores, so a report.
+    write_json(args.report, counts)
 
 
 if __name__ == "__main__":
-    stage.run(main, PrepareConfig, ["data", "out", "hashes", "metrics", "report"])
+    stage.run(main, PrepareConfig, ["data", "out", "hashes", "report"])

@@ -18,15 +18,8 @@ def main(args, config: PrepareCatalogConfig) -> None:
             counts, hashes = prepare_catalog(args.data, tmp, config)
     save_image_hashes(args.hashes, hashes)
     write_json(args.report, counts)
-    headline = {
-        "rows_used": counts["images"],
-        "rows_skipped": counts["rows_skipped"],
-        "duplicate_rows": counts["duplicate_rows"],
-        "unlabeled_rows": counts["unlabeled_images"],
-    }
-    write_json(args.metrics, headline)
 
 
 if __name__ == "__main__":
-    paths = ["data", "training", "training_hashes", "out", "hashes", "metrics", "report"]
+    paths = ["data", "training", "training_hashes", "out", "hashes", "report"]
     stage.run(main, PrepareCatalogConfig, paths)

@@ -11,9 +11,10 @@ from imgrec.audit import (
     audit,
     copy_similarity_threshold,
     duplicates_figure,
+    mostly_suspect,
     suspect_labels_figure,
 )
-from imgrec.audit_report import AuditReport, load_report, save_report
+from imgrec.audit_report import AuditReport, SuspectLabel, load_report, save_report
 from imgrec.catalog import Catalog
 from imgrec.image_hashes import ImageHashes
 from imgrec.plotting import save_figure
@@ -120,3 +121,12 @@ def test_figures_draw_with_findings_and_without(built, tmp_path):
     save_figure(suspect_labels_figure(AuditReport(), catalog, neighbors), tmp_path / "none2.png")
     for name in ("d.png", "s.png", "none.png", "none2.png"):
         assert (tmp_path / name).stat().st_size > 1000
+
+
+@pytest.mark.parametrize(("suspects", "says"), [(0, False), (45, False), (46, True), (69, True)])
+def test_a_mostly_suspect_catalog_blames_the_model_not_the_labels(suspects, says):
+    report = AuditReport(suspect_labels=[SuspectLabel(i, "1", "2", 0.9) for i in range(suspects)])
+    line = mostly_suspect(report, 90)
+    assert (line is not None) == says
+    if says:
+        assert f"{suspects} of 90 labels suspect" in line and "did not learn" in line

@@ -275,7 +275,7 @@ def test_grow_catalog_smoke_run_embeds_only_the_appended_rows(tmp_path: Path):
     ]  # fmt: skip
     appended = [row.split(" | ")[0].strip("| ") for row in steps[2].splitlines() if "| " in row]
     assert "train" not in appended and "embed" in appended
-    assert "embedded 30 new images of 330" in steps[2]
+    assert "embedded 30 of 330 images; reused the vectors of 300" in steps[2]
     assert "byte-identical to from scratch: yes" in run.stdout
 
 

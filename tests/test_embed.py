@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from imgrec.embed import FULL_BATCH, embed_catalog
+from imgrec.embed import FULL_BATCH, Embedded, embed_catalog
 from imgrec.inference import catalog_vectors
-from imgrec.kept_vectors import KEPT_KEYS, VectorKey, load_kept, save_kept
+from imgrec.kept_vectors import KEPT_KEYS, VectorKey, kept_vectors, load_kept, save_kept
 from imgrec.model import CNNClassifier, ModelConfig
 
 N_IMAGES = 2 * FULL_BATCH + 37  # two full batches and a partial one
@@ -139,3 +139,22 @@ def test_where_the_place_matters_everything_is_embedded_as_one_pass(
     assert np.array_equal(grown.embeddings, from_scratch[0])
     assert np.array_equal(grown.appearance, from_scratch[1])
     assert grown.kept is None and grown.new_images == N_IMAGES
+    assert "keeping none: here an image's vectors depend on its place" in grown.summary("kept")
+
+
+@pytest.mark.parametrize(
+    ("total", "new", "reused", "final", "says"),
+    [
+        (1797, 1797, 0, 5, "1797 of 1797 images; none were in kept; the last 5 again unpadded"),
+        (1797, 0, 1797, 5, "embedded 0 of 1797 images; reused the vectors of 1797 from kept;"),
+        (240, 40, 200, 240, "reused the vectors of 200 from kept; all 240 again as one unpadded"),
+        (20, 10, 0, 20, "embedded 10 of 20 images (10 more are pixel copies of them); none"),
+        (512, 12, 500, 0, "reused the vectors of 500 from kept"),
+    ],
+)
+def test_the_embed_line_says_what_was_computed_and_what_reused(total, new, reused, final, says):
+    vectors = np.zeros((total, 2), np.float32)
+    kept = kept_vectors(np.zeros((total, 16), np.uint8), vectors, vectors)
+    line = Embedded(vectors, vectors, kept, new, reused, final).summary("kept")
+    assert says in line
+    assert ("others were kept" not in line) and (final or "again" not in line)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import f1_score
 
-from imgrec.evaluate import classification_metrics, confusion_rows, save_rows
+from imgrec.evaluate import classification_metrics, confusion_rows, not_learned, save_rows
 
 NAMES = ["ant", "bee", "cow"]
 Y_TRUE = np.array([0, 0, 1, 1, 2, 2])
@@ -76,3 +76,20 @@ def test_confusion_rows_one_per_image_with_names():
 def test_confusion_rows_reject_mismatched_lengths():
     with pytest.raises(ValueError, match="zip"):
         confusion_rows(Y_TRUE, Y_PRED[:-1], NAMES)
+
+
+@pytest.mark.parametrize(
+    ("accuracy", "labels", "says"),
+    [
+        (0.10, [0, 1, 2, 3, 4, 5, 6, 7, 8, 9], True),  # chance of ten balanced classes
+        (0.18, [0, 1, 2, 3, 4, 5, 6, 7, 8, 9], True),  # within a tenth of the gap above it
+        (0.20, [0, 1, 2, 3, 4, 5, 6, 7, 8, 9], False),
+        (0.80, [0, 0, 0, 0, 0, 0, 0, 0, 1, 2], True),  # always answering the commonest class
+        (0.99, [0, 1, 2, 3, 4, 5, 6, 7, 8, 9], False),
+    ],
+)
+def test_a_model_near_chance_is_said_not_to_have_learned(accuracy, labels, says):
+    line = not_learned(accuracy, np.array(labels), 10, 72, {"epochs": 3, "lr": 0.001})
+    assert (line is not None) == says
+    if says:
+        assert "did not learn" in line and "72 to train on" in line and "epochs (3)" in line

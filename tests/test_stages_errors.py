@@ -55,7 +55,7 @@ def _fetch_args(tmp_path):
 def _prepare_args(tmp_path, data):
     out = tmp_path / "out"
     return ["--data", str(data), "--out", f"{out}/prepared", "--hashes", f"{out}/hashes.parquet",
-            "--metrics", f"{out}/prepare.json", "--report", f"{out}/report.json"]  # fmt: skip
+            "--report", f"{out}/report.json"]  # fmt: skip
 
 
 def _recommend_args(tmp_path):
@@ -177,8 +177,7 @@ def _start_prepare(tmp_path, data, out):
     project.mkdir(exist_ok=True)
     (project / "params.yaml").write_text(yaml.safe_dump(DEFAULT_PARAMS | {"img_size": 16}))
     args = ["--data", str(data), "--out", str(out / "prepared"), "--hashes",
-            str(out / "hashes.parquet"), "--metrics", str(out / "m.json"),
-            "--report", str(out / "report.json")]  # fmt: skip
+            str(out / "hashes.parquet"), "--report", str(out / "report.json")]  # fmt: skip
     return subprocess.Popen(
         [sys.executable, str(ROOT / "stages" / "prepare.py"), *args],
         cwd=project,

@@ -109,6 +109,20 @@ def test_early_stopping_restores_the_best_epochs_weights(data):
     assert any(not torch.equal(final[key], last[key]) for key in final)
 
 
+def test_patience_running_out_at_the_last_epoch_is_no_early_stop(data, caplog):
+    options = {"seed": 1, "lr": 1e-4, "patience": 1, "lr_patience": 10, "max_batches": 2}
+    _, stopped = run(data, epochs=8, **options)  # as above: stops early, at epoch E
+    assert stopped.stopped_early
+    caplog.set_level("INFO", logger="imgrec.train")
+    _, result = run(data, epochs=stopped.epochs_run, **options)  # E is now the last epoch
+    assert not result.stopped_early and result.epochs_run == stopped.epochs_run
+    assert "early stopping" not in caplog.text
+    assert (
+        f"trained all {result.epochs_run} epochs; keeping the weights of epoch "
+        f"{result.best_epoch}, whose val loss was lowest"
+    ) in caplog.text
+
+
 def test_reduce_lr_on_plateau_lowers_lr(data):
     # lr_patience=0: the first epoch without improvement cuts lr for the next one.
     _, result = run(

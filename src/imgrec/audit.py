@@ -164,6 +164,18 @@ def audit(
     return AuditReport(found, leaks, suspects, outliers, thresholds), neighbors
 
 
+def mostly_suspect(report: AuditReport, catalog_size: int) -> str | None:
+    """One line when the audit calls most of the catalog's labels suspect: then the vectors,
+    not the labels, are the likely fault. None otherwise."""
+    if len(report.suspect_labels) * 2 <= catalog_size:
+        return None
+    return (
+        f"the audit calls {len(report.suspect_labels)} of {catalog_size} labels suspect: the "
+        "model's vectors do not separate the classes, so the model most likely did not learn "
+        "(too few images or epochs, or the lr); its labels are probably not at fault"
+    )
+
+
 FIGURE_ROWS = 8  # groups or suspects a figure shows
 FIGURE_COLUMNS = 6
 

@@ -53,8 +53,29 @@ class Embedded:
     # every image's full-batch vectors, to keep for the next run; None where an image's
     # vectors depend on its place in the batch (`batch_position_matters`)
     kept: KeptVectors | None
-    new_images: int  # distinct images embedded here (the others were kept)
+    new_images: int  # distinct images embedded here
+    reused: int  # images whose vectors an earlier run kept
     final_batch: int  # images of the final partial batch, computed again as from scratch
+
+    def summary(self, kept_place: str) -> str:
+        """One line saying what was computed, what was reused, and what was computed twice."""
+        total = len(self.embeddings)
+        if self.kept is None:
+            return (f"embedded all {total} images as one pass, keeping none: here an image's "
+                    "vectors depend on its place in the batch (measured)")  # fmt: skip
+        line = f"embedded {self.new_images} of {total} images"
+        if copies := total - self.new_images - self.reused:
+            line += f" ({copies} more are pixel copies of them)"
+        if self.reused:
+            line += f"; reused the vectors of {self.reused} from {kept_place}"
+        else:
+            line += f"; none were in {kept_place}"
+        if self.final_batch == total and total:
+            line += (f"; all {total} again as one unpadded batch (fewer than {FULL_BATCH}), "
+                     "as a full pass computes them")  # fmt: skip
+        elif self.final_batch:
+            line += f"; the last {self.final_batch} again unpadded, as a full pass ends"
+        return line
 
 
 def pixel_hashes(images: np.ndarray) -> np.ndarray:
@@ -118,11 +139,12 @@ def embed_catalog(
         embeddings, appearance = catalog_vectors(
             model, images, batch_size=FULL_BATCH, device=device, desc=desc
         )
-        return Embedded(embeddings, appearance, None, len(images), len(images) % FULL_BATCH)
+        return Embedded(embeddings, appearance, None, len(images), 0, len(images) % FULL_BATCH)
     config = model.config
     kept = kept or empty(config.embedding_dim, config.widths[-1])
     hashes = pixel_hashes(images)
     new_positions = np.flatnonzero(kept.find(hashes) < 0)
+    reused = len(images) - len(new_positions)
     new_positions = new_positions[np.sort(first_of_each(hashes[new_positions]))]  # once each
     new_vectors = full_batch_vectors(model, images, new_positions, device, desc)
     both = union(kept, kept_vectors(hashes[new_positions], *new_vectors))
@@ -135,7 +157,7 @@ def embed_catalog(
         embeddings[-final:], appearance[-final:] = catalog_vectors(
             model, tail, batch_size=FULL_BATCH, device=device
         )
-    return Embedded(embeddings, appearance, this_run, len(new_positions), final)
+    return Embedded(embeddings, appearance, this_run, len(new_positions), reused, final)
 
 
 def no_close_match_threshold(

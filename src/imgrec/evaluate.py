@@ -42,6 +42,27 @@ def classification_metrics(
     return headline, per_class
 
 
+# "Near chance": less than this share of the way from chance to a perfect score.
+CHANCE_MARGIN = 0.1
+
+
+def not_learned(
+    val_accuracy: float, y_true: np.ndarray, n_classes: int, train_images: int, train_config: dict
+) -> str | None:
+    """One line when validation accuracy is near chance (the better of guessing uniformly and
+    always answering the commonest class), naming the likely causes; None otherwise."""
+    counts = np.bincount(y_true, minlength=n_classes)
+    chance = max(1 / n_classes, counts.max() / max(len(y_true), 1))
+    if val_accuracy >= chance + CHANCE_MARGIN * (1 - chance):
+        return None
+    return (
+        f"the model did not learn: validation accuracy {val_accuracy:.3f} is near chance "
+        f"({chance:.3f}); likely too few images ({train_images} to train on, "
+        f"{n_classes} classes) or epochs ({train_config.get('epochs', '?')}), or an lr "
+        f"({train_config.get('lr', '?')}) too high or too low for them"
+    )
+
+
 def save_rows(path: str | os.PathLike, rows: list[dict]) -> None:
     """A CSV with a header from the first row's keys: what DVC's plot templates read."""
     with atomic_file(path) as tmp, open(tmp, "w", newline="") as handle:

@@ -11,7 +11,7 @@ import numpy as np
 import simplejpeg
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
-# What `decode` raises, mapped to the reason counted in prepare's metrics.
+# What `decode` raises, mapped to the reason counted in prepare's report.
 SKIP_REASONS = ("null_image", "undecodable", "too_large")
 # The formats photo datasets use; PIL tries no other plugin. Image bytes come from strangers:
 # EPS, for one, would make PIL run Ghostscript on them.

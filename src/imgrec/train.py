@@ -445,7 +445,9 @@ def train(
             if on_epoch is not None:
                 on_epoch(record)
             scheduler.step(val_loss)
-            result.stopped_early = stopping.should_stop(model, epoch, val_loss)
+            # Patience running out at the last epoch is no early stop: the run ended anyway.
+            no_gain = stopping.should_stop(model, epoch, val_loss)
+            result.stopped_early = no_gain and epoch < config.epochs
             if resume is not None and epoch < config.epochs and not result.stopped_early:
                 # The last epoch saves nothing: the stage writes the model right after.
                 boundary(epoch + 1, 0, (0.0, 0, 0), None, due=True)
@@ -463,6 +465,12 @@ def train(
             log.info("train: %s came after the last point to stop at; finishing", stops.received)
 
     result.best_epoch, result.best_val_loss = stopping.best_epoch, stopping.best_loss
+    if not result.stopped_early and result.history and stopping.best_epoch != config.epochs:
+        log.info(
+            "trained all %d epochs; keeping the weights of epoch %d, whose val loss was lowest",
+            config.epochs,
+            stopping.best_epoch,
+        )
     if stopping.best_state is not None:
         model.load_state_dict(stopping.best_state)
     return result
