@@ -338,7 +338,7 @@ def test_bad_bytes_get_a_4xx_with_one_sentence(server, route, body, status, says
     ("path", "says"),
     [
         ("/api/recommend?top_k=0", "top_k: input should be greater than or equal to 1."),
-        ("/api/recommend?top_k=49", "--top-k 49 is more than the 48 catalog items."),
+        ("/api/recommend?top_k=49", "top_k: 49 is more than the 48 catalog items."),
         ("/api/items?label=cat", "label: no class is called 'cat'."),
         ("/api/items?flag=blurry", "flag: input should be"),
         ("/api/items?limit=100000", "limit: input should be less than or equal to 500."),
@@ -368,7 +368,7 @@ def test_an_upload_over_the_cap_is_refused_before_it_is_read(server):
     # A Content-Length of 25 MB and a body of 1 KB: answered at once, without waiting for
     # the rest (a server reading the body first would wait for the 25 MB, and time out).
     head = (
-        b"POST /api/recommend HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
+        b"POST /api/recommend HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/jpeg\r\n"
         b"Content-Length: 26214400\r\n\r\n"
     )
     reply = raw_exchange(server.url, head, [bytes(1024)])
@@ -378,7 +378,7 @@ def test_an_upload_over_the_cap_is_refused_before_it_is_read(server):
 
 def test_a_chunked_upload_is_cut_off_at_the_cap(server):
     head = (
-        b"POST /api/recommend HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
+        b"POST /api/recommend HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/jpeg\r\n"
         b"Transfer-Encoding: chunked\r\n\r\n"
     )
     megabyte = b"%x\r\n%s\r\n" % (2**20, bytes(2**20))

@@ -79,11 +79,16 @@ def save_catalog(
         write_json(tmp / "meta.json", meta)
 
 
-def load_catalog(embeddings_dir: str | os.PathLike, prepared_dir: str | os.PathLike) -> Catalog:
+def load_catalog(
+    embeddings_dir: str | os.PathLike, prepared_dir: str | os.PathLike, mapped: bool = True
+) -> Catalog:
+    """The catalog; `mapped` False reads every array into memory and the images one at a
+    time (`prepared.ImageRows`), so files rewritten in place cannot crash a server."""
     embeddings_dir = Path(embeddings_dir)
     if not (embeddings_dir / "meta.json").exists():
         raise MissingOutput(f"no catalog in {embeddings_dir}; run `dvc repro` to make it.")
-    prepared = load_prepared(prepared_dir)
+    prepared = load_prepared(prepared_dir, mapped)
+    mmap_mode = "r" if mapped else None
     try:
         row_ids = np.load(embeddings_dir / "row_ids.npy")
     except (OSError, ValueError) as error:
@@ -97,8 +102,8 @@ def load_catalog(embeddings_dir: str | os.PathLike, prepared_dir: str | os.PathL
     try:
         meta = read_json(embeddings_dir / "meta.json")
         return Catalog(
-            embeddings=np.load(embeddings_dir / "embeddings.npy", mmap_mode="r"),
-            appearance=np.load(embeddings_dir / "appearance.npy", mmap_mode="r"),
+            embeddings=np.load(embeddings_dir / "embeddings.npy", mmap_mode=mmap_mode),
+            appearance=np.load(embeddings_dir / "appearance.npy", mmap_mode=mmap_mode),
             row_ids=row_ids,
             labels=prepared.labels,
             class_names=prepared.class_names,
