@@ -94,6 +94,11 @@ def load_catalog(
     except (OSError, ValueError) as error:
         raise ImgrecError(f"the catalog in {embeddings_dir} has no readable row ids ({error}); "
                           "run `dvc repro` to remake it.") from error  # fmt: skip
+    if tuple(prepared.images.shape) != (len(prepared.row_ids), *[prepared.img_size] * 2, 3):
+        raise ImgrecError(
+            f"the images in {prepared_dir} are not one per row id at its image size; run "
+            "`dvc repro` to remake them."
+        )
     if not np.array_equal(row_ids, prepared.row_ids):
         raise ImgrecError(
             f"the embeddings in {embeddings_dir} do not match the images in {prepared_dir}; "

@@ -14,6 +14,7 @@ EVENTS = (
     "too_large",  # 413: an upload over the cap, or pixels over the decode budget
     "bad_host",  # 400: a Host header this server does not serve
     "cross_site",  # 403: a state-changing request from another site
+    "shutdown",  # 503: still in progress when a shutdown's grace period ran out
 )
 counts: Counter[str] = Counter(dict.fromkeys(EVENTS, 0))
 

@@ -8,6 +8,7 @@
        streams past; the rest is read and dropped (up to LINGER_BYTES) before the
        connection closes, so a client that sends its whole body first still reads its 413
   408  a body that stalls BODY_TIMEOUT_S between reads, or takes over BODY_TIME_S in all
+  503  a request still in progress when a shutdown's grace period ends
 and a client that leaves mid-request is one line, not a traceback. Idle connections are
 not requests: they do not count against the limit, and `protocol` times them out.
 `token_check` is the routes' dependency for the token.
@@ -183,6 +184,12 @@ class RequestGuard:
         except ClientDisconnect:
             events.record("disconnected", client, f"left during {scope['method']} "
                           f"{scope['path']}")  # fmt: skip
+        except asyncio.CancelledError:
+            # uvicorn cancels what is still running when a shutdown's grace period ends:
+            # the process is stopping, so one line (and a last word) instead of a traceback.
+            events.record("shutdown", client, f"{scope['method']} {scope['path']} cut short")
+            if not started:
+                await refuse(send, 503, "the server is shutting down; retry in a moment.")
 
 
 async def refuse(send, status: int, detail: str, headers: dict | None = None, linger=None):
