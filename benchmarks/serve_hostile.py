@@ -151,7 +151,7 @@ def main() -> None:
     add("--side", type=int, default=9000, help="side of the 16-bit PNG")
     add("--data-dir", type=Path, default=HERE / "data", help="where catalogs are generated")
     add("--work-dir", type=Path, default=HERE / "work", help="where the stages write")
-    add("--budgets", default="default,256", help="decode budgets, MB (`default`: the server's)")
+    add("--budgets", default="default,1024", help="decode budgets, MB (`default`: the server's)")
     add("--smoke", action="store_true", help="tiny sizes (100 rows, 10 sockets, 3000 px)")
     args = parser.parse_args()
     if args.smoke:
