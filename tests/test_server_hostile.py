@@ -191,6 +191,8 @@ def test_chromium_cannot_post_from_another_site(server, query_png, tmp_path):
     browser = Chromium(tmp_path / "profile")
     try:
         page = browser.open(f"http://localhost:{port}/api/health")
+        loaded = "location.hostname === 'localhost' && document.readyState === 'complete'"
+        browser.wait_for(page, loaded, "the document at localhost")  # not about:blank
         sent = browser.evaluate(
             page,
             f"fetch('{server.url}/api/classify', {{method: 'POST', mode: 'no-cors',"
