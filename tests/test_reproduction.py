@@ -115,3 +115,13 @@ def test_a_committed_run_without_a_fingerprint_is_judged_by_the_machine(committe
         assert not passed and "x86-64 with AVX2 or better, portable kernels, the CPU" in report
     else:
         assert passed and "within tolerance" in report
+
+
+def test_a_gpu_run_against_cpu_results_says_so_and_names_the_operations(tmp_dir):
+    (tmp_dir / "params.yaml").write_text(yaml.safe_dump(COMMITTED))
+    gpu = Fingerprint(FINGERPRINT.setup | {"device": "cuda"},
+                      FINGERPRINT.operations | {"conv1.forward": "e" * 32})  # fmt: skip
+    strict, why = bits_expected(COMMITTED, (FINGERPRINT, gpu))
+    assert not strict
+    assert why.startswith("a cuda device, the committed run a cpu one; kernels that differ")
+    assert "setup:device, conv1.forward" in why
