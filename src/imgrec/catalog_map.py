@@ -49,6 +49,8 @@ def project(embeddings: np.ndarray, seed: int, threads: int) -> np.ndarray:
         return np.column_stack([np.arange(n, dtype=np.float64), np.zeros(n)])
     from openTSNE import TSNE, affinity, nearest_neighbors  # slow import; only needed here
 
+    logging.getLogger("openTSNE").setLevel(logging.WARNING)  # a line per choice it makes
+
     k = min(MAP_NEIGHBORS, n - 1)
     scores, indices = ExactIndex().fit(embeddings).search_catalog(k)  # (N, k), self excluded
     knn = nearest_neighbors.PrecomputedNeighbors(indices, np.maximum(1 - scores, 0))
