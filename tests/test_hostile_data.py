@@ -57,7 +57,7 @@ def project(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("project")
     for name in ("dvc.yaml", ".dvcignore"):
         shutil.copy(ROOT / name, folder / name)
-    for name in ("stages", "src"):
+    for name in ("stages", "src", "labels"):  # labels: the corrections file prepare reads
         shutil.copytree(ROOT / name, folder / name, ignore=shutil.ignore_patterns("__pycache__"))
     dvc("init", "--no-scm", "-q", cwd=folder)
     return folder
