@@ -115,6 +115,8 @@ def test_hostile_source_goes_through_with_exact_counts(project, source):
         "rows_used": 1692,
         "rows_skipped": 8,
         "duplicate_rows": 0,
+        "corrections_applied": 0,
+        "corrections_skipped": 0,
     }
     assert "raw.parquet" not in done.stderr  # no warning about the odd path
     assert pq.ParquetFile(project / "data/raw.parquet").num_row_groups == 7  # 1700 / 256
