@@ -89,7 +89,7 @@ def project_copy(folder: Path, params: dict) -> None:
     folder.mkdir(parents=True)
     for name in ("dvc.yaml", ".dvcignore"):
         shutil.copy(ROOT / name, folder / name)
-    for name in ("stages", "src"):
+    for name in ("stages", "src", "labels"):  # labels: the corrections file prepare reads
         shutil.copytree(ROOT / name, folder / name, ignore=shutil.ignore_patterns("__pycache__"))
     base = yaml.safe_load((ROOT / "params.yaml").read_text())
     (folder / "params.yaml").write_text(yaml.safe_dump(base | params, sort_keys=False))

@@ -343,3 +343,33 @@ runpy.run_path({str(script)!r}, run_name="__main__")
     assert results["resume"]["augment_tf32_resumed_equal_uninterrupted"] is True
     assert results["incremental_embed"]["fp32_grown_equals_full_pass"] is True
     assert "| 32 |" in (tmp_path / "gpu_check.md").read_text()  # the epoch table's row
+
+
+def test_projection_smoke_run_scores_each_method(tmp_path: Path):
+    from imgrec.catalog import save_catalog
+    from imgrec.prepared import IMAGES_FILE, save_prepared_labels
+
+    labels, row_ids = np.arange(60) % 3, np.arange(60)
+    (tmp_path / "prepared").mkdir()
+    np.save(tmp_path / "prepared" / IMAGES_FILE, np.zeros((60, 4, 4, 3), np.uint8))
+    save_prepared_labels(
+        tmp_path / "prepared", labels=labels, row_ids=row_ids, train_index=row_ids[:45],
+        val_index=row_ids[45:], class_names=["a", "b", "c"], img_size=4,
+    )  # fmt: skip
+    rng = np.random.default_rng(0)
+    vectors = np.abs(np.abs(rng.normal(size=(3, 16)))[labels] + 0.3 * rng.normal(size=(60, 16)))
+    vectors = (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
+    save_catalog(tmp_path / "catalog", vectors, vectors, row_ids, "md5", 0.5)
+
+    command = [sys.executable, str(ROOT / "benchmarks" / "projection.py"), "--rows", "300"]
+    command += ["--sample", "100", "--method", "pca", "--method", "opentsne", "--repeat"]
+    command += ["--embeddings", str(tmp_path / "catalog"), "--prepared", str(tmp_path / "prepared")]
+    run = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+
+    _, rows = tables(run.stdout)["projection"]
+    assert list(rows) == ["pca", "opentsne"]
+    for method, cells in rows.items():
+        trust, kept, agreement = (float(cell) for cell in cells[3:6])
+        assert 0.5 < trust <= 1 and 0 < kept <= 1 and 0 < agreement <= 1, (method, cells)
+        assert cells[6] == "True", method  # the same map twice for one seed

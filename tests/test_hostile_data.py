@@ -57,7 +57,7 @@ def project(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("project")
     for name in ("dvc.yaml", ".dvcignore"):
         shutil.copy(ROOT / name, folder / name)
-    for name in ("stages", "src"):
+    for name in ("stages", "src", "labels"):  # labels: the corrections file prepare reads
         shutil.copytree(ROOT / name, folder / name, ignore=shutil.ignore_patterns("__pycache__"))
     dvc("init", "--no-scm", "-q", cwd=folder)
     return folder
@@ -112,6 +112,7 @@ def test_hostile_source_goes_through_with_exact_counts(project, source):
     }
     assert report["skipped_rows_e_g"]["undecodable"] == [3, 10, 20, 30]
     assert (report["images"], report["rows_skipped"], report["duplicate_rows"]) == (1692, 8, 0)
+    assert report["corrections"]["applied"] == report["corrections"]["skipped"] == 0
     assert "raw.parquet" not in done.stderr  # no warning about the odd path
     assert pq.ParquetFile(project / "data/raw.parquet").num_row_groups == 7  # 1700 / 256
 

@@ -21,6 +21,7 @@ from conftest import processes_in
 from PIL import Image
 
 from imgrec import kernels
+from imgrec.prepared import load_prepared
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {"rows": 200, "img_size": 32, "epochs": 2, "batch_size": 16}
@@ -103,6 +104,7 @@ def project(tmp_path_factory) -> Path:
         ROOT / "stages", folder / "stages", ignore=shutil.ignore_patterns("__pycache__")
     )
     shutil.copytree(ROOT / "src", folder / "src", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(ROOT / "labels", folder / "labels")  # the (empty) corrections file
     params = yaml.safe_load((ROOT / "params.yaml").read_text()) | TINY
     (folder / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     dvc("init", "--no-scm", "-q", cwd=folder)
@@ -138,6 +140,7 @@ def test_metrics_hold_the_headline_numbers_and_reports_the_detail(project):
     assert read("reports/fetch.json") == {"rows_fetched": TINY["rows"], "files_read": 1}
     prepared = read("reports/prepare.json")
     assert (prepared["images"], prepared["rows_skipped"]) == (TINY["rows"], 0)
+    assert prepared["corrections"]["applied"] == prepared["corrections"]["skipped"] == 0
     assert set(read("reports/audit_counts.json")) == {
         "exact_duplicates",
         "near_duplicates",
@@ -244,7 +247,16 @@ def test_a_grown_catalog_is_embedded_without_training_to_the_bytes_of_a_full_pas
         (
             "batch_size",
             8,
-            {"fetch_catalog", "train", "evaluate", "embed", "audit", "recommend", "figure"},
+            {
+                "fetch_catalog",
+                "train",
+                "evaluate",
+                "embed",
+                "audit",
+                "catalog_map",
+                "recommend",
+                "figure",
+            },
         ),
     ],
 )
@@ -437,3 +449,56 @@ def test_dvc_plots_show_draws_the_loss_curve_with_no_network(project, tmp_path):
 
     assert count((0x94, 0x5D, 0xD6)) > 500, "no curve was drawn"  # DVC's colour for workspace
     assert count((0x2C, 0xA0, 0x2C)) > 50, "the loss chart does not mark the best epoch"
+
+
+def test_a_reviewed_correction_is_applied_by_prepare_and_retrains(project):
+    """The review loop's bar: suggestions accepted on the command line land in the
+    corrections file; the next `dvc repro` applies them in prepare (counted), retrains, and
+    the catalog and its map follow; a correction of a row that is not there is a skip."""
+    corrections = project / "labels/corrections.csv"
+    original = corrections.read_text()
+    report = json.loads((project / "reports/audit.json").read_text())
+    if not report["suspect_labels"]:
+        pytest.skip("the tiny run's audit suggested no label to review")
+    env = dvc_env(project)
+    review = [sys.executable, "-m", "imgrec", "review"]
+    subprocess.run([*review, "accept-all"], cwd=project, env=env, check=True)
+    with corrections.open("a") as handle:  # by hand: a row the data does not have
+        handle.write("99999,3,drop,\n")
+    try:
+        output = dvc("repro", cwd=project).stdout
+        ran = set(re.findall(r"Running stage '(\w+)'", output))
+        assert {"prepare", "train", "evaluate", "embed", "audit", "catalog_map"} <= ran
+        applied = json.loads((project / "reports/prepare.json").read_text())["corrections"]
+        suggested = len(report["suspect_labels"])
+        assert (applied["applied"], applied["skipped"]) == (suggested, 1)
+        assert "correction drop of row 99999 skipped: no such row" in output
+        labels = {s["row_id"]: s["suggested"] for s in report["suspect_labels"]}
+        prepared = load_prepared(project / "data/prepared")
+        for row, label in labels.items():
+            position = int(np.searchsorted(prepared.row_ids, row))
+            assert prepared.class_names[prepared.labels[position]] == label, row
+    finally:
+        corrections.write_text(original)
+        dvc("repro", cwd=project)  # back to the fixture's state (from DVC's run cache)
+
+
+def test_an_audit_gate_fails_the_stage_with_one_line(project):
+    found = json.loads((project / "reports/audit_counts.json").read_text())["suspect_labels"]
+    if not found:
+        pytest.skip("the tiny run's audit found no suspect label to gate on")
+    params_file = project / "params.yaml"
+    original = params_file.read_text()
+    try:
+        params_file.write_text(
+            original.replace("max_suspect_fraction: -1", "max_suspect_fraction: 0")
+        )
+        dvc_bin = str(Path(sys.executable).with_name("dvc"))
+        run = subprocess.run([dvc_bin, "repro", "audit"], cwd=project, capture_output=True,
+                             text=True, env=dvc_env(project))  # fmt: skip
+        assert run.returncode != 0
+        assert f"error: audit gate: {found} suspect labels in" in run.stderr
+        assert "more than max_suspect_fraction=0.0" in run.stderr
+    finally:
+        params_file.write_text(original)
+        dvc("repro", cwd=project)

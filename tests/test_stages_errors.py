@@ -54,7 +54,8 @@ def _fetch_args(tmp_path):
 
 def _prepare_args(tmp_path, data):
     out = tmp_path / "out"
-    return ["--data", str(data), "--out", f"{out}/prepared", "--hashes", f"{out}/hashes.parquet",
+    return ["--data", str(data), "--corrections", f"{out}/corrections.csv", "--out",
+            f"{out}/prepared", "--hashes", f"{out}/hashes.parquet",
             "--report", f"{out}/report.json"]  # fmt: skip
 
 
@@ -176,7 +177,8 @@ def _start_prepare(tmp_path, data, out):
     project = tmp_path / "project"
     project.mkdir(exist_ok=True)
     (project / "params.yaml").write_text(yaml.safe_dump(DEFAULT_PARAMS | {"img_size": 16}))
-    args = ["--data", str(data), "--out", str(out / "prepared"), "--hashes",
+    args = ["--data", str(data), "--corrections", str(out / "corrections.csv"),
+            "--out", str(out / "prepared"), "--hashes",
             str(out / "hashes.parquet"), "--report", str(out / "report.json")]  # fmt: skip
     return subprocess.Popen(
         [sys.executable, str(ROOT / "stages" / "prepare.py"), *args],
