@@ -196,3 +196,64 @@ def stage_configs() -> dict[str, type]:
         spec.loader.exec_module(module)  # defines main; runs nothing under __main__
         configs[script.stem] = typing.get_type_hints(module.main)["config"]
     return configs
+
+
+def served_project(root: Path, prepared: Path) -> Path:
+    """`root` laid out as the pipeline writes it (dvc.yaml, models/, data/, reports/) over a
+    `prepared` dataset, by the pipeline's own functions, with an untrained model: what
+    `imgrec serve` serves in tests (answers need no skill). Its audit report: rows 1 and 2
+    are exact duplicates, row 5's label 1 is suspect (2 suggested), row 7 an outlier."""
+    import shutil
+
+    import torch
+
+    from imgrec import duplicates
+    from imgrec.audit_report import AuditReport, DuplicateGroup, Outlier, SuspectLabel, save_report
+    from imgrec.catalog import save_catalog
+    from imgrec.checkpoint import checkpoint_md5, load_checkpoint, save_checkpoint
+    from imgrec.embed import no_close_match_threshold
+    from imgrec.image_hashes import ImageHashes, save_image_hashes
+    from imgrec.inference import catalog_vectors
+    from imgrec.model import CNNClassifier, ModelConfig
+    from imgrec.neighbors import ExactIndex
+    from imgrec.prepared import load_prepared
+    from imgrec.recommendations import Recommendations, save_recommendations
+    from imgrec.train import TrainConfig
+
+    (root / "dvc.yaml").write_text("stages: {}\n")
+    (root / "models").mkdir()
+    (root / "data").mkdir()
+    shutil.copytree(prepared, root / "data/catalog/prepared")
+    data = load_prepared(root / "data/catalog/prepared")
+    torch.manual_seed(0)
+    model = CNNClassifier(ModelConfig(num_classes=len(data.class_names)))
+    save_checkpoint(
+        root / "models/model.pt", model, data.class_names, data.img_size,
+        train_config=TrainConfig().identity(1), prepared_md5="",
+    )  # fmt: skip
+    model = load_checkpoint(root / "models/model.pt").model
+    embeddings, appearance = catalog_vectors(model, data.images)  # as the embed stage
+    save_catalog(
+        root / "data/embeddings", embeddings, appearance, data.row_ids,
+        checkpoint_md5(root / "models/model.pt"),
+        no_close_match_threshold(appearance, data.train_index, data.val_index),
+    )  # fmt: skip
+    scores, neighbors = ExactIndex().fit(embeddings).search_catalog(3)  # as the recommend stage
+    save_recommendations(
+        root / "data/recommendations.parquet",
+        Recommendations(data.row_ids, data.row_ids[neighbors], scores),
+    )
+    # As prepare writes them: with the audit's report, a query's copies leave its top-k.
+    prints = [duplicates.fingerprint(np.asarray(image)) for image in data.images]
+    groups, _ = duplicates.duplicate_groups(prints, max_bits=4)
+    hashes = ImageHashes(data.row_ids, prints, data.row_ids[groups], 4)
+    save_image_hashes(root / "data/catalog/image_hashes.parquet", hashes)
+    (root / "reports").mkdir()
+    audit = AuditReport(
+        duplicates=[DuplicateGroup((1, 2), "exact", 1.0)],
+        suspect_labels=[SuspectLabel(5, "1", "2", 0.8)],
+        outliers=[Outlier(7, 0.6)],
+        thresholds={"near_duplicate_cosine": 0.999},
+    )
+    save_report(root / "reports/audit.json", audit)
+    return root

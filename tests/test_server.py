@@ -21,68 +21,25 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import served_project
 from PIL import Image
 
-from imgrec import cli, duplicates
-from imgrec.audit_report import AuditReport, DuplicateGroup, Outlier, SuspectLabel, save_report
-from imgrec.catalog import save_catalog
-from imgrec.checkpoint import checkpoint_md5, load_checkpoint, save_checkpoint
-from imgrec.embed import no_close_match_threshold
+from imgrec import cli
+from imgrec.checkpoint import save_checkpoint
 from imgrec.errors import ImgrecError
-from imgrec.image_hashes import ImageHashes, save_image_hashes
-from imgrec.inference import catalog_vectors
 from imgrec.model import CNNClassifier, ModelConfig
-from imgrec.neighbors import ExactIndex
 from imgrec.prepared import load_prepared
-from imgrec.recommendations import Recommendations, load_recommendations, save_recommendations
+from imgrec.recommendations import load_recommendations
 from imgrec.server import ServeConfig
 from imgrec.train import TrainConfig
 
 TOKEN = "s3cret-token"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-AUDIT = AuditReport(
-    duplicates=[DuplicateGroup((1, 2), "exact", 1.0)],
-    suspect_labels=[SuspectLabel(5, "1", "2", 0.8)],
-    outliers=[Outlier(7, 0.6)],
-    thresholds={"near_duplicate_cosine": 0.999},
-)
 
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory, tiny_prepared: Path) -> Path:
-    """A folder laid out as the pipeline writes it (dvc.yaml, models/, data/, reports/)."""
-    root = tmp_path_factory.mktemp("project")
-    (root / "dvc.yaml").write_text("stages: {}\n")
-    (root / "models").mkdir()
-    (root / "data").mkdir()
-    shutil.copytree(tiny_prepared, root / "data/catalog/prepared")
-    data = load_prepared(root / "data/catalog/prepared")
-    torch.manual_seed(0)
-    model = CNNClassifier(ModelConfig(num_classes=len(data.class_names)))
-    save_checkpoint(
-        root / "models/model.pt", model, data.class_names, data.img_size,
-        train_config=TrainConfig().identity(1), prepared_md5="",
-    )  # fmt: skip
-    model = load_checkpoint(root / "models/model.pt").model
-    embeddings, appearance = catalog_vectors(model, data.images)  # as the embed stage
-    save_catalog(
-        root / "data/embeddings", embeddings, appearance, data.row_ids,
-        checkpoint_md5(root / "models/model.pt"),
-        no_close_match_threshold(appearance, data.train_index, data.val_index),
-    )  # fmt: skip
-    scores, neighbors = ExactIndex().fit(embeddings).search_catalog(3)  # as the recommend stage
-    save_recommendations(
-        root / "data/recommendations.parquet",
-        Recommendations(data.row_ids, data.row_ids[neighbors], scores),
-    )
-    # As prepare writes them: with the audit's report, a query's copies leave its top-k.
-    prints = [duplicates.fingerprint(np.asarray(image)) for image in data.images]
-    groups, _ = duplicates.duplicate_groups(prints, max_bits=4)
-    hashes = ImageHashes(data.row_ids, prints, data.row_ids[groups], 4)
-    save_image_hashes(root / "data/catalog/image_hashes.parquet", hashes)
-    (root / "reports").mkdir()
-    save_report(root / "reports/audit.json", AUDIT)
-    return root
+    return served_project(tmp_path_factory.mktemp("project"), tiny_prepared)
 
 
 @pytest.fixture(scope="module")
@@ -227,7 +184,7 @@ def test_recommend_answers_the_query_commands_bits(server, project, catalog_png,
     assert as_body == expected | {"query": None}
     assert as_form == expected | {"query": "q.png"}
     # With the audit's report, a catalog image is a duplicate of itself, left out of its top-k,
-    # and no two of the top-k are duplicates of each other (rows 1 and 2 are, in AUDIT).
+    # and no two of the top-k are duplicates of each other (rows 1 and 2 are: served_project).
     assert as_body["duplicate_of"] == [row_id]
     listed = [r["row_id"] for r in as_body["results"]]
     assert row_id not in listed and not {1, 2} <= set(listed)

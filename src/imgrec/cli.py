@@ -40,6 +40,8 @@ from imgrec.errors import (
 from imgrec.query import (
     DEFAULT_AUDIT,
     DEFAULT_CATALOG,
+    DEFAULT_CATALOG_MAP,
+    DEFAULT_CORRECTIONS,
     DEFAULT_HASHES,
     DEFAULT_MODEL,
     DEFAULT_PREPARED,
@@ -218,6 +220,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         recommendations=Path(args.recommendations),
         audit=args.audit,  # Paths (type=Path) or None
         hashes=args.hashes,
+        catalog_map=args.map,
+        corrections=args.corrections,
+        review=args.review,
         model_name=str(model.relative_to(root) if model.is_relative_to(root) else model.name),
         device=args.device,
         host=args.host,
@@ -436,6 +441,25 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"the prepared images' hashes, to tell a query that duplicates a catalog item "
         f"(default: {DEFAULT_HASHES})",
     )
+    serve.add_argument(
+        "--map",
+        metavar="FILE",
+        type=Path,
+        help=f"the catalog's 2-D map, drawn in the page (default: {DEFAULT_CATALOG_MAP} when "
+        "--catalog is the default too; none there: the page shows no map)",
+    )
+    serve.add_argument(
+        "--review",
+        action="store_true",
+        help="let the page write review decisions to the corrections file (default: the "
+        "page shows the review read-only); off localhost this needs a token",
+    )
+    serve.add_argument(
+        "--corrections",
+        metavar="FILE",
+        type=Path,
+        help=f"the corrections file that --review writes (default: {DEFAULT_CORRECTIONS})",
+    )
     serve.set_defaults(run=cmd_serve)
 
     machine = commands.add_parser(
@@ -460,6 +484,10 @@ def resolve_defaults(args: argparse.Namespace, root: Path) -> None:
     ]
     if getattr(args, "catalog", None) is None:
         defaults += [("audit", DEFAULT_AUDIT), ("hashes", DEFAULT_HASHES)]
+        if "map" in vars(args):  # serve's own
+            defaults.append(("map", DEFAULT_CATALOG_MAP))
+    if "corrections" in vars(args):
+        defaults.append(("corrections", DEFAULT_CORRECTIONS))
     for name, default in defaults:
         if getattr(args, name, None) is None:
             setattr(args, name, root / default)
