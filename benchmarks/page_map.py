@@ -28,9 +28,10 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from imgrec import server
+from imgrec.server.page import STATIC
+from imgrec.server.state import FLAGS
 from imgrec.catalog_map import save_catalog_map
-from imgrec.review_api import map_points
+from imgrec.server.review import map_points
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
@@ -100,12 +101,12 @@ def map_json(points: int, classes: int, seed: int, folder: Path) -> bytes:
     row_ids = np.arange(points, dtype=np.int64)
     save_catalog_map(folder / "catalog_map.csv", row_ids, xy)
     flagged = rng.choice(points, points // 20, replace=False)
-    flags = {int(r): [server.FLAGS[k % len(server.FLAGS)]] for k, r in enumerate(flagged)}
+    flags = {int(r): [FLAGS[k % len(FLAGS)]] for k, r in enumerate(flagged)}
     catalog = SimpleNamespace(
         row_ids=row_ids, labels=labels, class_names=[str(c) for c in range(classes)]
     )
     served = SimpleNamespace(recommender=SimpleNamespace(catalog=catalog), flags=flags)
-    answer, problem = map_points(SimpleNamespace(catalog_map=folder / "catalog_map.csv"), served)
+    answer, problem = map_points(folder / "catalog_map.csv", served)
     assert problem is None, problem
     return json.dumps(answer).encode()
 
@@ -125,7 +126,7 @@ def main() -> None:
         site = work / "site"
         site.mkdir()
         for name in ("map.js",):
-            shutil.copy(Path(server.STATIC) / name, site / name)
+            shutil.copy(STATIC / name, site / name)
         (site / "index.html").write_text(PAGE)
         payload = map_json(args.points, args.classes, 0, work)
         (site / "map.json").write_bytes(payload)

@@ -5,6 +5,7 @@ from imgrec import runtime, stage
 from imgrec.audit import (
     AuditConfig,
     audit,
+    check_gates,
     copy_similarity_threshold,
     duplicates_figure,
     suspect_labels_figure,
@@ -16,6 +17,7 @@ from imgrec.files import write_json
 from imgrec.image_hashes import load_image_hashes
 from imgrec.inference import embed
 from imgrec.plotting import save_figure
+from imgrec.prepared import UNLABELED
 from imgrec.query import check_catalog
 
 
@@ -38,6 +40,8 @@ def main(args, config: AuditConfig) -> None:
     write_json(args.metrics, counts)
     save_figure(duplicates_figure(report, catalog), args.duplicates_png)
     save_figure(suspect_labels_figure(report, catalog, neighbors), args.suspects_png)
+    # After the outputs are written: a failed gate leaves the report to look at.
+    check_gates(report, int((catalog.labels != UNLABELED).sum()), config)
 
 
 if __name__ == "__main__":

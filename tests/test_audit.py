@@ -9,12 +9,14 @@ from imgrec import duplicates
 from imgrec.audit import (
     AuditConfig,
     audit,
+    check_gates,
     copy_similarity_threshold,
     duplicates_figure,
     suspect_labels_figure,
 )
 from imgrec.audit_report import AuditReport, load_report, save_report
 from imgrec.catalog import Catalog
+from imgrec.errors import ImgrecError
 from imgrec.image_hashes import ImageHashes
 from imgrec.plotting import save_figure
 
@@ -120,3 +122,30 @@ def test_figures_draw_with_findings_and_without(built, tmp_path):
     save_figure(suspect_labels_figure(AuditReport(), catalog, neighbors), tmp_path / "none2.png")
     for name in ("d.png", "s.png", "none.png", "none2.png"):
         assert (tmp_path / name).stat().st_size > 1000
+
+
+def test_gates_are_off_by_default_and_fail_with_the_count_and_the_limit(built):
+    catalog, report, _ = built
+    n = len(catalog.labels)
+    check_gates(report, n, AuditConfig())  # off: a leak and suspects pass
+    check_gates(report, n, AuditConfig(max_split_leaks=1, max_suspect_fraction=1.0))
+    with pytest.raises(
+        ImgrecError, match=r"^audit gate: 1 split leaks, more than max_split_leaks=0"
+    ):
+        check_gates(report, n, AuditConfig(max_split_leaks=0))
+    suspects = len(report.suspect_labels)
+    with pytest.raises(ImgrecError, match=rf"{suspects} suspect labels in {n} labelled items"):
+        check_gates(report, n, AuditConfig(max_suspect_fraction=0.0))
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ({"max_split_leaks": -2}, "max_split_leaks must be >= -1"),
+        ({"max_suspect_fraction": -0.5}, "between 0 and 1, or -1"),
+        ({"max_suspect_fraction": 1.5}, "max_suspect_fraction must be <= 1"),
+    ],
+)
+def test_a_gate_out_of_range_is_one_sentence(params, message):
+    with pytest.raises(ImgrecError, match=message):
+        AuditConfig(**params)

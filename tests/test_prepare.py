@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from conftest import hf_metadata, make_parquet, png_bytes, tagged_image
 
+from imgrec.corrections import Correction
 from imgrec.errors import ImgrecError
 from imgrec.prepare import (
     SKIP_REASONS,
@@ -25,11 +26,11 @@ def _grey(value: int) -> bytes:
     return tagged_image(value, IMG_SIZE)
 
 
-def _prepare(parquet, out, **overrides):
+def _prepare(parquet, out, reviewed=(), **overrides):
     """prepare with test-sized params; `overrides` are PrepareConfig fields."""
     settings = {"img_size": IMG_SIZE, "val_fraction": 0.25, "seed": 0, "max_bad_fraction": 0.5}
     out.mkdir(exist_ok=True)
-    counts, _ = prepare(parquet, out, PrepareConfig(**(settings | overrides)))
+    counts, _ = prepare(parquet, out, PrepareConfig(**(settings | overrides)), reviewed)
     return counts
 
 
@@ -267,3 +268,33 @@ def test_stratified_split_too_small_raises(labels, val_fraction):
 def test_load_prepared_empty_folder_raises(tmp_path):
     with pytest.raises(ImgrecError, match="no prepared dataset"):
         load_prepared(tmp_path)
+
+
+def test_prepare_applies_corrections_and_counts_what_it_skips(tmp_path, dask_scheduler, caplog):
+    names = ["cat", "dog", "fox"]
+    raw = [0, 1, 0, 1, 0, 1, 0, 1, 2, 2]
+    parquet = make_parquet(
+        tmp_path / "raw.parquet", [_grey(i) for i in range(10)], raw, metadata=hf_metadata(names)
+    )
+    reviewed = [
+        Correction(2, "cat", "relabel", "dog"),
+        Correction(3, "dog", "drop"),
+        Correction(4, "cat", "keep"),
+        Correction(5, "cat", "relabel", "fox"),  # row 5 is a dog: stale, skipped
+        Correction(6, "cat", "relabel", "cow"),  # no such class: skipped
+        Correction(99, "cat", "drop"),  # no such row: skipped
+    ]
+    out = tmp_path / "prepared"
+    counts = _prepare(parquet, out, reviewed, val_fraction=0.3, dask_scheduler=dask_scheduler)
+    prepared = load_prepared(out)
+    assert prepared.row_ids.tolist() == [0, 1, 2, 4, 5, 6, 7, 8, 9]
+    by_row = dict(zip(prepared.row_ids.tolist(), prepared.labels.tolist(), strict=True))
+    assert prepared.class_names == names
+    assert [by_row[row] for row in (2, 4, 5, 6)] == [1, 0, 1, 0]  # only row 2 changed
+    assert counts["corrections"]["applied"] == 2
+    assert counts["corrections"]["skipped"] == 3
+    assert (counts["corrections"]["relabel"], counts["corrections"]["drop"]) == (1, 1)
+    assert len(counts["corrections"]["skipped_why"]) == 3
+    assert sum("skipped" in record.getMessage() for record in caplog.records) == 3
+    split = np.concatenate([prepared.train_index, prepared.val_index])
+    assert sorted(split.tolist()) == list(range(9))  # the dropped row is in neither side

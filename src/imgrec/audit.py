@@ -38,9 +38,42 @@ COPY_JPEG_QUALITY = 50
 SUSPECT_SCORE = 0.5
 
 
+GATE_OFF = -1  # an audit gate's value when it is off (`-S max_split_leaks=-1`)
+
+
 @dataclass(frozen=True)
 class AuditConfig(ComputeConfig, IndexConfig):
     audit_neighbors: int = param(10, ge=1)  # how many nearest items judge a label
+    # Gates, so CI can refuse a dataset that got worse: the stage fails when the catalog has
+    # more leaks, or a larger share of suspect labels among its labelled items, than this.
+    # GATE_OFF (-1) turns a gate off: a number, so `dvc exp run -S` sets it as typed.
+    max_split_leaks: int = param(GATE_OFF, ge=GATE_OFF)
+    max_suspect_fraction: float = param(GATE_OFF, ge=GATE_OFF, le=1)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.max_suspect_fraction < 0 and self.max_suspect_fraction != GATE_OFF:
+            raise ImgrecError(
+                f"param max_suspect_fraction must be between 0 and 1, or {GATE_OFF} (off); "
+                f"got {self.max_suspect_fraction!r}."
+            )
+
+
+def check_gates(report: AuditReport, labelled_items: int, config: AuditConfig) -> None:
+    """Stop with one sentence when the catalog fails an audit gate (each off by default)."""
+    leaks = len(report.leaks)
+    if config.max_split_leaks != GATE_OFF and leaks > config.max_split_leaks:
+        raise ImgrecError(
+            f"audit gate: {leaks} split leaks, more than max_split_leaks="
+            f"{config.max_split_leaks} (the audit report lists them)."
+        )
+    suspects = len(report.suspect_labels)
+    fraction = suspects / labelled_items if labelled_items else 0.0
+    if config.max_suspect_fraction != GATE_OFF and fraction > config.max_suspect_fraction:
+        raise ImgrecError(
+            f"audit gate: {suspects} suspect labels in {labelled_items} labelled items "
+            f"({fraction:.4f}), more than max_suspect_fraction={config.max_suspect_fraction}."
+        )
 
 
 def degraded_copy(pixels: np.ndarray) -> np.ndarray:

@@ -6,6 +6,7 @@ import logging
 import math
 import os
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -16,7 +17,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from imgrec import duplicates, images
+from imgrec import corrections, duplicates, images
 from imgrec.config import StageConfig, param
 from imgrec.dask_cluster import LOCAL, dask_client, ordered_results
 from imgrec.duplicates import PHASH_BITS
@@ -61,13 +62,14 @@ def class_ids(labels: list, label_names: list[str] | None) -> tuple[np.ndarray, 
     values = sorted({label for label in labels if has_label(label)})
     lookup = collections.defaultdict(lambda: UNLABELED, {v: i for i, v in enumerate(values)})
     ids = np.fromiter((lookup[value] for value in labels), dtype=np.int64, count=len(labels))
+    return ids, [label_text(value, label_names) for value in values]
 
-    def name(value: object) -> str:
-        if label_names and isinstance(value, int) and 0 <= value < len(label_names):
-            return label_names[value]
-        return str(value)
 
-    return ids, [name(value) for value in values]
+def label_text(value: object, label_names: list[str] | None) -> str:
+    """A label value's class name: its ClassLabel name, else the value itself as text."""
+    if label_names and isinstance(value, int) and 0 <= value < len(label_names):
+        return label_names[value]
+    return str(value)
 
 
 def stratified_split(
@@ -229,6 +231,30 @@ def compact(staging_path: Path, images_path: Path, kept_rows: list[int]) -> None
     staging_path.unlink()
 
 
+def apply_corrections(
+    found: Decoded, reviewed: Sequence[corrections.Correction], label_names: list[str] | None
+) -> corrections.Plan:
+    """Relabel and drop the kept rows as the reviewed corrections say (`found` changes); a
+    correction that does not fit the data is skipped and counted (`corrections.plan`).
+    Before duplicates are grouped and the split is drawn: a dropped row is in neither."""
+    values = sorted({label for label in found.kept_labels if has_label(label)})
+    value_of = {label_text(value, label_names): value for value in values}
+    seen = [label_text(v, label_names) if has_label(v) else "" for v in found.kept_labels]
+    planned = corrections.plan(reviewed, found.kept_rows, seen, list(value_of))
+    for position, new_label in planned.relabel.items():
+        found.kept_labels[position] = value_of[new_label]
+    if planned.drop:
+        keep = np.setdiff1d(np.arange(len(found.kept_rows)), planned.drop)
+        found.kept_rows = [found.kept_rows[k] for k in keep]
+        found.kept_labels = [found.kept_labels[k] for k in keep]
+        found.fingerprints = [found.fingerprints[k] for k in keep]
+    if reviewed:
+        log.info("corrections: %d relabelled, %d dropped, %d kept as they were, %d skipped",
+                 planned.counts["relabel"], planned.counts["drop"], planned.counts["keep"],
+                 planned.counts["skipped"])  # fmt: skip
+    return planned
+
+
 def find_duplicates(found: Decoded, config: DecodeConfig) -> tuple[np.ndarray, list[dict]]:
     """Group the kept rows' duplicates; with `duplicates: drop`, keep each group's first row
     only (`found` shrinks). Returns each kept row's group (a position) and the groups, by
@@ -259,13 +285,19 @@ class DecodedImages:
     groups: np.ndarray  # (K,) each kept row's duplicate group, as a position
     group_report: list[dict]  # the groups by row number
     class_names_in_metadata: list[str] | None
+    corrections: corrections.Plan  # what the reviewed corrections changed
 
 
 def decode_into(
-    parquet_path: str | os.PathLike, out_dir: Path, config: DecodeConfig, keep_unlabeled: bool
+    parquet_path: str | os.PathLike,
+    out_dir: Path,
+    config: DecodeConfig,
+    keep_unlabeled: bool,
+    reviewed: Sequence[corrections.Correction] = (),
 ) -> DecodedImages:
     """Decode every image exactly once into `out_dir / IMAGES_FILE`, as Dask tasks on
-    `config.dask_scheduler`'s workers; group the duplicates."""
+    `config.dask_scheduler`'s workers; apply the `reviewed` corrections; group the
+    duplicates."""
     parquet = pq.ParquetFile(parquet_path)
     total = parquet.metadata.num_rows
     staging_path = out_dir / "staging.npy"
@@ -279,10 +311,11 @@ def decode_into(
     with dask_client(config.dask_scheduler, processes=True, tasks=groups) as client:
         found = decode_rows(parquet, staging_path, config.img_size, client, keep_unlabeled)
     check_skips(found, total, config.max_bad_fraction)
+    label_names = class_names_from_metadata(parquet.schema_arrow.metadata)
+    planned = apply_corrections(found, reviewed, label_names)
     duplicate_of, duplicate_groups = find_duplicates(found, config)
     compact(staging_path, out_dir / IMAGES_FILE, found.kept_rows)
-    label_names = class_names_from_metadata(parquet.schema_arrow.metadata)
-    return DecodedImages(found, total, duplicate_of, duplicate_groups, label_names)
+    return DecodedImages(found, total, duplicate_of, duplicate_groups, label_names, planned)
 
 
 def save_decoded(
@@ -325,11 +358,12 @@ def prepare(
     parquet_path: str | os.PathLike,
     out_dir: str | os.PathLike,
     config: PrepareConfig,
+    reviewed: Sequence[corrections.Correction] = (),
 ) -> tuple[dict, ImageHashes]:
     """Decode every image exactly once into `out_dir`, as Dask tasks on
-    `config.dask_scheduler`'s workers, and split it; return the counts for the report and
-    the images' hashes."""
-    decoded = decode_into(parquet_path, Path(out_dir), config, keep_unlabeled=False)
+    `config.dask_scheduler`'s workers, apply the `reviewed` corrections, and split it;
+    return the counts for the report and the images' hashes."""
+    decoded = decode_into(parquet_path, Path(out_dir), config, False, reviewed)
     found = decoded.found
     labels, class_names = class_ids(found.kept_labels, decoded.class_names_in_metadata)
     train_index, val_index = stratified_split(
@@ -348,4 +382,11 @@ def prepare(
         len(val_index),
     )
     counts["train_images"], counts["val_images"] = len(train_index), len(val_index)
+    planned = decoded.corrections  # by decision, and why each skipped one was skipped
+    counts["corrections"] = {
+        **{decision: planned.counts[decision] for decision in corrections.DECISIONS},
+        "applied": planned.applied,
+        "skipped": planned.counts["skipped"],
+        "skipped_why": planned.skipped,
+    }
     return counts, hashes
