@@ -4,6 +4,8 @@ every catalog item, a click on a point opens it, accepting a suggestion writes t
 corrections file. The catalog is test_server's tiny one (48 items, an untrained model)."""
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -316,3 +318,19 @@ def test_without_review_the_page_shows_it_read_only(project, map_file, tmp_path)
         browser.close()
         assert "Traceback" not in stop(live)
     assert not (tmp_path / "c.csv").exists()
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="needs Chromium (.ci/run installs it)")
+def test_the_map_benchmark_smoke_run_prints_its_table(tmp_path):
+    """benchmarks/page_map.py on 500 points, so that it cannot rot."""
+    root = Path(__file__).resolve().parents[1]
+    command = [sys.executable, str(root / "benchmarks/page_map.py"), "--points", "500"]
+    run = subprocess.run(
+        [*command, "--rounds", "2"], capture_output=True, text=True, cwd=tmp_path, timeout=300
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "## The page's map: 500 of 500 points drawn" in run.stdout, run.stdout
+    rows = {line.split("|")[1].strip(): line for line in run.stdout.splitlines() if "|" in line}
+    for metric in ("one draw of every point, ms (median)", "one hit test, µs (median)"):
+        ratio = float(rows[metric].split("|")[4])
+        assert 0 <= ratio < float("inf"), rows[metric]  # 0: faster than the page's clock ticks

@@ -31,7 +31,8 @@ function fill(list, entries) {
   list.replaceChildren(...entries.map(card));
 }
 
-async function showItem(rowId) {
+// `scroll`: how to bring the item into view; from the map, "nearest" keeps the map in sight.
+async function showItem(rowId, scroll = "start") {
   try {
     const item = await api(`items/${rowId}`);
     $("item").hidden = false;
@@ -50,7 +51,7 @@ async function showItem(rowId) {
     $("item-facts").replaceChildren(...facts.flatMap(([name, value]) => [element("dt", name), element("dd", String(value))]));
     fill($("neighbors"), item.neighbors);
     view.map?.mark(item.neighbors.map((n) => n.row_id), item.row_id);
-    $("item").scrollIntoView({ block: "start" });
+    $("item").scrollIntoView({ block: scroll });
   } catch (error) {
     $("status").textContent = error.message;
   }
@@ -128,7 +129,7 @@ async function showMap(health) {
   $("map-canvas").parentElement.hidden = false;
   $("map-note").textContent = `${points.row_ids.length} items; rings mark the opened item's or the searched image's neighbours.`;
   $("color-by").querySelector("option[value=flag]").disabled = !health.audit;
-  view.map = new CatalogMap($("map-canvas"), points, { onHover: hover, onOpen: showItem });
+  view.map = new CatalogMap($("map-canvas"), points, { onHover: hover, onOpen: (rowId) => showItem(rowId, "nearest") });
   legend();
 }
 

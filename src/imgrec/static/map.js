@@ -131,7 +131,9 @@ export class CatalogMap {
     const pixels = new Uint32Array(image.data.buffer);
     pixels.fill(0xffffffff);
     const colors = { labels: PALETTE.map(rgba), flags: FLAG_COLORS.map(rgba), unflagged: rgba(UNFLAGGED) };
-    const side = Math.max(2, Math.round(2 * this.ratio * Math.min(2.5, Math.sqrt(this.zoom()))));
+    // Bigger points for a small catalog and when zoomed in; 2 px keeps 40,000 apart.
+    const base = this.count > 20000 ? 2 : 3;
+    const side = Math.max(2, Math.round(base * this.ratio * Math.min(2.5, Math.sqrt(this.zoom()))));
     const half = side >> 1;
     let drawn = 0;
     // In flag mode the flagged items go last, so the pale unflagged ones never hide them.
