@@ -3,6 +3,7 @@
     imgrec recommend PATH_OR_URL... [--top-k 5] [--out fig.png] [--json]
     imgrec classify PATH_OR_URL... [--json]
     imgrec serve [--host 127.0.0.1] [--port 8000] [--workers 1] [--token T | --no-token]
+    imgrec review suggestions | accept ROW... | relabel ROW LABEL | drop ROW... | ...
 
 Only the command line: every answer comes from `query.Recommender`, the API the
 server (`imgrec.server`, which `serve` starts) calls too, which runs the pipeline's
@@ -27,7 +28,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from imgrec.cli import classify, machine, recommend, serve
+from imgrec.cli import classify, machine, recommend, review, serve
 from imgrec.cli.common import outputs_parent, queries_parent
 from imgrec.errors import (
     EXIT_BROKEN_PIPE,
@@ -56,7 +57,7 @@ from imgrec.query import (
 
 # The subcommands, in the order `--help` lists them: each module's `add_parser(commands,
 # parents)` declares its arguments and sets `run`. A new subcommand is one more entry.
-COMMANDS = (recommend, classify, serve, machine)
+COMMANDS = (recommend, classify, serve, review, machine)
 
 
 def build_parser() -> argparse.ArgumentParser:
