@@ -31,7 +31,7 @@ import numpy as np
 
 from imgrec.server.page import STATIC
 from imgrec.server.state import FLAGS
-from imgrec.catalog_map import save_catalog_map
+from imgrec.map_coordinates import MapCoordinates, normalized, save_coordinates
 from imgrec.server.review import map_points
 
 HERE = Path(__file__).resolve().parent
@@ -101,7 +101,7 @@ def map_json(points: int, classes: int, seed: int, folder: Path) -> tuple[bytes,
     centres = rng.normal(0, 8, (classes, 2))
     xy = (centres[labels] + rng.normal(0, 1.2, (points, 2))).astype(np.float32)
     row_ids = np.arange(points, dtype=np.int64)
-    save_catalog_map(folder / "catalog_map.csv", row_ids, xy)
+    save_coordinates(folder / "catalog_map.csv", MapCoordinates(row_ids, normalized(xy)))
     flagged = rng.choice(points, points // 20, replace=False)
     flags = {int(r): [FLAGS[k % len(FLAGS)]] for k, r in enumerate(flagged)}
     catalog = SimpleNamespace(

@@ -11,12 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from chromium import CHROMIUM, Chromium
-from conftest import served_project
 from fastapi.testclient import TestClient
-from test_server import png_of, start, stop, wait_until_up
+from test_server import make_project, png_of, start, stop, wait_until_up
 
-from imgrec.catalog_map import save_catalog_map
 from imgrec.errors import ImgrecError
+from imgrec.map_coordinates import MapCoordinates, save_coordinates
 from imgrec.prepared import load_prepared
 from imgrec.server import ServeConfig, Served, create_app
 
@@ -26,7 +25,7 @@ HEADER = "row_id,label_seen,decision,new_label\n"
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory, tiny_prepared: Path) -> Path:
-    return served_project(tmp_path_factory.mktemp("project"), tiny_prepared)
+    return make_project(tmp_path_factory.mktemp("project") / "root", tiny_prepared)
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +34,7 @@ def map_file(project: Path, tmp_path_factory) -> Path:
     row_ids = load_prepared(project / "data/catalog/prepared").row_ids
     lattice = np.stack([row_ids % 7, row_ids // 7], axis=1).astype(np.float32)
     path = tmp_path_factory.mktemp("map") / "catalog_map.csv"
-    save_catalog_map(path, row_ids, lattice)
+    save_coordinates(path, MapCoordinates(row_ids, lattice))
     return path
 
 
@@ -57,7 +56,8 @@ def served(project: Path) -> Served:
 
 
 def client(project, served, **options) -> TestClient:
-    return TestClient(create_app(config_for(project, **options), served))
+    app = create_app(config_for(project, **options), served)
+    return TestClient(app, base_url="http://127.0.0.1:8000")  # a Host the server answers
 
 
 def test_the_map_answers_every_item_with_its_class_and_flags(project, served, map_file):
@@ -79,7 +79,7 @@ def test_without_a_map_the_map_route_says_so_in_one_sentence(project, served, tm
 
 
 def test_a_map_of_another_catalog_is_not_served(project, served, tmp_path):
-    save_catalog_map(tmp_path / "map.csv", np.arange(3), np.zeros((3, 2), np.float32))
+    save_coordinates(tmp_path / "map.csv", MapCoordinates(np.arange(3), np.zeros((3, 2))))
     answer = client(project, served, catalog_map=tmp_path / "map.csv").get("/api/map")
     assert answer.status_code == 404 and "is not of this catalog" in answer.json()["detail"]
 
@@ -133,10 +133,14 @@ def test_with_the_flag_decisions_are_written_sorted_one_row_per_item(project, se
         ('{"decisions": [{"row_id": 5, "decision": "keep"}]}', {"Content-Type": "text/plain"},
          415, "decisions are sent as JSON (Content-Type: application/json)."),
         ("decisions=5", {"Content-Type": "application/x-www-form-urlencoded"}, 415, "as JSON"),
-        ('{"decisions": [{"row_id": 4800, "decision": "keep"}]}', {}, 404,
-         "no catalog item has row id 4800."),
+        ('{"decisions": [{"row_id": 4800, "decision": "keep"}]}', {}, 422,
+         "row 4800 is not in the catalog"),
+        ('{"decisions": [{"row_id": 4800, "decision": "undo"}]}', {}, 422,
+         "row 4800 is not in the catalog"),
         ('{"decisions": [{"row_id": 5, "decision": "relabel", "new_label": "9"}]}', {}, 422,
-         "new_label: no class is called '9'."),
+         "'9' is not a class; the classes are 0, 1, 2, 3."),
+        ('{"decisions": [{"row_id": 5, "decision": "drop", "new_label": "2"}]}', {}, 422,
+         "only a relabel has a new_label"),
         ('{"decisions": [{"row_id": 5, "decision": "relabel", "new_label": "1"}]}', {}, 422,
          "relabel to its own label"),
         ('{"decisions": [{"row_id": 6, "decision": "keep"}, {"row_id": 5, "decision": "sell"}]}',

@@ -21,25 +21,80 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import served_project
 from PIL import Image
 
-from imgrec import cli
-from imgrec.checkpoint import save_checkpoint
+from imgrec import cli, duplicates
+from imgrec.audit_report import AuditReport, DuplicateGroup, Outlier, SuspectLabel, save_report
+from imgrec.catalog import save_catalog
+from imgrec.checkpoint import checkpoint_md5, load_checkpoint, save_checkpoint
+from imgrec.embed import no_close_match_threshold
 from imgrec.errors import ImgrecError
+from imgrec.image_hashes import ImageHashes, save_image_hashes
+from imgrec.inference import catalog_vectors
 from imgrec.model import CNNClassifier, ModelConfig
+from imgrec.neighbors import ExactIndex
 from imgrec.prepared import load_prepared
-from imgrec.recommendations import load_recommendations
+from imgrec.recommendations import Recommendations, load_recommendations, save_recommendations
 from imgrec.server import ServeConfig
 from imgrec.train import TrainConfig
 
 TOKEN = "s3cret-token"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+AUDIT = AuditReport(
+    duplicates=[DuplicateGroup((1, 2), "exact", 1.0)],
+    suspect_labels=[SuspectLabel(5, "1", "2", 0.8)],
+    outliers=[Outlier(7, 0.6)],
+    thresholds={"near_duplicate_cosine": 0.999},
+)
+
+
+def make_project(root: Path, prepared: Path) -> Path:
+    """A folder laid out as the pipeline writes it (dvc.yaml, models/, data/, reports/)."""
+    root.mkdir(exist_ok=True)
+    (root / "dvc.yaml").write_text("stages: {}\n")
+    (root / "models").mkdir()
+    (root / "data").mkdir()
+    shutil.copytree(prepared, root / "data/catalog/prepared")
+    data = load_prepared(root / "data/catalog/prepared")
+    torch.manual_seed(0)
+    model = CNNClassifier(ModelConfig(num_classes=len(data.class_names)))
+    save_checkpoint(
+        root / "models/model.pt", model, data.class_names, data.img_size,
+        train_config=TrainConfig().identity(1), prepared_md5="",
+    )  # fmt: skip
+    embed_and_recommend(root, root / "models/model.pt")
+    # As prepare writes them: with the audit's report, a query's copies leave its top-k.
+    prints = [duplicates.fingerprint(np.asarray(image)) for image in data.images]
+    groups, _ = duplicates.duplicate_groups(prints, max_bits=4)
+    hashes = ImageHashes(data.row_ids, prints, data.row_ids[groups], 4)
+    save_image_hashes(root / "data/catalog/image_hashes.parquet", hashes)
+    (root / "reports").mkdir()
+    save_report(root / "reports/audit.json", AUDIT)
+    return root
+
+
+def embed_and_recommend(root: Path, model_file: Path, out: Path | None = None) -> None:
+    """The embed and recommend stages' outputs for `model_file`, under `out` (default:
+    `root`): data/embeddings and data/recommendations.parquet."""
+    out = out or root
+    data = load_prepared(root / "data/catalog/prepared")
+    model = load_checkpoint(model_file).model
+    embeddings, appearance = catalog_vectors(model, data.images)  # as the embed stage
+    save_catalog(
+        out / "data/embeddings", embeddings, appearance, data.row_ids,
+        checkpoint_md5(model_file),
+        no_close_match_threshold(appearance, data.train_index, data.val_index),
+    )  # fmt: skip
+    scores, neighbors = ExactIndex().fit(embeddings).search_catalog(3)  # as the recommend stage
+    save_recommendations(
+        out / "data/recommendations.parquet",
+        Recommendations(data.row_ids, data.row_ids[neighbors], scores),
+    )
 
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory, tiny_prepared: Path) -> Path:
-    return served_project(tmp_path_factory.mktemp("project"), tiny_prepared)
+    return make_project(tmp_path_factory.mktemp("project") / "root", tiny_prepared)
 
 
 @pytest.fixture(scope="module")
@@ -62,9 +117,11 @@ class Server:
     process: subprocess.Popen
     log: Path
 
-    def request(self, path: str, body: bytes | None = None, headers: dict | None = None):
+    def request(
+        self, path: str, body: bytes | None = None, headers: dict | None = None, method=None
+    ):
         """(status, headers, body) of one request; a JSON body parsed."""
-        method = "GET" if body is None else "POST"
+        method = method or ("GET" if body is None else "POST")
         request = urllib.request.Request(
             self.url + path, data=body, headers=headers or {}, method=method
         )
@@ -73,7 +130,7 @@ class Server:
                 status, reply, content = response.status, response.headers, response.read()
         except urllib.error.HTTPError as error:
             status, reply, content = error.code, error.headers, error.read()
-        if reply.get_content_type() == "application/json":
+        if reply.get_content_type() == "application/json" and content:
             return status, reply, json.loads(content)
         return status, reply, content
 
@@ -184,7 +241,7 @@ def test_recommend_answers_the_query_commands_bits(server, project, catalog_png,
     assert as_body == expected | {"query": None}
     assert as_form == expected | {"query": "q.png"}
     # With the audit's report, a catalog image is a duplicate of itself, left out of its top-k,
-    # and no two of the top-k are duplicates of each other (rows 1 and 2 are: served_project).
+    # and no two of the top-k are duplicates of each other (rows 1 and 2 are, in AUDIT).
     assert as_body["duplicate_of"] == [row_id]
     listed = [r["row_id"] for r in as_body["results"]]
     assert row_id not in listed and not {1, 2} <= set(listed)
@@ -295,7 +352,7 @@ def test_bad_bytes_get_a_4xx_with_one_sentence(server, route, body, status, says
     ("path", "says"),
     [
         ("/api/recommend?top_k=0", "top_k: input should be greater than or equal to 1."),
-        ("/api/recommend?top_k=49", "--top-k 49 is more than the 48 catalog items."),
+        ("/api/recommend?top_k=49", "top_k: 49 is more than the 48 catalog items."),
         ("/api/items?label=cat", "label: no class is called 'cat'."),
         ("/api/items?flag=blurry", "flag: input should be"),
         ("/api/items?limit=100000", "limit: input should be less than or equal to 500."),
@@ -325,7 +382,7 @@ def test_an_upload_over_the_cap_is_refused_before_it_is_read(server):
     # A Content-Length of 25 MB and a body of 1 KB: answered at once, without waiting for
     # the rest (a server reading the body first would wait for the 25 MB, and time out).
     head = (
-        b"POST /api/recommend HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
+        b"POST /api/recommend HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/jpeg\r\n"
         b"Content-Length: 26214400\r\n\r\n"
     )
     reply = raw_exchange(server.url, head, [bytes(1024)])
@@ -335,7 +392,7 @@ def test_an_upload_over_the_cap_is_refused_before_it_is_read(server):
 
 def test_a_chunked_upload_is_cut_off_at_the_cap(server):
     head = (
-        b"POST /api/recommend HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
+        b"POST /api/recommend HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/jpeg\r\n"
         b"Transfer-Encoding: chunked\r\n\r\n"
     )
     megabyte = b"%x\r\n%s\r\n" % (2**20, bytes(2**20))

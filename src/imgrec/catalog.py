@@ -79,16 +79,26 @@ def save_catalog(
         write_json(tmp / "meta.json", meta)
 
 
-def load_catalog(embeddings_dir: str | os.PathLike, prepared_dir: str | os.PathLike) -> Catalog:
+def load_catalog(
+    embeddings_dir: str | os.PathLike, prepared_dir: str | os.PathLike, mapped: bool = True
+) -> Catalog:
+    """The catalog; `mapped` False reads every array into memory and the images one at a
+    time (`prepared.ImageRows`), so files rewritten in place cannot crash a server."""
     embeddings_dir = Path(embeddings_dir)
     if not (embeddings_dir / "meta.json").exists():
         raise MissingOutput(f"no catalog in {embeddings_dir}; run `dvc repro` to make it.")
-    prepared = load_prepared(prepared_dir)
+    prepared = load_prepared(prepared_dir, mapped)
+    mmap_mode = "r" if mapped else None
     try:
         row_ids = np.load(embeddings_dir / "row_ids.npy")
     except (OSError, ValueError) as error:
         raise ImgrecError(f"the catalog in {embeddings_dir} has no readable row ids ({error}); "
                           "run `dvc repro` to remake it.") from error  # fmt: skip
+    if tuple(prepared.images.shape) != (len(prepared.row_ids), *[prepared.img_size] * 2, 3):
+        raise ImgrecError(
+            f"the images in {prepared_dir} are not one per row id at its image size; run "
+            "`dvc repro` to remake them."
+        )
     if not np.array_equal(row_ids, prepared.row_ids):
         raise ImgrecError(
             f"the embeddings in {embeddings_dir} do not match the images in {prepared_dir}; "
@@ -97,8 +107,8 @@ def load_catalog(embeddings_dir: str | os.PathLike, prepared_dir: str | os.PathL
     try:
         meta = read_json(embeddings_dir / "meta.json")
         return Catalog(
-            embeddings=np.load(embeddings_dir / "embeddings.npy", mmap_mode="r"),
-            appearance=np.load(embeddings_dir / "appearance.npy", mmap_mode="r"),
+            embeddings=np.load(embeddings_dir / "embeddings.npy", mmap_mode=mmap_mode),
+            appearance=np.load(embeddings_dir / "appearance.npy", mmap_mode=mmap_mode),
             row_ids=row_ids,
             labels=prepared.labels,
             class_names=prepared.class_names,

@@ -9,7 +9,7 @@ import warnings
 
 import numpy as np
 import simplejpeg
-from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageMode, ImageOps, UnidentifiedImageError
 
 # What `decode` raises, mapped to the reason counted in prepare's metrics.
 SKIP_REASONS = ("null_image", "undecodable", "too_large")
@@ -37,13 +37,33 @@ class SkippedImage(Exception):
         self.reason = reason
 
 
-def decode(data: bytes | None, img_size: int) -> np.ndarray:
+def decoded_bytes(image: Image.Image, img_size: int) -> int:
+    """What decoding an opened (header-only) image holds in memory: its pixels as PIL
+    stores them (bytes per pixel from the mode: 16-bit 2, int32 and float 4, several 8-bit
+    bands 4), at the reduced scale a JPEG decodes at (`decode` asks libjpeg for one)."""
+    width, height = image.size
+    if image.format == "JPEG":
+        # The DCT scales (1/8 .. 1) keep both sides >= img_size; count the coarsest
+        # power of two, which decodes at least as many pixels as the scale used.
+        scale = next(
+            s for s in (8, 4, 2, 1) if s == 1 or min(-(-width // s), -(-height // s)) >= img_size
+        )
+        width, height = -(-width // scale), -(-height // scale)
+    mode = ImageMode.getmode(image.mode)
+    itemsize = np.dtype(mode.typestr).itemsize
+    per_pixel = itemsize if len(mode.bands) == 1 else 4 * itemsize
+    return width * height * per_pixel
+
+
+def decode(data: bytes | None, img_size: int, max_decoded_bytes: int | None = None) -> np.ndarray:
     """Decode image bytes to a (img_size, img_size, 3) uint8 RGB array.
 
     Only FORMATS are opened. Any mode PIL reads becomes RGB; transparency is
     flattened onto white so a transparent background does not turn black. Images
-    over PIL's decompression-bomb limit are refused before their pixels are
-    decoded. Whatever else goes wrong on these bytes is a SkippedImage, never a crash.
+    over PIL's decompression-bomb limit, or whose pixels would take more than
+    `max_decoded_bytes` (`decoded_bytes`: a server's budget), are refused from their
+    header, before their pixels are decoded. Whatever else goes wrong on these bytes is a
+    SkippedImage, never a crash.
     """
     if data is None or len(data) == 0:
         raise SkippedImage("null_image")
@@ -52,6 +72,14 @@ def decode(data: bytes | None, img_size: int) -> np.ndarray:
             # PIL only warns between MAX_IMAGE_PIXELS and twice that; refuse both.
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data), formats=FORMATS) as image:  # the header only
+                cost = decoded_bytes(image, img_size)
+                if max_decoded_bytes is not None and cost > max_decoded_bytes:
+                    width, height = image.size
+                    raise SkippedImage(
+                        "too_large",
+                        f"{width}x{height} {image.mode} pixels decode to {cost / 2**20:.0f} MB, "
+                        f"over the {max_decoded_bytes / 2**20:g} MB budget",
+                    )
                 if image.format == "JPEG" and image.mode in ("RGB", "L"):
                     rgb = _decode_jpeg_scaled(data, image, img_size)
                 else:
@@ -63,6 +91,8 @@ def decode(data: bytes | None, img_size: int) -> np.ndarray:
                 return np.asarray(rgb, dtype=np.uint8)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
         raise SkippedImage("too_large", str(error)) from error
+    except SkippedImage:
+        raise
     except UnidentifiedImageError as error:
         raise SkippedImage("undecodable", "not an image in an accepted format") from error
     except Exception as error:  # PIL's plugins raise anything on hostile bytes
@@ -82,15 +112,23 @@ def _decode_jpeg_scaled(data: bytes, header: Image.Image, img_size: int) -> Imag
     return rgb.transpose(upright) if upright is not None else rgb
 
 
+_ROWS = 256  # rows per strip when 16-bit and float pixels are scaled to 8 bits
+
+
 def to_rgb(image: Image.Image) -> Image.Image:
     """Any PIL mode to RGB: 16-bit and float scaled to 8 bits, alpha composited on white."""
     if image.mode == "RGB":
         return image  # most photos: convert() would only copy
     if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        pixels = np.asarray(image, dtype=np.float64)
+        pixels = np.asarray(image)  # its own type: float64 copies of a big image cost 4-8x
         low, high = float(pixels.min()), float(pixels.max())
-        scaled = (pixels - low) * (255.0 / (high - low)) if high > low else np.zeros_like(pixels)
-        image = Image.fromarray(np.rint(scaled).astype(np.uint8), mode="L")
+        grey = np.zeros(pixels.shape, np.uint8)
+        if high > low:
+            factor = 255.0 / (high - low)
+            for top in range(0, len(pixels), _ROWS):  # in float64 a strip at a time: same bits
+                strip = pixels[top : top + _ROWS].astype(np.float64)
+                grey[top : top + _ROWS] = np.rint((strip - low) * factor).astype(np.uint8)
+        image = Image.fromarray(grey, mode="L")
     if image.mode == "P" and "transparency" in image.info:
         image = image.convert("RGBA")
     if image.mode in ("RGBA", "LA", "PA", "La", "RGBa"):

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from imgrec.errors import MissingOutput
+from imgrec.errors import ImgrecError, MissingOutput
 from imgrec.files import read_json, write_json
 
 IMAGES_FILE = "images.npy"  # written in place by prepare's workers, then moved here
@@ -30,9 +30,43 @@ def label_name(class_names: list[str], label: int) -> str | None:
     return None if label == UNLABELED else class_names[label]
 
 
+class ImageRows:
+    """(N, S, S, 3) uint8 images of an IMAGES_FILE, read an image at a time from a file
+    opened once: what a long-lived process holds instead of a memory map, which a file
+    rewritten in place (`cp other.npy images.npy`) turns into a SIGBUS. A file replaced
+    by rename (DVC) leaves the open one as it was; one rewritten in place reads short or
+    other pixels, never a crash."""
+
+    def __init__(self, path: Path):
+        with open(path, "rb") as handle:
+            version = np.lib.format.read_magic(handle)
+            read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                           else np.lib.format.read_array_header_2_0)  # fmt: skip
+            self.shape, fortran, self.dtype = read_header(handle)
+            self.offset = handle.tell()
+        if fortran or len(self.shape) != 4:
+            raise ImgrecError(f"{path} is not an (N, S, S, 3) array of images.")
+        self.path = path
+        self.file = open(path, "rb")  # noqa: SIM115 - held for the life of the process
+        self.image_bytes = int(np.prod(self.shape[1:])) * self.dtype.itemsize
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, position: int) -> np.ndarray:
+        if not -len(self) <= position < len(self):
+            raise IndexError(f"image {position} of {len(self)}")
+        position %= len(self)
+        data = os.pread(self.file.fileno(), self.image_bytes,
+                        self.offset + position * self.image_bytes)  # fmt: skip
+        if len(data) < self.image_bytes:
+            raise ImgrecError(f"{self.path} changed while it was read; run `dvc repro` again.")
+        return np.frombuffer(data, self.dtype).reshape(self.shape[1:])
+
+
 @dataclass(frozen=True)
 class Prepared:
-    images: np.ndarray  # (N, S, S, 3) uint8, memory-mapped
+    images: np.ndarray | ImageRows  # (N, S, S, 3) uint8, memory-mapped (or read row by row)
     labels: np.ndarray  # (N,) int64
     row_ids: np.ndarray  # (N,) int64
     train_index: np.ndarray
@@ -45,13 +79,17 @@ class Prepared:
         return np.searchsorted(self.row_ids, row_ids)
 
 
-def load_prepared(folder: str | os.PathLike) -> Prepared:
+def load_prepared(folder: str | os.PathLike, mapped: bool = True) -> Prepared:
+    """The prepared dataset; its images memory-mapped, or, `mapped` False (a server that
+    lives while the pipeline rewrites its files), read an image at a time (`ImageRows`)."""
     folder = Path(folder)
     if not (folder / "meta.json").exists():
         raise MissingOutput(f"{folder} holds no prepared dataset; run `dvc repro prepare` first.")
     meta = read_json(folder / "meta.json")
     return Prepared(
-        images=np.load(folder / IMAGES_FILE, mmap_mode="r"),
+        images=np.load(folder / IMAGES_FILE, mmap_mode="r")
+        if mapped
+        else ImageRows(folder / IMAGES_FILE),
         labels=np.load(folder / "labels.npy"),
         row_ids=np.load(folder / "row_ids.npy"),
         train_index=np.load(folder / "train_index.npy"),

@@ -137,13 +137,16 @@ def read_image(source: str) -> bytes:
         raise UnusableQuery(source, _read_failure(error)) from error
 
 
-def decode_image(data: bytes, img_size: int, source: str) -> np.ndarray:
+def decode_image(
+    data: bytes, img_size: int, source: str, max_decoded_bytes: int | None = None
+) -> np.ndarray:
     """(img_size, img_size, 3) uint8: image bytes (read from `source`, or sent to a server)
-    decoded exactly as prepare decodes the catalog's."""
+    decoded exactly as prepare decodes the catalog's; a server refuses, from the header,
+    an image whose pixels would take more than `max_decoded_bytes`."""
     from imgrec.images import SkippedImage, decode
 
     try:
-        return decode(data, img_size)
+        return decode(data, img_size, max_decoded_bytes)
     except SkippedImage as skipped:
         detail = str(skipped)
         why = skipped.reason if detail == skipped.reason else f"{skipped.reason}: {detail}"
@@ -365,10 +368,12 @@ class Recommender:
     def load(
         cls, model: Path, catalog: Path, prepared: Path, device: str = "auto",
         *, need_catalog: bool = True, audit: Path | None = None, hashes: Path | None = None,
+        mapped: bool = True,
     ) -> Recommender:  # fmt: skip
         """The checkpoint on `device`, and its catalog (required unless `need_catalog` is
         False: a classifier needs none, its novelty flag does). Where the audit report and
-        image hashes exist, results collapse duplicates as recommend's do."""
+        image hashes exist, results collapse duplicates as recommend's do. `mapped` False:
+        nothing memory-mapped (`catalog.load_catalog`), for a server."""
         from imgrec.catalog import load_catalog
         from imgrec.checkpoint import load_checkpoint
         from imgrec.runtime import pick_device
@@ -376,7 +381,7 @@ class Recommender:
         torch_device = pick_device(device)
         checkpoint = load_checkpoint(model, torch_device)
         try:
-            loaded = load_catalog(catalog, prepared)
+            loaded = load_catalog(catalog, prepared, mapped)
             check_catalog(model, loaded)
         except ImgrecError as error:
             if need_catalog:

@@ -61,11 +61,29 @@ def add_parser(commands, parents: dict[str, argparse.ArgumentParser]) -> None:
         help="refuse larger uploads with 413 before reading them (default: 20)",
     )
     serve.add_argument(
+        "--max-decoded-mb",
+        type=float,
+        default=64.0,
+        metavar="MB",
+        help="refuse with 413, from its header, an image whose pixels would take more "
+        "memory than this once decoded: width x height x bytes per pixel, so 16-bit and "
+        "float images count double and quadruple (default: 64)",
+    )
+    serve.add_argument(
         "--limit-concurrency",
         type=positive_int,
         default=64,
         metavar="N",
-        help="connections at once per worker before new ones get 503 (default: 64)",
+        help="requests in progress at once per worker before new ones get 503; idle "
+        "connections do not count, and time out (default: 64)",
+    )
+    serve.add_argument(
+        "--allowed-hosts",
+        default="",
+        metavar="NAMES",
+        help="comma-separated Host names to answer besides the bound address and, on "
+        "localhost, its names (e.g. the name a proxy or DNS gives this machine; * for any); "
+        "any other Host gets 400",
     )
     serve.add_argument(
         "--log-level",
@@ -139,7 +157,9 @@ def run(args: argparse.Namespace) -> int:
         token=args.token if args.token is not None else os.environ.get("IMGREC_TOKEN") or None,
         no_token=args.no_token,
         max_upload_mb=args.max_upload_mb,
+        max_decoded_mb=args.max_decoded_mb,
         limit_concurrency=args.limit_concurrency,
+        allowed_hosts=tuple(filter(None, (h.strip() for h in args.allowed_hosts.split(",")))),
         log_level=args.log_level,
     )
     logging.getLogger("imgrec.server").setLevel(logging.INFO)  # its one line on what it serves

@@ -1,5 +1,7 @@
 """The app factory: the guards, the routers, the page and the error answers, put together."""
 
+from contextlib import asynccontextmanager
+
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -9,25 +11,41 @@ from imgrec.images import FORMATS
 from imgrec.query import UnknownItem, UnusableQuery
 from imgrec.server import api, page, review
 from imgrec.server.config import ServeConfig
-from imgrec.server.guards import UploadLimit, token_check
-from imgrec.server.state import Served
+from imgrec.server.guards import HostRule, RequestGuard, token_check
+from imgrec.server.state import Served, ServedState
 
 # The routers under /api, each behind the token when one is set. A new room of the API is
-# one more entry here: its routes take the served state with `Depends(state.served)`.
+# one more entry here: its routes take the served state with `Depends(state.served)`, and
+# get the guards (host, cross-site, limits) and the JSON error answers with the rest.
 API_ROUTERS: list[APIRouter] = [api.router, review.router]
 
 
 def create_app(config: ServeConfig, served: Served | None = None) -> FastAPI:
-    """The app over `served` (loaded from `config` when not given)."""
+    """The app over `served` (loaded from `config` when not given), reloaded when the
+    outputs are rebuilt (`state.ServedState`, in `app.state.served`)."""
+    state = ServedState(config, served or Served.load(config))
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        state.start()  # in the worker process that serves, not in the one that made the app
+        yield
+        state.stop()
+
     app = FastAPI(
+        lifespan=lifespan,
         title="imgrec",
         summary="More like this, and the class, for any image, from the pipeline's outputs.",
         description="Answers are the same bits as `python -m imgrec recommend --json` and "
         "`classify --json` give for one image. The page at `/` browses the catalog.",
     )
     app.state.config = config
-    app.state.served = served or Served.load(config)
-    app.add_middleware(UploadLimit, max_bytes=config.max_upload_bytes)
+    app.state.served = state
+    app.add_middleware(
+        RequestGuard,
+        max_bytes=config.max_upload_bytes,
+        hosts=HostRule(config.host, config.allowed_hosts),
+        limit_concurrency=config.limit_concurrency,
+    )
     token = [Depends(token_check(config.token))] if config.token else []
     for router in API_ROUTERS:
         app.include_router(router, prefix="/api", dependencies=token)

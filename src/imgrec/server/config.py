@@ -44,9 +44,15 @@ class ServeConfig:
     token: str | None = None  # every /api call needs `Authorization: Bearer TOKEN`
     no_token: bool = False  # serve another host than localhost without a token, on purpose
     max_upload_mb: float = 20.0
-    # Connections beyond this get 503 at once: with the upload cap, it bounds the memory
-    # that request bodies can take, whatever the load.
+    # An upload whose pixels would decode to more than this (width x height x bytes per
+    # pixel of its mode) is refused from its header: PIL's pixel limit ignores bit depth.
+    max_decoded_mb: float = 64.0
+    decoders: int = 2  # decodes at once (outside the query lock): peak memory is per decode
+    # Requests in progress beyond this get 503 at once (idle connections do not count):
+    # with the upload cap, it bounds the memory that request bodies can take.
     limit_concurrency: int = 64
+    allowed_hosts: tuple[str, ...] = ()  # Host names answered besides the bound one
+    reload_poll_s: float = 2.0  # how often the outputs are checked for a rebuild; 0: never
     log_level: str = "info"
 
     def __post_init__(self) -> None:
@@ -68,12 +74,20 @@ class ServeConfig:
             )
         if not 0 < self.max_upload_mb < 2**20:  # a number of MB; also refuses nan and inf
             raise ImgrecError(f"--max-upload-mb must be a positive size, got {self.max_upload_mb}.")
+        if not 0 < self.max_decoded_mb < 2**20:
+            raise ImgrecError(
+                f"--max-decoded-mb must be a positive size, got {self.max_decoded_mb}."
+            )
         if not 0 < self.port < 2**16:
             raise ImgrecError(f"--port must be between 1 and 65535, got {self.port}.")
 
     @property
     def max_upload_bytes(self) -> int:
         return int(self.max_upload_mb * 2**20)
+
+    @property
+    def max_decoded_bytes(self) -> int:
+        return int(self.max_decoded_mb * 2**20)
 
     def to_json(self) -> str:
         return json.dumps({f.name: getattr(self, f.name) for f in fields(self)}, default=str)
@@ -85,4 +99,4 @@ class ServeConfig:
                  "catalog_map", "corrections")  # fmt: skip
         for name in paths:
             values[name] = None if values[name] is None else Path(values[name])
-        return cls(**values)
+        return cls(**values | {"allowed_hosts": tuple(values["allowed_hosts"])})

@@ -17,11 +17,20 @@ PAGE_POLICY = (
 router = APIRouter(include_in_schema=False)
 
 
-@router.get("/")
+@router.api_route("/", methods=["GET", "HEAD"])
 def page() -> FileResponse:
     return FileResponse(STATIC / "index.html", headers={"Content-Security-Policy": PAGE_POLICY})
 
 
+class PolicedStaticFiles(StaticFiles):
+    """The page's files, each under the page's policy: /static/index.html is the page too."""
+
+    def file_response(self, *args, **kwargs):
+        response = super().file_response(*args, **kwargs)
+        response.headers["Content-Security-Policy"] = PAGE_POLICY
+        return response
+
+
 def static_files() -> StaticFiles:
     """What the app mounts at /static."""
-    return StaticFiles(directory=STATIC)
+    return PolicedStaticFiles(directory=STATIC)

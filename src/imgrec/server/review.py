@@ -13,6 +13,7 @@ atomically under a lock that holds across threads and processes (workers, a CLI 
 """
 
 import json
+from pathlib import Path
 from typing import Annotated, Literal
 
 import numpy as np
@@ -23,8 +24,8 @@ from pydantic import BaseModel, Field
 from imgrec import corrections
 from imgrec.corrections import Correction
 from imgrec.errors import ImgrecError, first_line
-from imgrec.prepared import label_name
-from imgrec.query import item_position
+from imgrec.map_coordinates import load_coordinates
+from imgrec.review import Review
 from imgrec.server.config import ServeConfig
 from imgrec.server.state import FLAGS, Served, served
 
@@ -51,14 +52,15 @@ class Decisions(BaseModel):
     decisions: Annotated[list[Decided], Field(min_length=1, max_length=10_000)]
 
 
-def map_points(catalog_map, served: Served) -> tuple[dict | None, str | None]:
+def map_points(catalog_map: Path | None, served: Served) -> tuple[dict | None, str | None]:
     """The /api/map answer for the map file at `catalog_map`, or why there is none."""
-    if catalog_map is None or not catalog_map.exists():
-        return None, f"no catalog map at {catalog_map}; run `dvc repro` to make it."
-    from imgrec.catalog_map import load_catalog_map
-
+    if catalog_map is None:
+        return None, "this server was started without a catalog map (--map)."
+    try:
+        coordinates = load_coordinates(catalog_map)
+    except ImgrecError as error:  # missing or unreadable: the page shows the sentence
+        return None, first_line(error)
     catalog = served.recommender.catalog
-    coordinates = load_catalog_map(catalog_map)
     if not np.array_equal(coordinates.row_ids, catalog.row_ids):
         return None, f"the catalog map in {catalog_map} is not of this catalog; run `dvc repro`."
     flag_bits = np.zeros(len(catalog.row_ids), dtype=np.int64)
@@ -68,9 +70,8 @@ def map_points(catalog_map, served: Served) -> tuple[dict | None, str | None]:
             flag_bits[position[row_id]] = sum(1 << FLAGS.index(flag) for flag in said)
     return {
         "row_ids": catalog.row_ids.tolist(),
-        # 5 decimals: far finer than a pixel for any map a projection draws
-        "x": np.round(coordinates.xy[:, 0].astype(np.float64), 5).tolist(),
-        "y": np.round(coordinates.xy[:, 1].astype(np.float64), 5).tolist(),
+        "x": coordinates.xy[:, 0].tolist(),  # in [0, 1], as few decimals as the file has
+        "y": coordinates.xy[:, 1].tolist(),
         "labels": np.maximum(np.asarray(catalog.labels, dtype=np.int64), -1).tolist(),
         "classes": list(catalog.class_names),
         "flags": flag_bits.tolist(),
@@ -101,9 +102,10 @@ def review(served: State, config: Config) -> dict:
     corrections file holds, and whether this server may write it."""
     audit = served.audit
     held = corrections.load(config.corrections) if config.corrections is not None else []
+    refused = why_read_only(config)
     return {
-        "writable": config.review,
-        "read_only_because": None if config.review else READ_ONLY,
+        "writable": refused is None,
+        "read_only_because": refused,
         "classes": list(served.recommender.catalog.class_names),
         "suspect_labels": [vars(s) for s in audit.suspect_labels] if audit else [],
         "duplicates": [
@@ -116,6 +118,24 @@ def review(served: State, config: Config) -> dict:
 
 
 READ_ONLY = "review is read-only: this server was started without --review."
+
+
+def reviewer(config: ServeConfig) -> Review:
+    """What turns decisions into corrections, as `imgrec review` does; one sentence when the
+    served catalog cannot be reviewed. Loaded per call: it reads the labels only."""
+    if config.audit is None:
+        raise ImgrecError("review needs the audit's report, and this server has none (--audit).")
+    return Review.load(config.audit, config.prepared)
+
+
+def why_read_only(config: ServeConfig) -> str | None:
+    if not config.review:
+        return READ_ONLY
+    try:
+        reviewer(config)
+    except ImgrecError as error:  # a catalog apart from the training data, no audit report
+        return first_line(error)
+    return None
 
 
 def json_only(request: Request) -> None:
@@ -131,21 +151,27 @@ def decide(body: Decisions, served: State, config: Config) -> dict:
     repro`: a later decision for a row replaces its earlier one; `undo` forgets it."""
     if not config.review:
         raise HTTPException(403, READ_ONLY)
-    catalog = served.recommender.catalog
+    decider = reviewer(config)  # a catalog apart from the training data: 422, one sentence
 
     def correction(decided: Decided) -> Correction:
-        position = item_position(catalog, decided.row_id)  # 404 for an unknown row id
-        if decided.new_label and decided.new_label not in catalog.class_names:
-            raise HTTPException(422, f"new_label: no class is called {decided.new_label!r}.")
-        seen = label_name(catalog.class_names, catalog.labels[position])
-        try:
-            return Correction(decided.row_id, seen or "", decided.decision, decided.new_label)
-        except ImgrecError as error:
-            raise HTTPException(422, first_line(error)) from error
+        if decided.decision == "relabel":
+            suspect = next(
+                (s for s in decider.report.suspect_labels if s.row_id == decided.row_id), None
+            )
+            if suspect is not None and decided.new_label == suspect.suggested:
+                return decider.accept(decided.row_id)
+            return decider.relabel(decided.row_id, decided.new_label)
+        if decided.new_label:
+            raise ImgrecError(f"row {decided.row_id}: only a relabel has a new_label.")
+        return (
+            decider.drop(decided.row_id)
+            if decided.decision == "drop"
+            else decider.keep(decided.row_id)
+        )
 
     forget = [d.row_id for d in body.decisions if d.decision == "undo"]
     for row_id in forget:
-        item_position(catalog, row_id)
+        decider.label_of(row_id)  # one sentence for a row that is not there
     # every decision checked before anything is written
     decided = [correction(d) for d in body.decisions if d.decision != "undo"]
     merged = corrections.update(config.corrections, decided, forget)

@@ -1,6 +1,9 @@
-"""The served state: the pipeline's outputs one worker answers from, loaded once."""
+"""The served state: the pipeline's outputs one worker answers from, loaded once, and
+loaded again when `dvc repro` or `dvc checkout` rebuilds them (`ServedState`)."""
 
 import io
+import logging
+import os
 import threading
 from dataclasses import dataclass, field
 from typing import Literal, Self, get_args
@@ -10,10 +13,12 @@ from fastapi import Request
 from PIL import Image
 
 from imgrec.audit_report import AuditReport, load_report
-from imgrec.errors import ImgrecError, MissingOutput
+from imgrec.errors import ImgrecError, MissingOutput, first_line
 from imgrec.query import Recommender, decode_image
 from imgrec.recommendations import Recommendations, load_recommendations
 from imgrec.server.config import ServeConfig
+
+log = logging.getLogger(__name__)
 
 Flag = Literal["suspect_label", "duplicate", "outlier", "leak"]  # what the audit says of an item
 FLAGS = get_args(Flag)
@@ -36,10 +41,11 @@ class Served:
 
     @classmethod
     def load(cls, config: ServeConfig) -> Self:
-        """Everything, or one ImgrecError on what is missing or out of step."""
+        """Everything, or one ImgrecError on what is missing or out of step. Nothing is
+        memory-mapped: the pipeline may rewrite these files while they are served."""
         recommender = Recommender.load(
             config.model, config.catalog, config.prepared, config.device,
-            audit=config.audit, hashes=config.hashes,
+            audit=config.audit, hashes=config.hashes, mapped=False,
         )  # fmt: skip
         if not config.recommendations.exists():
             raise MissingOutput(
@@ -80,9 +86,11 @@ class Served:
         Image.fromarray(self.recommender.catalog.images[position]).save(buffer, format="PNG")
         return buffer.getvalue()
 
-    def decode(self, data: bytes, name: str | None) -> np.ndarray:
-        """(1, S, S, 3) uint8: the upload decoded as the CLI decodes a file."""
-        return decode_image(data, self.recommender.img_size, name or "upload")[None]
+    def decode(self, data: bytes, name: str | None, max_decoded_bytes: int) -> np.ndarray:
+        """(1, S, S, 3) uint8: the upload decoded as the CLI decodes a file, within the
+        server's budget of decoded pixels."""
+        size = self.recommender.img_size
+        return decode_image(data, size, name or "upload", max_decoded_bytes)[None]
 
 
 def _item_flags(audit: AuditReport | None) -> dict[int, list[str]]:
@@ -101,6 +109,78 @@ def _item_flags(audit: AuditReport | None) -> dict[int, list[str]]:
     return flagged
 
 
+def signature(config: ServeConfig) -> tuple:
+    """What tells a rebuilt output from the one loaded: each file's inode, size and mtime
+    (DVC replaces outputs by rename or link; `cp` over one changes its mtime)."""
+    paths = [config.model, config.catalog, config.prepared, config.recommendations,
+             config.audit, config.hashes, config.catalog_map]  # fmt: skip
+    seen = []
+    for path in filter(None, paths):
+        files = sorted(path.iterdir()) if path.is_dir() else [path]
+        for file in files:
+            try:
+                stat = os.stat(file)
+            except OSError:
+                seen.append((str(file), None))
+                continue
+            seen.append((str(file), stat.st_ino, stat.st_size, stat.st_mtime_ns))
+    return tuple(seen)
+
+
+class ServedState:
+    """The `Served` that requests get now. A watcher thread polls the outputs' signature;
+    once a change has held still for a poll (a rebuild writes several files), it loads
+    them afresh beside the old state and swaps the reference: a request in flight keeps
+    the state it started with. Outputs that cannot load (a rebuild half done, out of step)
+    leave the old state served and `stale` saying why, until the files change again."""
+
+    def __init__(self, config: ServeConfig, served: Served):
+        self.config = config
+        self.current = served
+        self.stale: str | None = None  # why the files on disk are not what is served
+        self.reloads = 0
+        self.loaded_signature = signature(config)
+        # Decodes run outside the one-query lock, this many at a time: each may hold up to
+        # a few times the decode budget (docs/serving.md).
+        self.decoding = threading.BoundedSemaphore(config.decoders)
+        self._stop = threading.Event()
+        self._watcher: threading.Thread | None = None
+
+    def start(self) -> None:
+        if self.config.reload_poll_s > 0:
+            self._watcher = threading.Thread(target=self._watch, name="reload", daemon=True)
+            self._watcher.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _watch(self) -> None:
+        settling = self.loaded_signature
+        while not self._stop.wait(self.config.reload_poll_s):
+            now = signature(self.config)
+            if now != settling:  # changing still: wait for it to hold still
+                settling = now
+            elif now != self.loaded_signature:
+                self.reload(now)
+
+    def reload(self, expected: tuple) -> None:
+        """Load the outputs afresh and serve them, if they load and held still meanwhile."""
+        try:
+            fresh = Served.load(self.config)
+        except ImgrecError as error:
+            self.loaded_signature = expected  # tried: wait for the next change
+            self.stale = first_line(error)
+            log.warning("the outputs changed but cannot be served (%s); serving the ones "
+                        "loaded before", self.stale)  # fmt: skip
+            return
+        if signature(self.config) != expected:  # rewritten while it loaded: next poll
+            return
+        self.current, self.loaded_signature, self.stale = fresh, expected, None
+        self.reloads += 1
+        log.warning("reloaded: %s", fresh.describe())
+
+
 def served(request: Request) -> Served:
-    """A route's dependency: the state the app serves now."""
-    return request.app.state.served
+    """A route's dependency: the state the app serves now (a reload swaps it; a request
+    keeps the one it got)."""
+    return request.app.state.served.current
