@@ -284,6 +284,30 @@ def test_the_page_maps_every_item_opens_a_clicked_point_and_writes_a_review(
         )
         assert browser.evaluate(page, "document.querySelectorAll('#results .card').length") == 0
 
+        # The wheel zooms around the pointer (the point under it stays put); a drag pans.
+        the_map = f"{canvas}.catalogMap"
+        x, y = browser.evaluate(page, f"{the_map}.clientPosition(30)")
+        browser.send("Input.dispatchMouseEvent", page, type="mouseWheel", x=x, y=y,
+                     deltaX=0, deltaY=-500)  # fmt: skip
+        browser.wait_for(page, f"{the_map}.zoom() > 1.5", "the map zoomed in")
+        # (events carry whole pixels)
+        assert browser.evaluate(page, f"{the_map}.clientPosition(30)") == pytest.approx(
+            [x, y], abs=1
+        )
+        x, y = browser.evaluate(page, f"{the_map}.clientPosition(30)")
+        drag = {"button": "left", "buttons": 1}
+        browser.send("Input.dispatchMouseEvent", page, type="mousePressed", x=x, y=y, **drag)
+        browser.send(
+            "Input.dispatchMouseEvent", page, type="mouseMoved", x=x + 40, y=y + 30, **drag
+        )
+        browser.send(
+            "Input.dispatchMouseEvent", page, type="mouseReleased", x=x + 40, y=y + 30, **drag
+        )
+        moved = browser.evaluate(page, f"{the_map}.clientPosition(30)")
+        assert moved == pytest.approx([x + 40, y + 30], abs=1)
+        title = browser.evaluate(page, "document.getElementById('item-title').textContent")
+        assert title == "Row 17"  # a drag opens nothing
+
         accept = "document.querySelector('#suspects li[data-row-id=\"5\"] button')"
         browser.wait_for(page, f"{accept} && !{accept}.disabled", "the suspect's accept button")
         assert browser.evaluate(page, f"{accept}.textContent") == "accept 2"

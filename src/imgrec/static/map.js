@@ -245,6 +245,7 @@ export class CatalogMap {
       this.offsetX = sx - (sx - this.offsetX) * zoom; // the point under the pointer stays put
       this.offsetY = sy - (sy - this.offsetY) * zoom;
       this.scale *= zoom;
+      this.hover(sx, sy, event); // another point may be under the pointer now
       redraw();
     }, { passive: false });
     canvas.addEventListener("pointerdown", (event) => {
@@ -263,12 +264,7 @@ export class CatalogMap {
           return;
         }
       }
-      const hovered = this.pick(sx, sy);
-      if (hovered !== this.hovered) {
-        this.hovered = hovered;
-        redraw();
-        this.onHover(hovered < 0 ? null : this.item(hovered), event.clientX, event.clientY);
-      }
+      if (this.hover(sx, sy, event)) redraw();
     });
     canvas.addEventListener("pointerup", (event) => {
       const [sx, sy] = local(event);
@@ -287,6 +283,15 @@ export class CatalogMap {
     });
     canvas.addEventListener("dblclick", () => { this.fit(); redraw(); });
     new ResizeObserver(() => this.resize()).observe(canvas);
+  }
+
+  // Whether the point under (sx, sy) changed; tells onHover when it did.
+  hover(sx, sy, event) {
+    const hovered = this.pick(sx, sy);
+    if (hovered === this.hovered) return false;
+    this.hovered = hovered;
+    this.onHover(hovered < 0 ? null : this.item(hovered), event.clientX, event.clientY);
+    return true;
   }
 
   item(position) {
