@@ -16,7 +16,7 @@ from test_server import make_project, png_of, start, stop, wait_until_up
 
 from imgrec.errors import ImgrecError
 from imgrec.map_coordinates import MapCoordinates, save_coordinates
-from imgrec.prepared import load_prepared
+from imgrec.prepared import load_prepared, save_prepared_labels
 from imgrec.server import ServeConfig, Served, create_app
 
 TOKEN = "review-token"
@@ -170,6 +170,28 @@ def test_with_a_token_review_needs_it(project, served, tmp_path):
     authorized = {"Authorization": f"Bearer {TOKEN}"}
     assert reviewer.post("/api/review", json=decision, headers=authorized).status_code == 200
     assert corrections.read_text() == HEADER + "5,1,keep,\n"
+
+
+def test_a_catalog_apart_from_the_training_data_is_reviewed_read_only(tiny_prepared, tmp_path):
+    """Corrections name the training data's rows: a catalog of its own (no split) cannot
+    take them, whatever the server's flag."""
+    root = make_project(tmp_path / "root", tiny_prepared)
+    apart = root / "data/catalog/prepared"  # as prepare_catalog writes a catalog of its own
+    data = load_prepared(apart)
+    save_prepared_labels(
+        apart, labels=data.labels, row_ids=data.row_ids, train_index=np.arange(0),
+        val_index=np.arange(0), class_names=data.class_names, img_size=data.img_size,
+    )  # fmt: skip
+    corrections = tmp_path / "corrections.csv"
+    config = config_for(root, corrections=corrections, review=True)
+    reviewer = TestClient(create_app(config), base_url="http://127.0.0.1:8000")
+    found = reviewer.get("/api/review").json()
+    assert found["writable"] is False
+    assert "the catalog is apart from the training data" in found["read_only_because"]
+    decision = {"decisions": [{"row_id": 5, "decision": "keep"}]}
+    refused = reviewer.post("/api/review", json=decision)
+    assert refused.status_code == 422 and refused.json()["detail"] == found["read_only_because"]
+    assert not corrections.exists()
 
 
 @pytest.mark.parametrize(
