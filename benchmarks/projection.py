@@ -8,7 +8,8 @@ so it is the layout that is compared, not the neighbour search.
 
 - pca: scikit-learn's PCA (the baseline: linear, no neighbours)
 - umap: umap-learn, `random_state` set (which makes it single-threaded), precomputed kNN
-- opentsne: openTSNE's FFT-accelerated t-SNE, precomputed kNN (perplexity 30, 90 neighbours)
+- opentsne: openTSNE's FFT-accelerated t-SNE, precomputed kNN (perplexity 30, 90 neighbours),
+  on 2 threads: `catalog_map.project`, what the catalog_map stage runs
 - sklearn_tsne: scikit-learn's Barnes-Hut t-SNE (its own neighbour search)
 
 Quality, on `--sample` items drawn once: trustworthiness (scikit-learn, 10 neighbours, within
@@ -67,17 +68,10 @@ def project(method: str, vectors: np.ndarray, seed: int) -> np.ndarray:
             precomputed_knn=(indices, distances, None),
         )
         return reducer.fit_transform(vectors)
-    if method == "opentsne":
-        from openTSNE import TSNE, affinity, nearest_neighbors
+    if method == "opentsne":  # what the catalog_map stage runs
+        from imgrec.catalog_map import project as catalog_map_projection
 
-        distances, indices = exact_knn(vectors, 90)
-        knn = nearest_neighbors.PrecomputedNeighbors(indices, distances)
-        affinities = affinity.PerplexityBasedNN(perplexity=30, knn_index=knn, n_jobs=2)
-        return np.asarray(
-            TSNE(n_jobs=2, random_state=seed).fit(
-                affinities=affinities, initialization="pca", X=vectors
-            )
-        )
+        return catalog_map_projection(vectors, seed, threads=2)
     if method == "sklearn_tsne":
         from sklearn.manifold import TSNE
 
