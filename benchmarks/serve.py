@@ -146,12 +146,14 @@ def load(port: int, images: list[bytes], clients: int, requests: int) -> dict:
     }
 
 
-def start_server(work: Path, port: int, workers: int) -> tuple[subprocess.Popen, float]:
+def start_server(
+    work: Path, port: int, workers: int, *options: str
+) -> tuple[subprocess.Popen, float]:
     """The server process and the seconds until it answered /api/health."""
     started = time.perf_counter()
     server = subprocess.Popen(
         [sys.executable, "-m", "imgrec", "serve", "--port", str(port), "--log-level", "warning",
-         "--workers", str(workers)],
+         "--workers", str(workers), *options],
         cwd=work,
     )  # fmt: skip
     while True:

@@ -137,6 +137,18 @@ def test_serve_smoke_run_answers_every_request(tmp_path: Path):
     assert "identical bits: " in run.stdout
 
 
+@pytest.mark.slow
+def test_serve_hostile_smoke_run_answers_beside_idle_sockets(tmp_path: Path):
+    command = [sys.executable, str(ROOT / "benchmarks" / "serve_hostile.py"), "--smoke"]
+    command += ["--data-dir", str(tmp_path / "data"), "--work-dir", str(tmp_path / "work")]
+    run = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, timeout=900)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    rows = [line.strip(" |").split(" | ") for line in run.stdout.splitlines() if line[:2] == "| "]
+    assert [row[:2] + row[3:4] for row in rows[1:3]] == [["0", "200", "200"], ["10", "200", "200"]]
+    assert rows[4][:2] == ["default", "200"]  # 3000x3000 16-bit: 77 MB, within the budget
+    assert "SIGTERM with a stalled upload: exited after " in run.stdout
+
+
 def test_audit_smoke_run_prints_what_fingerprints_and_the_audit_cost(tmp_path: Path):
     from imgrec.catalog import save_catalog
     from imgrec.prepared import IMAGES_FILE, save_prepared_labels

@@ -16,6 +16,9 @@ SKIP_REASONS = ("null_image", "undecodable", "too_large")
 # The formats photo datasets use; PIL tries no other plugin. Image bytes come from strangers:
 # EPS, for one, would make PIL run Ghostscript on them.
 FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
+# 16-bit, 32-bit and float modes: `to_rgb` scales them to 8 bits, _ROWS rows at a time.
+_SCALED_MODES = ("I;16", "I;16B", "I;16L", "I", "F")
+_ROWS = 256
 
 # EXIF orientation -> the transpose that shows the image upright (as ImageOps.exif_transpose).
 _UPRIGHT = {
@@ -38,9 +41,10 @@ class SkippedImage(Exception):
 
 
 def decoded_bytes(image: Image.Image, img_size: int) -> int:
-    """What decoding an opened (header-only) image holds in memory: its pixels as PIL
-    stores them (bytes per pixel from the mode: 16-bit 2, int32 and float 4, several 8-bit
-    bands 4), at the reduced scale a JPEG decodes at (`decode` asks libjpeg for one)."""
+    """The memory decoding an opened (header-only) image holds at its peak: its pixels as
+    PIL stores them (bytes per pixel from the mode: 1 for 8-bit grey and palette, 2 for
+    16-bit, 4 for 32-bit and float and for several 8-bit bands), plus what `to_rgb` makes
+    of them at full size before the resize, at the reduced scale a JPEG decodes at."""
     width, height = image.size
     if image.format == "JPEG":
         # The DCT scales (1/8 .. 1) keep both sides >= img_size; count the coarsest
@@ -51,8 +55,18 @@ def decoded_bytes(image: Image.Image, img_size: int) -> int:
         width, height = -(-width // scale), -(-height // scale)
     mode = ImageMode.getmode(image.mode)
     itemsize = np.dtype(mode.typestr).itemsize
-    per_pixel = itemsize if len(mode.bands) == 1 else 4 * itemsize
-    return width * height * per_pixel
+    stored = itemsize if len(mode.bands) == 1 else 4 * itemsize
+    if image.format == "JPEG" and image.mode in ("RGB", "L"):
+        converted = 3  # libjpeg's RGB array, then PIL's copy of it (`stored`)
+    elif image.mode == "RGB":
+        converted = 0
+    elif image.mode in _SCALED_MODES:
+        converted = itemsize + 1 + 4  # a copy as an array, 8-bit grey, RGB
+    elif "A" in mode.bands or "a" in mode.bands or "transparency" in image.info:
+        converted = 4 * 4  # RGBA, a white background, the composite, RGB
+    else:
+        converted = 4  # RGB
+    return width * height * (stored + converted)
 
 
 def decode(data: bytes | None, img_size: int, max_decoded_bytes: int | None = None) -> np.ndarray:
@@ -77,8 +91,8 @@ def decode(data: bytes | None, img_size: int, max_decoded_bytes: int | None = No
                     width, height = image.size
                     raise SkippedImage(
                         "too_large",
-                        f"{width}x{height} {image.mode} pixels decode to {cost / 2**20:.0f} MB, "
-                        f"over the {max_decoded_bytes / 2**20:g} MB budget",
+                        f"{width}x{height} {image.mode} pixels take {cost / 2**20:.0f} MB to "
+                        f"decode, over the {max_decoded_bytes / 2**20:g} MB budget",
                     )
                 if image.format == "JPEG" and image.mode in ("RGB", "L"):
                     rgb = _decode_jpeg_scaled(data, image, img_size)
@@ -112,14 +126,11 @@ def _decode_jpeg_scaled(data: bytes, header: Image.Image, img_size: int) -> Imag
     return rgb.transpose(upright) if upright is not None else rgb
 
 
-_ROWS = 256  # rows per strip when 16-bit and float pixels are scaled to 8 bits
-
-
 def to_rgb(image: Image.Image) -> Image.Image:
     """Any PIL mode to RGB: 16-bit and float scaled to 8 bits, alpha composited on white."""
     if image.mode == "RGB":
         return image  # most photos: convert() would only copy
-    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+    if image.mode in _SCALED_MODES:
         pixels = np.asarray(image)  # its own type: float64 copies of a big image cost 4-8x
         low, high = float(pixels.min()), float(pixels.max())
         grey = np.zeros(pixels.shape, np.uint8)

@@ -63,11 +63,11 @@ def add_parser(commands, parents: dict[str, argparse.ArgumentParser]) -> None:
     serve.add_argument(
         "--max-decoded-mb",
         type=float,
-        default=64.0,
+        default=256.0,
         metavar="MB",
-        help="refuse with 413, from its header, an image whose pixels would take more "
-        "memory than this once decoded: width x height x bytes per pixel, so 16-bit and "
-        "float images count double and quadruple (default: 64)",
+        help="refuse with 413, from its header, an image whose decode would hold more "
+        "memory than this: width x height x the bytes per pixel of its mode and of its "
+        "conversion to RGB (4 for RGB, 9 for 16-bit grey, 20 with alpha) (default: 256)",
     )
     serve.add_argument(
         "--limit-concurrency",

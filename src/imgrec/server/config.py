@@ -44,9 +44,10 @@ class ServeConfig:
     token: str | None = None  # every /api call needs `Authorization: Bearer TOKEN`
     no_token: bool = False  # serve another host than localhost without a token, on purpose
     max_upload_mb: float = 20.0
-    # An upload whose pixels would decode to more than this (width x height x bytes per
-    # pixel of its mode) is refused from its header: PIL's pixel limit ignores bit depth.
-    max_decoded_mb: float = 64.0
+    # An upload whose decode would hold more than this (`images.decoded_bytes`: width x
+    # height x bytes per pixel of its mode and of its conversion to RGB) is refused from its
+    # header: PIL's pixel limit ignores bit depth and mode.
+    max_decoded_mb: float = 256.0
     decoders: int = 2  # decodes at once (outside the query lock): peak memory is per decode
     # Requests in progress beyond this get 503 at once (idle connections do not count):
     # with the upload cap, it bounds the memory that request bodies can take.
