@@ -5,7 +5,6 @@ import hashlib
 import io
 import json
 import os
-import select
 import shutil
 import socket
 import subprocess
@@ -21,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from chromium import CHROMIUM, Chromium
 from PIL import Image
 
 from imgrec import cli, duplicates
@@ -39,7 +39,6 @@ from imgrec.server import ServeConfig
 from imgrec.train import TrainConfig
 
 TOKEN = "s3cret-token"
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 AUDIT = AuditReport(
     duplicates=[DuplicateGroup((1, 2), "exact", 1.0)],
     suspect_labels=[SuspectLabel(5, "1", "2", 0.8)],
@@ -515,81 +514,6 @@ def test_a_stale_catalog_refuses_to_start_with_one_line(project, tmp_path, capsy
     assert err.splitlines() == [
         "error: the catalog was not made by this model; run `dvc repro` to bring them in step."
     ]
-
-
-# Runs Chromium with the pipes as its fds 3 and 4, however the parent numbered them (dash's
-# redirections take one digit only, and 3 or 4 may be one of the pipes themselves).
-_AS_FDS_3_AND_4 = (
-    "import fcntl, os, sys\n"
-    "high = [fcntl.fcntl(int(fd), fcntl.F_DUPFD_CLOEXEC, 10) for fd in sys.argv[1:3]]\n"
-    "os.dup2(high[0], 3)\n"
-    "os.dup2(high[1], 4)\n"
-    "os.execv(sys.argv[3], sys.argv[3:])"
-)
-
-
-class Chromium:
-    """Headless Chromium driven over the DevTools protocol on a pipe (--remote-debugging-pipe:
-    it reads commands on fd 3 and answers on fd 4), so no driver or library is needed."""
-
-    def __init__(self, profile: Path):
-        commands_read, self.commands = os.pipe()
-        self.answers, answers_write = os.pipe()
-        self.process = subprocess.Popen(
-            [sys.executable, "-c", _AS_FDS_3_AND_4, str(commands_read), str(answers_write),
-             CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             "--proxy-server=127.0.0.1:9",  # anything but localhost fails: nothing from a CDN
-             f"--user-data-dir={profile}", "--remote-debugging-pipe", "about:blank"],
-            pass_fds=(commands_read, answers_write),
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        os.close(commands_read)
-        os.close(answers_write)
-        self.buffer, self.last_id = b"", 0
-
-    def send(self, method: str, session: str | None = None, **params) -> dict:
-        self.last_id += 1
-        message = {"id": self.last_id, "method": method, "params": params}
-        if session:
-            message["sessionId"] = session
-        os.write(self.commands, json.dumps(message).encode() + b"\0")
-        while True:
-            while b"\0" not in self.buffer:
-                ready, _, _ = select.select([self.answers], [], [], 60)
-                assert ready, f"Chromium did not answer {method}"
-                chunk = os.read(self.answers, 1 << 20)
-                assert chunk, "Chromium exited"
-                self.buffer += chunk
-            text, self.buffer = self.buffer.split(b"\0", 1)
-            answer = json.loads(text)
-            if answer.get("id") == self.last_id:  # events (no id) are not needed here
-                assert "error" not in answer, answer
-                return answer["result"]
-
-    def open(self, url: str) -> str:
-        target = self.send("Target.createTarget", url=url)["targetId"]
-        return self.send("Target.attachToTarget", targetId=target, flatten=True)["sessionId"]
-
-    def evaluate(self, session: str, expression: str):
-        result = self.send(
-            "Runtime.evaluate", session, expression=expression, returnByValue=True,
-            awaitPromise=True,
-        )  # fmt: skip
-        assert "exceptionDetails" not in result, result
-        return result["result"].get("value")
-
-    def wait_for(self, session: str, expression: str, what: str) -> None:
-        deadline = time.monotonic() + 60
-        while not self.evaluate(session, expression):
-            assert time.monotonic() < deadline, f"the page never showed {what}"
-            time.sleep(0.1)
-
-    def close(self) -> None:
-        os.close(self.commands)
-        os.close(self.answers)
-        self.process.kill()
-        self.process.wait(timeout=30)
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="needs Chromium (.ci/run installs it)")

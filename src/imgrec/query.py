@@ -36,6 +36,8 @@ DEFAULT_PREPARED = "data/catalog/prepared"  # the catalog's images: the training
 DEFAULT_RECOMMENDATIONS = "data/recommendations.parquet"
 DEFAULT_AUDIT = "reports/audit.json"  # optional for every front end
 DEFAULT_HASHES = "data/catalog/image_hashes.parquet"
+DEFAULT_CATALOG_MAP = "reports/catalog_map.csv"  # the page's map of the catalog (audit's)
+DEFAULT_CORRECTIONS = "labels/corrections.csv"  # where `serve --review` writes decisions
 
 
 @dataclass(frozen=True)

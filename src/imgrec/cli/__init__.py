@@ -41,6 +41,8 @@ from imgrec.errors import (
 from imgrec.query import (
     DEFAULT_AUDIT,
     DEFAULT_CATALOG,
+    DEFAULT_CATALOG_MAP,
+    DEFAULT_CORRECTIONS,
     DEFAULT_HASHES,
     DEFAULT_MODEL,
     DEFAULT_PREPARED,
@@ -87,6 +89,10 @@ def resolve_defaults(args: argparse.Namespace, root: Path) -> None:
     ]
     if getattr(args, "catalog", None) is None:
         defaults += [("audit", DEFAULT_AUDIT), ("hashes", DEFAULT_HASHES)]
+        if "map" in vars(args):  # serve's
+            defaults.append(("map", DEFAULT_CATALOG_MAP))
+    if "corrections" in vars(args):
+        defaults.append(("corrections", DEFAULT_CORRECTIONS))
     for name, default in defaults:
         if getattr(args, name, None) is None:
             setattr(args, name, root / default)

@@ -6,7 +6,14 @@ import os
 from pathlib import Path
 
 from imgrec.cli.common import positive_int
-from imgrec.query import DEFAULT_AUDIT, DEFAULT_HASHES, DEFAULT_RECOMMENDATIONS, find_repo_root
+from imgrec.query import (
+    DEFAULT_AUDIT,
+    DEFAULT_CATALOG_MAP,
+    DEFAULT_CORRECTIONS,
+    DEFAULT_HASHES,
+    DEFAULT_RECOMMENDATIONS,
+    find_repo_root,
+)
 
 
 def add_parser(commands, parents: dict[str, argparse.ArgumentParser]) -> None:
@@ -105,6 +112,25 @@ def add_parser(commands, parents: dict[str, argparse.ArgumentParser]) -> None:
         help=f"the prepared images' hashes, to tell a query that duplicates a catalog item "
         f"(default: {DEFAULT_HASHES})",
     )
+    serve.add_argument(
+        "--map",
+        metavar="FILE",
+        type=Path,
+        help=f"the catalog's 2-D map, drawn in the page (default: {DEFAULT_CATALOG_MAP} when "
+        "--catalog is the default too; none there: the page shows no map)",
+    )
+    serve.add_argument(
+        "--review",
+        action="store_true",
+        help="let the page write review decisions to the corrections file (default: the page "
+        "shows the review read-only); off localhost this needs a token",
+    )
+    serve.add_argument(
+        "--corrections",
+        metavar="FILE",
+        type=Path,
+        help=f"the corrections file that --review writes (default: {DEFAULT_CORRECTIONS})",
+    )
     serve.set_defaults(run=run)
 
 
@@ -120,6 +146,9 @@ def run(args: argparse.Namespace) -> int:
         recommendations=Path(args.recommendations),
         audit=args.audit,  # Paths (type=Path) or None
         hashes=args.hashes,
+        catalog_map=args.map,
+        corrections=args.corrections,
+        review=args.review,
         model_name=str(model.relative_to(root) if model.is_relative_to(root) else model.name),
         device=args.device,
         host=args.host,

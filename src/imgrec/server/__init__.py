@@ -6,12 +6,15 @@
     GET  /api/items?label=&flag=      a page of the catalog, filtered by class or audit flag
     GET  /api/items/{row_id}          an item: label, split, stored top-k, audit flags
     GET  /api/items/{row_id}/image    the item's prepared pixels as PNG
+    GET  /api/map                     every item's place on the catalog map, class, flags
+    GET  /api/review                  the audit's findings to review, the decisions so far
+    POST /api/review                  decisions (JSON) to labels/corrections.csv (--review)
     GET  /                            the page (static files shipped in the package)
     GET  /docs, /openapi.json         the API, documented by FastAPI
 
 One job per module: `config` (what to serve and how, checked before anything loads),
 `state` (the outputs a worker serves), `guards` (what a request must pass: upload cap,
-token), `api` and `page` (the routes), `app` (the factory that puts them together:
+token), `api`, `review` and `page` (the routes), `app` (the factory that puts them together:
 register a new router in `app.API_ROUTERS`), `runner` (uvicorn).
 
 Routes are thin: every answer comes from `query`, the functions the CLI prints, so an

@@ -9,7 +9,7 @@ from fastapi.responses import JSONResponse
 from imgrec.errors import ImgrecError, first_line
 from imgrec.images import FORMATS
 from imgrec.query import UnknownItem, UnusableQuery
-from imgrec.server import api, page
+from imgrec.server import api, page, review
 from imgrec.server.config import ServeConfig
 from imgrec.server.guards import HostRule, RequestGuard, token_check
 from imgrec.server.state import Served, ServedState
@@ -17,7 +17,7 @@ from imgrec.server.state import Served, ServedState
 # The routers under /api, each behind the token when one is set. A new room of the API is
 # one more entry here: its routes take the served state with `Depends(state.served)`, and
 # get the guards (host, cross-site, limits) and the JSON error answers with the rest.
-API_ROUTERS: list[APIRouter] = [api.router]
+API_ROUTERS: list[APIRouter] = [api.router, review.router]
 
 
 def create_app(config: ServeConfig, served: Served | None = None) -> FastAPI:

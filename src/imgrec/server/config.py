@@ -34,6 +34,9 @@ class ServeConfig:
     audit: Path | None  # None: not asked for (a catalog of one's own has no audit by default)
     hashes: Path | None
     model_name: str  # how /api/health names the model file: relative to the repository
+    catalog_map: Path | None = None  # the catalog's 2-D map for the page; None: no map
+    corrections: Path | None = None  # where the page's review decisions go (with `review`)
+    review: bool = False  # the page may write the corrections file (--review)
     device: str = "auto"
     host: str = "127.0.0.1"
     port: int = 8000
@@ -63,6 +66,13 @@ class ServeConfig:
                 f"--host {self.host} would serve beyond this machine with no token: set one "
                 "(IMGREC_TOKEN or --token), or pass --no-token to serve without one."
             )
+        if self.review and self.corrections is None:
+            raise ImgrecError("--review needs a corrections file to write (--corrections).")
+        if self.review and not is_loopback(self.host) and not self.token:
+            raise ImgrecError(
+                f"--review on --host {self.host} needs a token (IMGREC_TOKEN or --token): "
+                "anyone who reaches the server could change the labels."
+            )
         if not 0 < self.max_upload_mb < 2**20:  # a number of MB; also refuses nan and inf
             raise ImgrecError(f"--max-upload-mb must be a positive size, got {self.max_upload_mb}.")
         if not 0 < self.max_decoded_mb < 2**20:
@@ -86,6 +96,8 @@ class ServeConfig:
     @classmethod
     def from_json(cls, text: str) -> Self:
         values = json.loads(text)
-        for name in ("model", "catalog", "prepared", "recommendations", "audit", "hashes"):
+        paths = ("model", "catalog", "prepared", "recommendations", "audit", "hashes",
+                 "catalog_map", "corrections")  # fmt: skip
+        for name in paths:
             values[name] = None if values[name] is None else Path(values[name])
         return cls(**values | {"allowed_hosts": tuple(values["allowed_hosts"])})

@@ -113,7 +113,7 @@ def signature(config: ServeConfig) -> tuple:
     """What tells a rebuilt output from the one loaded: each file's inode, size and mtime
     (DVC replaces outputs by rename or link; `cp` over one changes its mtime)."""
     paths = [config.model, config.catalog, config.prepared, config.recommendations,
-             config.audit, config.hashes]  # fmt: skip
+             config.audit, config.hashes, config.catalog_map]  # fmt: skip
     seen = []
     for path in filter(None, paths):
         files = sorted(path.iterdir()) if path.is_dir() else [path]

@@ -1,60 +1,21 @@
-// The page over imgrec's API: browse the catalog, open an item, search with an image.
+// The page over imgrec's API: the catalog as a map, review of what the audit found, browse
+// the catalog, open an item, search with an image.
 // Everything shown comes from the data, so it is set as text (textContent), never as HTML.
 "use strict";
 
+import { $, api, element, itemImage, itemImageUrl, state } from "./common.js";
+import { CatalogMap, FLAG_COLORS, PALETTE } from "./map.js";
+import { startReview } from "./review.js";
+
 const PAGE_SIZE = 48;
-const state = { token: sessionStorage.getItem("imgrec-token") || "", offset: 0, queryUrl: null };
-const $ = (id) => document.getElementById(id);
-
-function headers(extra = {}) {
-  return state.token ? { ...extra, Authorization: `Bearer ${state.token}` } : extra;
-}
-
-// JSON from the API; an error carries the server's one-sentence `detail`.
-async function api(path, options = {}) {
-  const response = await fetch(`api/${path}`, { ...options, headers: headers(options.headers) });
-  if (response.status === 401) {
-    $("token-form").hidden = false;
-  }
-  const body = await response.json().catch(() => ({}));
-  if (!response.ok) {
-    throw new Error(body.detail || `the server answered ${response.status}`);
-  }
-  return body;
-}
-
-// Images come through fetch, so that the token goes with them; a few hundred stay cached.
-const imageUrls = new Map();
-async function itemImageUrl(rowId) {
-  if (!imageUrls.has(rowId)) {
-    const response = await fetch(`api/items/${rowId}/image`, { headers: headers() });
-    if (!response.ok) throw new Error(`no image for row ${rowId}`);
-    imageUrls.set(rowId, URL.createObjectURL(await response.blob()));
-    if (imageUrls.size > 600) {
-      const [oldest, url] = imageUrls.entries().next().value;
-      URL.revokeObjectURL(url);
-      imageUrls.delete(oldest);
-    }
-  }
-  return imageUrls.get(rowId);
-}
-
-function element(tag, text, className) {
-  const node = document.createElement(tag);
-  if (text !== undefined) node.textContent = text;
-  if (className) node.className = className;
-  return node;
-}
+const view = { offset: 0, queryUrl: null, map: null, points: null };
 
 // One catalog item as a card: image, row id, label, and a score or audit badges.
 function card(entry) {
   const item = element("li", undefined, "card");
   item.tabIndex = 0;
   item.dataset.rowId = entry.row_id;
-  const image = element("img");
-  image.alt = `row ${entry.row_id}`;
-  itemImageUrl(entry.row_id).then((url) => { image.src = url; }, () => {});
-  item.append(image);
+  item.append(itemImage(entry.row_id));
   const rank = entry.rank !== undefined ? `#${entry.rank} ` : "";
   item.append(element("div", `${rank}row ${entry.row_id}`));
   item.append(element("div", `label ${entry.label ?? "none"}`));
@@ -70,7 +31,8 @@ function fill(list, entries) {
   list.replaceChildren(...entries.map(card));
 }
 
-async function showItem(rowId) {
+// `scroll`: how to bring the item into view; from the map, "nearest" keeps the map in sight.
+async function showItem(rowId, scroll = "start") {
   try {
     const item = await api(`items/${rowId}`);
     $("item").hidden = false;
@@ -88,7 +50,8 @@ async function showItem(rowId) {
     }
     $("item-facts").replaceChildren(...facts.flatMap(([name, value]) => [element("dt", name), element("dd", String(value))]));
     fill($("neighbors"), item.neighbors);
-    $("item").scrollIntoView({ block: "start" });
+    view.map?.mark(item.neighbors.map((n) => n.row_id), item.row_id);
+    $("item").scrollIntoView({ block: scroll });
   } catch (error) {
     $("status").textContent = error.message;
   }
@@ -97,10 +60,15 @@ async function showItem(rowId) {
 async function search(file) {
   const topK = Math.max(1, parseInt($("top-k").value, 10) || 10);
   $("query-error").hidden = true;
+  // Nothing of the previous answer may stay beside the new image, whatever this one gives.
+  $("query-class").textContent = "searching…";
+  $("no-close-match").hidden = true;
+  $("duplicate-of").hidden = true;
+  $("results").replaceChildren();
   $("query").hidden = false;
-  if (state.queryUrl) URL.revokeObjectURL(state.queryUrl);
-  state.queryUrl = URL.createObjectURL(file);
-  $("query-image").src = state.queryUrl;
+  if (view.queryUrl) URL.revokeObjectURL(view.queryUrl);
+  view.queryUrl = URL.createObjectURL(file);
+  $("query-image").src = view.queryUrl;
   const upload = { method: "POST", body: file, headers: { "Content-Type": file.type || "application/octet-stream" } };
   try {
     const [answer, prediction] = await Promise.all([
@@ -113,6 +81,7 @@ async function search(file) {
     $("duplicate-of").hidden = copies.length === 0;
     $("duplicate-of").textContent = `A copy of catalog item(s) ${copies.join(", ")}, left out of the results.`;
     fill($("results"), answer.results);
+    view.map?.mark(answer.results.map((r) => r.row_id));
   } catch (error) {
     $("query").hidden = true;
     $("results").replaceChildren();
@@ -122,15 +91,15 @@ async function search(file) {
 }
 
 async function browse() {
-  const filters = new URLSearchParams({ offset: state.offset, limit: PAGE_SIZE });
+  const filters = new URLSearchParams({ offset: view.offset, limit: PAGE_SIZE });
   if ($("label").value) filters.set("label", $("label").value);
   if ($("flag").value) filters.set("flag", $("flag").value);
   try {
     const page = await api(`items?${filters}`);
     const pages = Math.max(1, Math.ceil(page.total / PAGE_SIZE));
-    $("page").textContent = `page ${Math.floor(state.offset / PAGE_SIZE) + 1} of ${pages} (${page.total} items)`;
-    $("prev").disabled = state.offset === 0;
-    $("next").disabled = state.offset + PAGE_SIZE >= page.total;
+    $("page").textContent = `page ${Math.floor(view.offset / PAGE_SIZE) + 1} of ${pages} (${page.total} items)`;
+    $("prev").disabled = view.offset === 0;
+    $("next").disabled = view.offset + PAGE_SIZE >= page.total;
     fill($("catalog"), page.items);
   } catch (error) {
     $("status").textContent = error.message;
@@ -145,6 +114,67 @@ function options(select, values) {
   }
 }
 
+// The map: every catalog item a point; hover shows its image, a click opens it.
+async function showMap(health) {
+  $("map").hidden = false;
+  let points;
+  try {
+    points = await api("map");
+  } catch (error) {
+    $("map-note").textContent = error.message;
+    $("map-canvas").parentElement.hidden = true;
+    return;
+  }
+  view.points = points;
+  $("map-canvas").parentElement.hidden = false;
+  $("map-note").textContent = `${points.row_ids.length} items; rings mark the opened item's or the searched image's neighbours.`;
+  $("color-by").querySelector("option[value=flag]").disabled = !health.audit;
+  view.map = new CatalogMap($("map-canvas"), points, { onHover: hover, onOpen: (rowId) => showItem(rowId, "nearest") });
+  legend();
+}
+
+function legend() {
+  const byFlag = view.map.colorBy === "flag";
+  const names = byFlag ? ["none", ...view.points.flag_names] : view.points.classes;
+  const colors = byFlag ? ["#d9d9d9", ...FLAG_COLORS] : names.map((_, i) => PALETTE[i % PALETTE.length]);
+  $("legend").replaceChildren(...names.map((name, i) => {
+    const entry = element("li", name);
+    const swatch = element("span", undefined, "swatch");
+    swatch.style.background = colors[i];
+    entry.prepend(swatch);
+    return entry;
+  }));
+}
+
+let hovered = null;
+async function hover(item, clientX, clientY) {
+  hovered = item ? item.rowId : null;
+  const tip = $("map-tip");
+  if (!item) {
+    tip.hidden = true;
+    return;
+  }
+  const label = item.label < 0 ? "none" : view.points.classes[item.label];
+  const flags = view.points.flag_names.filter((_, bit) => item.flags & (1 << bit));
+  $("map-tip-text").textContent = `row ${item.rowId} · ${label}${flags.length ? ` · ${flags.join(", ")}` : ""}`;
+  tip.style.left = `${clientX + 14}px`;
+  tip.style.top = `${clientY + 14}px`;
+  tip.hidden = false;
+  $("map-tip-image").removeAttribute("src"); // never the previous item's image beside this one
+  const url = await itemImageUrl(item.rowId).catch(() => "");
+  if (hovered === item.rowId) $("map-tip-image").src = url;
+}
+
+async function showReview(health) {
+  if (!health.audit) return; // nothing was found, so nothing to review
+  try {
+    startReview(await api("review"), showItem);
+  } catch (error) {
+    $("review").hidden = false;
+    $("review-mode").textContent = error.message;
+  }
+}
+
 async function start() {
   try {
     const health = await api("health");
@@ -155,7 +185,7 @@ async function start() {
     $("flag-filter").hidden = !health.audit;
     $("flag").replaceChildren($("flag").firstElementChild);
     options($("flag"), health.flags);
-    await browse();
+    await Promise.all([browse(), showMap(health), showReview(health)]);
   } catch (error) {
     $("status").textContent = error.message;
   }
@@ -177,8 +207,13 @@ drop.addEventListener("drop", (event) => {
   if (event.dataTransfer.files.length) search(event.dataTransfer.files[0]);
 });
 for (const id of ["label", "flag"]) {
-  $(id).addEventListener("change", () => { state.offset = 0; browse(); });
+  $(id).addEventListener("change", () => { view.offset = 0; browse(); });
 }
-$("prev").addEventListener("click", () => { state.offset = Math.max(0, state.offset - PAGE_SIZE); browse(); });
-$("next").addEventListener("click", () => { state.offset += PAGE_SIZE; browse(); });
+$("color-by").addEventListener("change", () => {
+  if (!view.map) return;
+  view.map.setColorBy($("color-by").value);
+  legend();
+});
+$("prev").addEventListener("click", () => { view.offset = Math.max(0, view.offset - PAGE_SIZE); browse(); });
+$("next").addEventListener("click", () => { view.offset += PAGE_SIZE; browse(); });
 start();
