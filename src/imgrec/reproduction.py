@@ -267,7 +267,7 @@ def check(revision: str, tolerances_path: str) -> tuple[bool, str]:
     if strict:
         verdict = "FAILED: not bit-identical"
         reading = (
-            f"With {why}, every tracked output must come back byte for byte, but "
+            f"Bits must match here ({why}): every tracked output must come back byte for byte, but "
             f"{len(changed)} tracked file(s) differ ({listed}). The metrics, for reference:"
         )
     else:
