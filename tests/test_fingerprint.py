@@ -5,6 +5,7 @@ import sys
 
 import pytest
 import yaml
+from conftest import ROOT
 
 from imgrec import fingerprint
 from imgrec.fingerprint import Fingerprint, Setup
@@ -55,8 +56,7 @@ def test_another_setup_changes_the_bits(tiny):
 
 
 def test_the_command_compares_with_a_file_and_fails_on_a_difference(tmp_dir, tiny):
-    params = {"img_size": 16, "batch_size": 4, "channels_last": True, "precision": "fp32",
-              "num_threads": 2, "device": "cpu", "kernels": "portable"}  # fmt: skip
+    params = yaml.safe_load((ROOT / "params.yaml").read_text()) | {"img_size": 16, "batch_size": 4}
     (tmp_dir / "params.yaml").write_text(yaml.safe_dump(params))
     command = [sys.executable, "-m", "imgrec.fingerprint"]
     made = subprocess.run([*command, "--out", "here.txt"], capture_output=True, text=True)
@@ -69,3 +69,19 @@ def test_the_command_compares_with_a_file_and_fails_on_a_difference(tmp_dir, tin
     fingerprint.save("there.txt", edited)
     other = subprocess.run([*command, "--against", "there.txt"], capture_output=True, text=True)
     assert other.returncode == 1 and "linear.forward" in other.stderr
+
+
+@pytest.mark.parametrize(
+    ("change", "says"),
+    [
+        ({"num_threads": 0}, "param num_threads must be >= 1"),
+        ({"img_size": "big"}, "param img_size"),
+    ],
+)
+def test_a_bad_param_is_one_sentence(tmp_dir, change, says):
+    params = yaml.safe_load((ROOT / "params.yaml").read_text()) | change
+    (tmp_dir / "params.yaml").write_text(yaml.safe_dump(params))
+    done = subprocess.run([sys.executable, "-m", "imgrec.fingerprint"], capture_output=True,
+                          text=True)  # fmt: skip
+    assert done.returncode == 1 and done.stderr.startswith(f"error: {says}"), done.stderr
+    assert "Traceback" not in done.stderr

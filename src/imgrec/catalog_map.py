@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
@@ -40,6 +40,8 @@ MAP_NEIGHBORS = 3 * PERPLEXITY  # the neighbours perplexity-based affinities rea
 class CatalogMapConfig(StageConfig):
     seed: int = param(42, ge=0)
     num_threads: int = param(2, ge=1)
+    # the exact neighbour search and openTSNE's numpy run on the pipeline's BLAS kernels
+    kernels: Literal["portable", "native"] = "portable"
 
 
 def project(embeddings: np.ndarray, seed: int, threads: int) -> np.ndarray:

@@ -210,8 +210,7 @@ def verdict(here: Fingerprint, reference: Fingerprint | None, reference_name: st
 
 
 def setup_for(config, img_size: int, device) -> Setup:
-    """The setup of a run of `config` (the train stage's config, or params.yaml read into a
-    namespace) on images of `img_size` on `device`."""
+    """The setup of a run of `config` (the train stage's) on images of `img_size` on `device`."""
     return Setup(
         img_size=int(img_size),
         batch_size=int(config.batch_size),
@@ -222,13 +221,12 @@ def setup_for(config, img_size: int, device) -> Setup:
     )
 
 
-def record(path: str | Path, setup: Setup) -> Fingerprint:
-    """Fingerprint this machine's kernels for `setup`, save it at `path` and say in one line
+def record(path: str | Path, setup: Setup) -> str:
+    """Fingerprint this machine's kernels for `setup` and save it at `path`; return one line on
     whether the run committed at `path` was made with the same bits."""
     fingerprint = compute(setup)
-    print(verdict(fingerprint, committed(path), "committed run"))
     save(path, fingerprint)
-    return fingerprint
+    return verdict(fingerprint, committed(path), "committed run")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -248,21 +246,27 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         params = read_params(args.params)
-        kernels.apply(params.get("kernels", "portable"))  # before torch and numpy load
+        kernels.apply(str(params.get("kernels", "portable")))  # before torch and numpy load
         from imgrec import runtime
+        from imgrec.train import TrainConfig
 
-        runtime.make_deterministic(int(params["num_threads"]))
-        runtime.set_precision(str(params["precision"]))  # TF32 on CUDA as train sets it
-        device = runtime.pick_device(str(params.get("device", "auto"))).type
-        img_size = params["img_size"]
-        fingerprint = compute(setup_for(argparse.Namespace(**params), img_size, device))
+        # The train stage's params, checked as it checks them (one sentence on a bad one);
+        # img_size is prepare's, whose config would bring the decoders into train's deps.
+        config = TrainConfig.from_params(params)
+        img_size = params.get("img_size")
+        if not isinstance(img_size, int) or isinstance(img_size, bool) or img_size < 1:
+            raise ImgrecError(f"param img_size must be a positive integer, got {img_size!r}.")
+        runtime.make_deterministic(config.num_threads)
+        runtime.set_precision(config.precision)  # TF32 on CUDA as train sets it
+        device = runtime.pick_device(config.device)
+        fingerprint = compute(setup_for(config, img_size, device))
         reference = None
         if args.against:
             revision, colon, path = args.against.partition(":")
             reference = committed(path, revision) if colon else load(args.against)
             if reference is None:
                 raise ImgrecError(f"--against {args.against}: no fingerprint there.")
-    except (ImgrecError, KeyError, AttributeError, OSError) as error:
+    except (ImgrecError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_FAILED
     print(kernels.machine_line(), file=sys.stderr)
