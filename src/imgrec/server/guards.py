@@ -190,6 +190,7 @@ class RequestGuard:
             events.record("shutdown", client, f"{scope['method']} {scope['path']} cut short")
             if not started:
                 await refuse(send, 503, "the server is shutting down; retry in a moment.")
+            raise  # the cancel is uvicorn's to finish, not this guard's to swallow
 
 
 async def refuse(send, status: int, detail: str, headers: dict | None = None, linger=None):
