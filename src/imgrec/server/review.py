@@ -25,11 +25,12 @@ from fastapi.responses import Response
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from imgrec import corrections
+from imgrec.audit_report import FLAGS
 from imgrec.corrections import Correction
 from imgrec.errors import ImgrecError, first_line
 from imgrec.map_coordinates import load_coordinates
 from imgrec.server.config import ServeConfig
-from imgrec.server.state import FLAGS, Served, served
+from imgrec.server.state import Served, served
 
 router = APIRouter()
 State = Annotated[Served, Depends(served)]

@@ -7,7 +7,7 @@ import os
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Self, get_args
+from typing import Self
 
 import numpy as np
 from fastapi import Request
@@ -21,9 +21,6 @@ from imgrec.review import Review
 from imgrec.server.config import ServeConfig
 
 log = logging.getLogger(__name__)
-
-Flag = Literal["suspect_label", "duplicate", "outlier", "leak"]  # what the audit says of an item
-FLAGS = get_args(Flag)
 
 
 @dataclass
@@ -112,17 +109,9 @@ class Served:
 
 
 def _item_flags(audit: AuditReport | None) -> dict[int, list[str]]:
-    if audit is None:
-        return {}
-    said = {  # in FLAGS' order
-        "suspect_label": [suspect.row_id for suspect in audit.suspect_labels],
-        "duplicate": [row_id for group in audit.duplicates for row_id in group.row_ids],
-        "outlier": [outlier.row_id for outlier in audit.outliers],
-        "leak": [row_id for leak in audit.leaks for row_id in (leak.train_row_id, leak.val_row_id)],
-    }
     flagged: dict[int, list[str]] = {}
-    for flag, row_ids in said.items():
-        for row_id in dict.fromkeys(row_ids):  # an item may leak with several
+    for flag, row_ids in (audit.flagged_rows() if audit else {}).items():  # in FLAGS' order
+        for row_id in row_ids:
             flagged.setdefault(row_id, []).append(flag)
     return flagged
 
