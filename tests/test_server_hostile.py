@@ -432,9 +432,9 @@ def test_a_bad_budget_refuses_to_start(project):
     assert done.stderr == "error: --max-decoded-mb must be a positive size, got 0.0.\n"
 
 
-def test_a_shutdown_cancel_is_answered_503_and_raised_on():
-    """uvicorn cancels a request its grace period cut short: the guard answers it and
-    lets the cancel go on, as the cancelled task must."""
+def test_a_shutdown_cancel_is_answered_503_and_ends_the_request():
+    """uvicorn cancels a request its grace period cut short, and logs a traceback for a
+    cancel raised out of the app: the guard answers 503 and lets the task end."""
 
     async def cut_short(scope, receive, send):
         raise asyncio.CancelledError
@@ -450,8 +450,7 @@ def test_a_shutdown_cancel_is_answered_503_and_raised_on():
     async def send(message):
         sent.append(message)
 
-    with pytest.raises(asyncio.CancelledError):
-        asyncio.run(guard(scope, receive, send))
+    asyncio.run(guard(scope, receive, send))
     assert sent[0]["status"] == 503 and guard.in_progress == 0
 
 

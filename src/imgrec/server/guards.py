@@ -188,9 +188,10 @@ class RequestGuard:
             # uvicorn cancels what is still running when a shutdown's grace period ends:
             # the process is stopping, so one line (and a last word) instead of a traceback.
             events.record("shutdown", client, f"{scope['method']} {scope['path']} cut short")
+            # Not raised on: uvicorn logs a cancel that leaves the app as "Exception in ASGI
+            # application" with its traceback, and only waits for the task to end.
             if not started:
                 await refuse(send, 503, "the server is shutting down; retry in a moment.")
-            raise  # the cancel is uvicorn's to finish, not this guard's to swallow
 
 
 async def refuse(send, status: int, detail: str, headers: dict | None = None, linger=None):
