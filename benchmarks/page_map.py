@@ -30,7 +30,7 @@ from types import SimpleNamespace
 import numpy as np
 
 from imgrec.server.page import STATIC
-from imgrec.server.state import FLAGS
+from imgrec.audit_report import FLAGS
 from imgrec.map_coordinates import MapCoordinates, normalized, save_coordinates
 from imgrec.server.review import map_points
 

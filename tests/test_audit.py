@@ -15,7 +15,16 @@ from imgrec.audit import (
     mostly_suspect,
     suspect_labels_figure,
 )
-from imgrec.audit_report import AuditReport, SuspectLabel, load_report, save_report
+from imgrec.audit_report import (
+    FLAGS,
+    AuditReport,
+    DuplicateGroup,
+    Leak,
+    Outlier,
+    SuspectLabel,
+    load_report,
+    save_report,
+)
 from imgrec.catalog import Catalog
 from imgrec.errors import ImgrecError
 from imgrec.image_hashes import ImageHashes
@@ -159,3 +168,16 @@ def test_gates_are_off_by_default_and_fail_with_the_count_and_the_limit(built):
 def test_a_gate_out_of_range_is_one_sentence(params, message):
     with pytest.raises(ImgrecError, match=message):
         AuditConfig(**params)
+
+
+def test_flagged_rows_names_each_flagged_row_once_per_kind_in_report_order():
+    report = AuditReport(
+        duplicates=[DuplicateGroup((7, 3), "exact", 1.0)],
+        leaks=[Leak(3, 9, 0.99), Leak(3, 11, 0.98)],  # row 3 leaks twice: named once
+        suspect_labels=[SuspectLabel(6, "a", "b", 0.8)],
+        outliers=[Outlier(12, 0.4)],
+    )
+    assert report.flagged_rows() == {
+        "suspect_label": [6], "duplicate": [7, 3], "outlier": [12], "leak": [3, 9, 11],
+    }  # fmt: skip
+    assert list(report.flagged_rows()) == list(FLAGS)

@@ -62,6 +62,16 @@ def test_merge_upserts_by_row_forgets_and_keeps_the_first_label_seen():
     assert merged == [Correction(1, "3", "relabel", "9"), Correction(5, "0", "drop")]
 
 
+def test_a_relabel_back_to_the_source_label_is_recorded_as_keep():
+    # labelled 3 in the source, relabelled to 8 and applied, then the reviewer (seeing 8)
+    # relabels it back to 3: in the source's terms that is no change
+    applied = [Correction(17, "3", "relabel", "8")]
+    back = Correction(17, "8", "relabel", "3")
+    assert corrections.merge(applied, [back]) == [Correction(17, "3", "keep")]
+    other = Correction(17, "8", "relabel", "5")
+    assert corrections.merge(applied, [other]) == [Correction(17, "3", "relabel", "5")]
+
+
 def test_update_makes_the_file_and_concurrent_writers_lose_no_decision(tmp_path):
     path = tmp_path / "labels" / "corrections.csv"
     threads = [

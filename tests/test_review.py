@@ -11,9 +11,9 @@ from conftest import ROOT
 from imgrec import corrections
 from imgrec.audit_report import AuditReport, DuplicateGroup, SuspectLabel, save_report
 from imgrec.cli import main
-from imgrec.cli.review import DEFAULT_CORRECTIONS
 from imgrec.corrections import Correction
 from imgrec.prepared import IMAGES_FILE, save_prepared_labels
+from imgrec.query import DEFAULT_CORRECTIONS
 
 CLASSES = ["cat", "dog", "fox"]
 

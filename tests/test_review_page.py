@@ -136,7 +136,10 @@ def test_with_the_flag_decisions_are_written_sorted_one_row_per_item(project, se
         ('{"decisions": [{"row_id": 4800, "decision": "keep"}]}', {}, 422,
          "row 4800 is not in the catalog"),
         ('{"decisions": [{"row_id": 4800, "decision": "undo"}]}', {}, 422,
-         "row 4800 is not in the catalog"),
+         "row 4800 has no decision to undo."),
+        ('{"decisions": [{"row_id": 5, "decision": "keep"}, {"row_id": 5, "decision": "undo"}]}',
+         {}, 422, "row 5 has two decisions in one request; send one."),
+        ('{"decisions": [', {}, 422, "body: invalid JSON"),
         ('{"decisions": [{"row_id": 5, "decision": "relabel", "new_label": "9"}]}', {}, 422,
          "'9' is not a class; the classes are 0, 1, 2, 3."),
         ('{"decisions": [{"row_id": 5, "decision": "drop", "new_label": "2"}]}', {}, 422,
@@ -159,6 +162,61 @@ def test_a_bad_decision_writes_nothing_and_gets_one_sentence(
     assert sent.status_code == status
     assert says in sent.json()["detail"] and "\n" not in sent.json()["detail"]
     assert not corrections.exists()
+
+
+def test_a_chunked_body_over_the_cap_is_413_not_a_parse_error(project, served, tmp_path):
+    corrections = tmp_path / "corrections.csv"
+    reviewer = client(project, served, corrections=corrections, review=True, max_upload_mb=0.001)
+    before = health_events(reviewer)["too_large"]
+
+    def chunks():  # no Content-Length: the guard counts the bytes as FastAPI reads them
+        yield b'{"decisions": [' + b" " * 2000
+        yield b'{"row_id": 5, "decision": "keep"}]}'
+
+    sent = reviewer.post("/api/review", content=chunks(),
+                         headers={"Content-Type": "application/json"})  # fmt: skip
+    assert sent.status_code == 413, sent.text
+    assert sent.json()["detail"].startswith("the upload is over the 0.000")
+    assert health_events(reviewer)["too_large"] == before + 1
+    assert not corrections.exists()
+
+
+def health_events(reviewer: TestClient) -> dict:
+    return reviewer.get("/api/health").json()["events"]
+
+
+def test_an_applied_drop_can_be_undone(project, served, tmp_path):
+    """A drop prepare applied took the row out of the labels: undo checks the file."""
+    corrections = tmp_path / "corrections.csv"
+    corrections.write_text(HEADER + "4800,1,drop,\n5,1,keep,\n")
+    reviewer = client(project, served, corrections=corrections, review=True)
+    undo = {"decisions": [{"row_id": 4800, "decision": "undo"}]}
+    assert reviewer.post("/api/review", json=undo).json() == {
+        "written": 0, "forgotten": 1, "corrections": 1,
+    }  # fmt: skip
+    assert corrections.read_text() == HEADER + "5,1,keep,\n"
+
+
+def test_the_review_is_loaded_with_the_served_state_not_per_request(
+    project, served, tmp_path, monkeypatch
+):
+    def no_load(*args, **kwargs):
+        raise AssertionError("Review.load in a request")
+
+    monkeypatch.setattr("imgrec.review.Review.load", no_load)
+    corrections = tmp_path / "corrections.csv"
+    reviewer = client(project, served, corrections=corrections, review=True)
+    assert reviewer.get("/api/review").json()["writable"] is True
+    decision = {"decisions": [{"row_id": 5, "decision": "keep"}]}
+    assert reviewer.post("/api/review", json=decision).status_code == 200
+    assert served.review.prepared.images is None  # labels only: nothing mapped
+
+
+def test_the_map_answer_is_kept_with_the_served_state(project, served, map_file):
+    app = create_app(config_for(project, catalog_map=map_file), served)
+    assert TestClient(app, base_url="http://127.0.0.1:8000").get("/api/map").status_code == 200
+    assert served.map_answer is not None and served.map_answer[1] is not None
+    assert not hasattr(app.state, "catalog_map")  # a reloaded-away state is not kept alive
 
 
 def test_with_a_token_review_needs_it(project, served, tmp_path):

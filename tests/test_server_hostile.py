@@ -2,6 +2,8 @@
 its files (issue 30): real uvicorn, real sockets, real signals, a file replaced in place,
 Chromium for the page's cross-site case. Bounded loops, no timing assertions."""
 
+import asyncio
+import gc
 import io
 import json
 import os
@@ -33,8 +35,8 @@ from test_server import (
 from imgrec.checkpoint import checkpoint_md5, save_checkpoint
 from imgrec.images import decode, decoded_bytes
 from imgrec.model import CNNClassifier, ModelConfig
-from imgrec.prepared import load_prepared
-from imgrec.server.guards import HostRule, split_host
+from imgrec.prepared import IMAGES_FILE, ImageRows, load_prepared
+from imgrec.server.guards import HostRule, RequestGuard, split_host
 from imgrec.train import TrainConfig
 
 HEADER_WAIT_S = 60  # bounds on loops that wait for the server: generous, never asserted
@@ -233,8 +235,10 @@ def big_image(mode: str, size: int, fmt: str) -> bytes:
 def test_an_image_over_the_decode_budget_is_413_from_its_header(server, mode, size, fmt, says):
     data = big_image(mode, size, fmt)
     assert len(data) < 2**20  # a small file: PIL's pixel limit lets these through
+    before = health(server)["events"]["too_large"]
     status, _, answer = server.request("/api/recommend", data, {"Content-Type": "image/png"})
     assert status == 413, answer
+    assert health(server)["events"]["too_large"] == before + 1  # counted as the cap's 413 is
     assert says in answer["detail"] and "over the 256 MB budget" in answer["detail"]
     assert answer["detail"].endswith(".") and "\n" not in answer["detail"]
 
@@ -426,3 +430,38 @@ def test_a_bad_budget_refuses_to_start(project):
     )  # fmt: skip
     assert done.returncode == 1
     assert done.stderr == "error: --max-decoded-mb must be a positive size, got 0.0.\n"
+
+
+def test_a_shutdown_cancel_is_answered_503_and_ends_the_request():
+    """uvicorn cancels a request its grace period cut short, and logs a traceback for a
+    cancel raised out of the app: the guard answers 503 and lets the task end."""
+
+    async def cut_short(scope, receive, send):
+        raise asyncio.CancelledError
+
+    guard = RequestGuard(cut_short, max_bytes=1024, hosts=HostRule("127.0.0.1"),
+                         limit_concurrency=4)  # fmt: skip
+    scope = {"type": "http", "method": "GET", "path": "/api/health", "headers": []}
+    sent = []
+
+    async def receive():
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message):
+        sent.append(message)
+
+    asyncio.run(guard(scope, receive, send))
+    assert sent[0]["status"] == 503 and guard.in_progress == 0
+
+
+def test_image_rows_close_their_file_when_closed_or_let_go(tiny_prepared):
+    rows = ImageRows(tiny_prepared / IMAGES_FILE)
+    held = rows.file
+    assert rows[0].shape[-1] == 3
+    rows.close()
+    assert held.closed
+    rows = ImageRows(tiny_prepared / IMAGES_FILE)
+    held = rows.file
+    del rows  # a reloaded-away state's images, once no request holds them
+    gc.collect()
+    assert held.closed

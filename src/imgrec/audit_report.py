@@ -13,7 +13,7 @@ calibrated (`audit`). Written by `save_report`, read by `load_report`.
 
 import os
 from dataclasses import asdict, dataclass, field
-from typing import Literal
+from typing import Literal, get_args
 
 import numpy as np
 
@@ -60,6 +60,10 @@ class ItemFlags:
     outlier_score: float | None = None
 
 
+Flag = Literal["suspect_label", "duplicate", "outlier", "leak"]  # what the audit says of an item
+FLAGS: tuple[Flag, ...] = get_args(Flag)
+
+
 @dataclass(frozen=True)
 class AuditReport:
     duplicates: list[DuplicateGroup] = field(default_factory=list)
@@ -80,6 +84,17 @@ class AuditReport:
             members = members[row_ids[members] == ids]  # those in this catalog
             groups[members] = members.min(initial=len(row_ids))
         return groups
+
+    def flagged_rows(self) -> dict[Flag, list[int]]:
+        """The row ids the audit flags, by kind of finding (in FLAGS' order), each once, in
+        the report's order: what the server filters on and the catalog map marks."""
+        found = {
+            "suspect_label": [suspect.row_id for suspect in self.suspect_labels],
+            "duplicate": [row_id for group in self.duplicates for row_id in group.row_ids],
+            "outlier": [outlier.row_id for outlier in self.outliers],
+            "leak": [row for leak in self.leaks for row in (leak.train_row_id, leak.val_row_id)],
+        }
+        return {flag: list(dict.fromkeys(found[flag])) for flag in FLAGS}  # an item may leak twice
 
     def flags(self, row_id: int) -> ItemFlags:
         group = next((g for g in self.duplicates if row_id in g.row_ids), None)

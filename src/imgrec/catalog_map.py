@@ -77,18 +77,16 @@ FLAG_MARKERS = {
     "suspect": ("^", "red", 40),
     "outlier": ("X", "magenta", 40),
 }
+MARKED = {"duplicate": "duplicate", "leak": "leak", "suspect": "suspect_label",
+          "outlier": "outlier"}  # the legend's name -> the audit's Flag  # fmt: skip
 
 
 def flag_rows(report: AuditReport) -> dict[str, np.ndarray]:
-    """The row ids the audit flags, by kind of finding."""
-    leaks = [row for leak in report.leaks for row in (leak.train_row_id, leak.val_row_id)]
-    rows = {
-        "duplicate": [row for group in report.duplicates for row in group.row_ids],
-        "leak": leaks,
-        "suspect": [s.row_id for s in report.suspect_labels],
-        "outlier": [o.row_id for o in report.outliers],
+    """The row ids the audit flags, by kind of finding, sorted: in FLAG_MARKERS' order."""
+    found = report.flagged_rows()
+    return {
+        kind: np.unique(np.asarray(found[MARKED[kind]], dtype=np.int64)) for kind in FLAG_MARKERS
     }
-    return {kind: np.unique(np.asarray(found, dtype=np.int64)) for kind, found in rows.items()}
 
 
 def _label_colors(n_classes: int) -> np.ndarray:

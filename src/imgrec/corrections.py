@@ -151,8 +151,13 @@ def merge(
     by_row = {c.row_id: c for c in existing}
     for correction in decisions:
         earlier = by_row.get(correction.row_id)
-        if earlier is not None:
-            correction = replace(correction, label_seen=earlier.label_seen)
+        if earlier is not None and correction.label_seen != earlier.label_seen:
+            seen = earlier.label_seen
+            if correction.decision == "relabel" and correction.new_label == seen:
+                # back to the source's label (3 -> 8 applied, then 8 -> 3): reviewed, kept
+                correction = Correction(correction.row_id, seen, "keep")
+            else:
+                correction = replace(correction, label_seen=seen)
         by_row[correction.row_id] = correction
     for row_id in forget:
         by_row.pop(row_id, None)

@@ -13,6 +13,7 @@ pixels into IMAGES_FILE from its workers, then `save_prepared_labels` for the re
 import hashlib
 import os
 import shutil
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,8 +48,14 @@ class ImageRows:
         if fortran or len(self.shape) != 4:
             raise ImgrecError(f"{path} is not an (N, S, S, 3) array of images.")
         self.path = path
-        self.file = open(path, "rb")  # noqa: SIM115 - held for the life of the process
+        self.file = open(path, "rb")  # noqa: SIM115 - held while this object lives
         self.image_bytes = int(np.prod(self.shape[1:])) * self.dtype.itemsize
+        # Closed when the last reference goes (a reloaded-away server state, once its last
+        # request is answered), or by close(): never under a reader that still holds it.
+        self._finalizer = weakref.finalize(self, self.file.close)
+
+    def close(self) -> None:
+        self._finalizer()
 
     def __len__(self) -> int:
         return self.shape[0]
@@ -66,7 +73,8 @@ class ImageRows:
 
 @dataclass(frozen=True)
 class Prepared:
-    images: np.ndarray | ImageRows  # (N, S, S, 3) uint8, memory-mapped (or read row by row)
+    # (N, S, S, 3) uint8, memory-mapped (or read row by row); None: loaded without images
+    images: np.ndarray | ImageRows | None
     labels: np.ndarray  # (N,) int64
     row_ids: np.ndarray  # (N,) int64
     train_index: np.ndarray
@@ -79,15 +87,18 @@ class Prepared:
         return np.searchsorted(self.row_ids, row_ids)
 
 
-def load_prepared(folder: str | os.PathLike, mapped: bool = True) -> Prepared:
+def load_prepared(folder: str | os.PathLike, mapped: bool = True, images: bool = True) -> Prepared:
     """The prepared dataset; its images memory-mapped, or, `mapped` False (a server that
-    lives while the pipeline rewrites its files), read an image at a time (`ImageRows`)."""
+    lives while the pipeline rewrites its files), read an image at a time (`ImageRows`);
+    `images` False: the labels, row ids and split only (`images` is None, no file held)."""
     folder = Path(folder)
     if not (folder / "meta.json").exists():
         raise MissingOutput(f"{folder} holds no prepared dataset; run `dvc repro prepare` first.")
     meta = read_json(folder / "meta.json")
     return Prepared(
-        images=np.load(folder / IMAGES_FILE, mmap_mode="r")
+        images=None
+        if not images
+        else np.load(folder / IMAGES_FILE, mmap_mode="r")
         if mapped
         else ImageRows(folder / IMAGES_FILE),
         labels=np.load(folder / "labels.npy"),

@@ -37,7 +37,7 @@ DEFAULT_RECOMMENDATIONS = "data/recommendations.parquet"
 DEFAULT_AUDIT = "reports/audit.json"  # optional for every front end
 DEFAULT_HASHES = "data/catalog/image_hashes.parquet"
 DEFAULT_CATALOG_MAP = "reports/catalog_map.csv"  # the page's map of the catalog (audit's)
-DEFAULT_CORRECTIONS = "labels/corrections.csv"  # where `serve --review` writes decisions
+DEFAULT_CORRECTIONS = "labels/corrections.csv"  # prepare's --corrections; review writes it
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ of one file as decisions about another.
 """
 
 import os
+from collections.abc import Collection
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,15 +28,22 @@ class Review:
     prepared: Prepared  # the catalog's prepared data: row ids, labels, class names
 
     @classmethod
-    def load(cls, report_path: str | os.PathLike, prepared_dir: str | os.PathLike) -> "Review":
-        prepared = load_prepared(prepared_dir)
+    def load(
+        cls,
+        report_path: str | os.PathLike,
+        prepared_dir: str | os.PathLike,
+        report: AuditReport | None = None,
+    ) -> "Review":
+        """The review of the prepared data in `prepared_dir` (its labels only: no image is
+        read or mapped) by the audit's report (`report`, or the one at `report_path`)."""
+        prepared = load_prepared(prepared_dir, images=False)
         if not len(prepared.train_index) + len(prepared.val_index):
             raise ImgrecError(
                 "the catalog is apart from the training data (param catalog_source is set): "
                 "the audit names the catalog's rows, but corrections apply to the training "
                 "data's; review with catalog_source empty."
             )
-        return cls(load_report(report_path), prepared)
+        return cls(load_report(report_path) if report is None else report, prepared)
 
     def label_of(self, row_id: int) -> str:
         """The row's class name now ("" when unlabeled); one sentence if it is not there."""
@@ -61,7 +69,7 @@ class Review:
         suspect = self.suspect(row_id)
         return Correction(row_id, suspect.label, "relabel", suspect.suggested)
 
-    def accept_all(self, decided: set[int] = frozenset()) -> list[Correction]:
+    def accept_all(self, decided: Collection[int] = frozenset()) -> list[Correction]:
         """Every suggestion not decided yet (rows in `decided` keep their decision)."""
         return [
             self.accept(s.row_id) for s in self.report.suspect_labels if s.row_id not in decided

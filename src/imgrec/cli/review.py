@@ -20,9 +20,7 @@ import json
 
 from imgrec import corrections
 from imgrec.cli.common import format_table
-from imgrec.query import DEFAULT_AUDIT, DEFAULT_PREPARED, find_repo_root
-
-DEFAULT_CORRECTIONS = "labels/corrections.csv"  # prepare's --corrections in dvc.yaml
+from imgrec.query import DEFAULT_AUDIT, DEFAULT_CORRECTIONS, DEFAULT_PREPARED
 
 
 def _rows(text: str) -> int:
@@ -76,12 +74,8 @@ def add_parser(commands, parents: dict[str, argparse.ArgumentParser]) -> None:
 
 
 def _paths(args: argparse.Namespace) -> tuple:
-    root = find_repo_root()
-    return (
-        args.audit or root / DEFAULT_AUDIT,
-        args.prepared or root / DEFAULT_PREPARED,
-        args.corrections or root / DEFAULT_CORRECTIONS,
-    )
+    """The files, each given or defaulted (against the repository root) by resolve_defaults."""
+    return args.audit, args.prepared, args.corrections
 
 
 def _describe(correction: corrections.Correction | None) -> str:

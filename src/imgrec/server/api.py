@@ -11,6 +11,7 @@ from pydantic import BeforeValidator
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.concurrency import run_in_threadpool
 
+from imgrec.audit_report import FLAGS, Flag
 from imgrec.errors import ImgrecError
 from imgrec.prepared import label_name
 from imgrec.query import (
@@ -20,7 +21,7 @@ from imgrec.query import (
     recommend_answer,
 )
 from imgrec.server import events
-from imgrec.server.state import FLAGS, Flag, Served, ServedState, served
+from imgrec.server.state import Served, ServedState, served
 
 router = APIRouter()
 State = Annotated[Served, Depends(served)]

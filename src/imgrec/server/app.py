@@ -9,7 +9,7 @@ from fastapi.responses import JSONResponse
 from imgrec.errors import ImgrecError, first_line
 from imgrec.images import FORMATS
 from imgrec.query import UnknownItem, UnusableQuery
-from imgrec.server import api, page, review
+from imgrec.server import api, events, page, review
 from imgrec.server.config import ServeConfig
 from imgrec.server.guards import HostRule, RequestGuard, token_check
 from imgrec.server.state import Served, ServedState
@@ -74,6 +74,7 @@ def add_error_handlers(app: FastAPI) -> None:
             return answer(400, "the request holds no image: send it as the body or as the "
                           "multipart field `image`.")  # fmt: skip
         if error.skip_reason == "too_large":
+            events.record("too_large", request.client, f"an upload {error.reason} refused")
             return answer(413, f"the upload is {error.reason}.")
         return answer(422, f"the upload is {error.reason}; accepted formats: {', '.join(FORMATS)}.")
 

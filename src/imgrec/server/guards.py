@@ -188,6 +188,8 @@ class RequestGuard:
             # uvicorn cancels what is still running when a shutdown's grace period ends:
             # the process is stopping, so one line (and a last word) instead of a traceback.
             events.record("shutdown", client, f"{scope['method']} {scope['path']} cut short")
+            # Not raised on: uvicorn logs a cancel that leaves the app as "Exception in ASGI
+            # application" with its traceback, and only waits for the task to end.
             if not started:
                 await refuse(send, 503, "the server is shutting down; retry in a moment.")
 

@@ -13,21 +13,24 @@ atomically under a lock that holds across threads and processes (workers, a CLI 
 """
 
 import json
+from collections import Counter
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, Self
 
 import numpy as np
 from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from imgrec import corrections
+from imgrec.audit_report import FLAGS
 from imgrec.corrections import Correction
 from imgrec.errors import ImgrecError, first_line
 from imgrec.map_coordinates import load_coordinates
-from imgrec.review import Review
 from imgrec.server.config import ServeConfig
-from imgrec.server.state import FLAGS, Served, served
+from imgrec.server.state import Served, served
 
 router = APIRouter()
 State = Annotated[Served, Depends(served)]
@@ -50,6 +53,14 @@ class Decided(BaseModel):
 
 class Decisions(BaseModel):
     decisions: Annotated[list[Decided], Field(min_length=1, max_length=10_000)]
+
+    @model_validator(mode="after")
+    def one_per_row(self) -> Self:
+        counted = Counter(d.row_id for d in self.decisions)
+        twice = sorted(row_id for row_id, n in counted.items() if n > 1)
+        if twice:
+            raise ValueError(f"row {twice[0]} has two decisions in one request; send one")
+        return self
 
 
 def map_points(catalog_map: Path | None, served: Served) -> tuple[dict | None, str | None]:
@@ -80,16 +91,17 @@ def map_points(catalog_map: Path | None, served: Served) -> tuple[dict | None, s
 
 
 @router.get("/map", responses={404: {"description": "no map of this catalog is served"}})
-def catalog_map(request: Request, served: State, config: Config) -> Response:
+def catalog_map(served: State, config: Config) -> Response:
     """Every catalog item as a point: `x`, `y`, `labels` (an index into `classes`; -1: none)
     and `flags` (bit i set: the audit says `flag_names[i]`) run parallel to `row_ids`."""
-    # Encoded once per served state (it is reloaded whole), not per request: at 40,000
-    # items FastAPI's encoder would take longer than the page takes to draw them.
-    cached = getattr(request.app.state, "catalog_map", None)
-    if cached is None or cached[0] is not served:
+    # Encoded once per served state (it is reloaded whole, and the answer goes with it),
+    # not per request: at 40,000 items FastAPI's encoder would take longer than the page
+    # takes to draw them.
+    cached = served.map_answer
+    if cached is None or cached[0] != config.catalog_map:
         points, problem = map_points(config.catalog_map, served)
         body = None if points is None else json.dumps(points, separators=(",", ":")).encode()
-        cached = request.app.state.catalog_map = (served, body, problem)
+        cached = served.map_answer = (config.catalog_map, body, problem)
     _, body, problem = cached
     if body is None:
         raise HTTPException(404, problem)
@@ -102,7 +114,7 @@ def review(served: State, config: Config) -> dict:
     corrections file holds, and whether this server may write it."""
     audit = served.audit
     held = corrections.load(config.corrections) if config.corrections is not None else []
-    refused = why_read_only(config)
+    refused = why_read_only(served, config)
     return {
         "writable": refused is None,
         "read_only_because": refused,
@@ -120,22 +132,10 @@ def review(served: State, config: Config) -> dict:
 READ_ONLY = "review is read-only: this server was started without --review."
 
 
-def reviewer(config: ServeConfig) -> Review:
-    """What turns decisions into corrections, as `imgrec review` does; one sentence when the
-    served catalog cannot be reviewed. Loaded per call: it reads the labels only."""
-    if config.audit is None:
-        raise ImgrecError("review needs the audit's report, and this server has none (--audit).")
-    return Review.load(config.audit, config.prepared)
-
-
-def why_read_only(config: ServeConfig) -> str | None:
+def why_read_only(served: Served, config: ServeConfig) -> str | None:
     if not config.review:
         return READ_ONLY
-    try:
-        reviewer(config)
-    except ImgrecError as error:  # a catalog apart from the training data, no audit report
-        return first_line(error)
-    return None
+    return served.review_problem  # a catalog apart from the training data, no audit report
 
 
 def json_only(request: Request) -> None:
@@ -146,20 +146,31 @@ def json_only(request: Request) -> None:
 
 
 @router.post("/review", dependencies=[Depends(json_only)])
-def decide(body: Decisions, served: State, config: Config) -> dict:
+async def decide(request: Request, served: State, config: Config) -> dict:
     """Record decisions in the corrections file, which prepare applies on the next `dvc
     repro`: a later decision for a row replaces its earlier one; `undo` forgets it."""
     if not config.review:
         raise HTTPException(403, READ_ONLY)
-    decider = reviewer(config)  # a catalog apart from the training data: 422, one sentence
+    # Read here, not by FastAPI: the request guard's 413 and 408 refuse the body as it is
+    # read, and FastAPI would turn them into a 400 about parsing.
+    data = await request.body()
+    try:
+        body = Decisions.model_validate_json(data)
+    except ValidationError as error:  # 422, one sentence, as for any other invalid body
+        raise RequestValidationError(
+            [{**e, "loc": ("body", *e["loc"])} for e in error.errors()]
+        ) from None
+    return await run_in_threadpool(record, body, served, config)
+
+
+def record(body: Decisions, served: Served, config: ServeConfig) -> dict:
+    """Check every decision against the served state's audit and labels, then write them."""
+    if served.review is None:  # a catalog apart from the training data: 422, one sentence
+        raise ImgrecError(served.review_problem)
+    decider = served.review
 
     def correction(decided: Decided) -> Correction:
         if decided.decision == "relabel":
-            suspect = next(
-                (s for s in decider.report.suspect_labels if s.row_id == decided.row_id), None
-            )
-            if suspect is not None and decided.new_label == suspect.suggested:
-                return decider.accept(decided.row_id)
             return decider.relabel(decided.row_id, decided.new_label)
         if decided.new_label:
             raise ImgrecError(f"row {decided.row_id}: only a relabel has a new_label.")
@@ -170,8 +181,12 @@ def decide(body: Decisions, served: State, config: Config) -> dict:
         )
 
     forget = [d.row_id for d in body.decisions if d.decision == "undo"]
-    for row_id in forget:
-        decider.label_of(row_id)  # one sentence for a row that is not there
+    if forget:
+        # Against the file, not the labels: an applied drop left the prepared data.
+        held = {c.row_id for c in corrections.load(config.corrections)}
+        for row_id in forget:
+            if row_id not in held:
+                raise ImgrecError(f"row {row_id} has no decision to undo.")
     # every decision checked before anything is written
     decided = [correction(d) for d in body.decisions if d.decision != "undo"]
     merged = corrections.update(config.corrections, decided, forget)

@@ -6,7 +6,8 @@ import logging
 import os
 import threading
 from dataclasses import dataclass, field
-from typing import Literal, Self, get_args
+from pathlib import Path
+from typing import Self
 
 import numpy as np
 from fastapi import Request
@@ -16,12 +17,10 @@ from imgrec.audit_report import AuditReport, load_report
 from imgrec.errors import ImgrecError, MissingOutput, first_line
 from imgrec.query import Recommender, decode_image
 from imgrec.recommendations import Recommendations, load_recommendations
+from imgrec.review import Review
 from imgrec.server.config import ServeConfig
 
 log = logging.getLogger(__name__)
-
-Flag = Literal["suspect_label", "duplicate", "outlier", "leak"]  # what the audit says of an item
-FLAGS = get_args(Flag)
 
 
 @dataclass
@@ -36,8 +35,14 @@ class Served:
     # item of a catalog apart from the training data (it has no split).
     splits: np.ndarray
     flags: dict[int, list[str]]  # row id -> what the audit says of it; empty without one
+    # What turns decisions into corrections, of this state's audit and labels; None, and
+    # the sentence why, when this catalog cannot be reviewed.
+    review: Review | None = None
+    review_problem: str | None = None
     # One query at a time per worker: see `imgrec.server`'s docstring.
     lock: threading.Lock = field(default_factory=threading.Lock)
+    # /api/map's answer (the map file, its body or why there is none), once per state.
+    map_answer: tuple[Path | None, bytes | None, str | None] | None = None
 
     @classmethod
     def load(cls, config: ServeConfig) -> Self:
@@ -66,7 +71,17 @@ class Served:
             splits[:] = "train"
             splits[catalog.val_index] = "val"
         flags = _item_flags(audit)
-        return cls(recommender, recommendations, audit, config.model_name, splits, flags)
+        review, review_problem = None, None
+        try:
+            if config.audit is None:
+                raise ImgrecError(
+                    "review needs the audit's report, and this server has none (--audit)."
+                )
+            review = Review.load(config.audit, config.prepared, report=audit)
+        except ImgrecError as error:  # a catalog apart from the training data, no report
+            review_problem = first_line(error)
+        return cls(recommender, recommendations, audit, config.model_name, splits, flags,
+                   review, review_problem)  # fmt: skip
 
     @property
     def catalog_size(self) -> int:
@@ -94,17 +109,9 @@ class Served:
 
 
 def _item_flags(audit: AuditReport | None) -> dict[int, list[str]]:
-    if audit is None:
-        return {}
-    said = {  # in FLAGS' order
-        "suspect_label": [suspect.row_id for suspect in audit.suspect_labels],
-        "duplicate": [row_id for group in audit.duplicates for row_id in group.row_ids],
-        "outlier": [outlier.row_id for outlier in audit.outliers],
-        "leak": [row_id for leak in audit.leaks for row_id in (leak.train_row_id, leak.val_row_id)],
-    }
     flagged: dict[int, list[str]] = {}
-    for flag, row_ids in said.items():
-        for row_id in dict.fromkeys(row_ids):  # an item may leak with several
+    for flag, row_ids in (audit.flagged_rows() if audit else {}).items():  # in FLAGS' order
+        for row_id in row_ids:
             flagged.setdefault(row_id, []).append(flag)
     return flagged
 
