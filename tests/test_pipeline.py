@@ -80,6 +80,11 @@ def check_parses(path: Path) -> None:
         assert np.load(path).size > 0
     elif path.suffix == ".pt":
         assert "state_dict" in torch.load(path, weights_only=True)
+    elif path.name.endswith("fingerprint.txt"):
+        from imgrec import fingerprint
+
+        recorded = fingerprint.load(path)
+        assert recorded.setup["device"] == "cpu" and len(recorded.operations) > 30
     else:
         raise AssertionError(f"no check for output {path}")
 
@@ -214,7 +219,7 @@ def test_a_grown_catalog_is_embedded_without_training_to_the_bytes_of_a_full_pas
     (copy / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     grown = dvc("repro", cwd=copy).stdout
     assert ran_stages(grown) == [
-        "fetch_catalog", "prepare_catalog", "embed", "audit", "recommend", "figure"
+        "fetch_catalog", "prepare_catalog", "embed", "audit", "catalog_map", "recommend", "figure"
     ]  # fmt: skip
     assert "embedded 40 of 240 images; reused the vectors of 200 from" in grown
     assert json.loads((copy / "reports/prepare_catalog.json").read_text())["unlabeled_images"] == 2
