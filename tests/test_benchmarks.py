@@ -150,21 +150,27 @@ def test_serve_hostile_smoke_run_answers_beside_idle_sockets(tmp_path: Path):
     assert "SIGTERM with a stalled upload: exited after " in run.stdout
 
 
-def test_audit_smoke_run_prints_what_fingerprints_and_the_audit_cost(tmp_path: Path):
+def tiny_catalog(folder: Path, n: int, train: int) -> None:
+    """`folder`/prepared (blank 4 px images, 3 classes, the first `train` rows the training
+    split) and `folder`/catalog (vectors clustered by class), as the stages would save them."""
     from imgrec.catalog import save_catalog
     from imgrec.prepared import IMAGES_FILE, save_prepared_labels
 
-    labels, row_ids = np.arange(90) % 3, np.arange(90)
-    (tmp_path / "prepared").mkdir()
-    np.save(tmp_path / "prepared" / IMAGES_FILE, np.zeros((90, 4, 4, 3), np.uint8))
+    labels, row_ids = np.arange(n) % 3, np.arange(n)
+    (folder / "prepared").mkdir()
+    np.save(folder / "prepared" / IMAGES_FILE, np.zeros((n, 4, 4, 3), np.uint8))
     save_prepared_labels(
-        tmp_path / "prepared", labels=labels, row_ids=row_ids, train_index=row_ids[:70],
-        val_index=row_ids[70:], class_names=["a", "b", "c"], img_size=4,
+        folder / "prepared", labels=labels, row_ids=row_ids, train_index=row_ids[:train],
+        val_index=row_ids[train:], class_names=["a", "b", "c"], img_size=4,
     )  # fmt: skip
     rng = np.random.default_rng(0)
-    vectors = np.abs(np.abs(rng.normal(size=(3, 16)))[labels] + 0.3 * rng.normal(size=(90, 16)))
+    vectors = np.abs(np.abs(rng.normal(size=(3, 16)))[labels] + 0.3 * rng.normal(size=(n, 16)))
     vectors = (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
-    save_catalog(tmp_path / "catalog", vectors, vectors, row_ids, "md5", 0.5)
+    save_catalog(folder / "catalog", vectors, vectors, row_ids, "md5", 0.5)
+
+
+def test_audit_smoke_run_prints_what_fingerprints_and_the_audit_cost(tmp_path: Path):
+    tiny_catalog(tmp_path, 90, train=70)
 
     command = [
         sys.executable,
@@ -346,20 +352,7 @@ runpy.run_path({str(script)!r}, run_name="__main__")
 
 
 def test_projection_smoke_run_scores_each_method(tmp_path: Path):
-    from imgrec.catalog import save_catalog
-    from imgrec.prepared import IMAGES_FILE, save_prepared_labels
-
-    labels, row_ids = np.arange(60) % 3, np.arange(60)
-    (tmp_path / "prepared").mkdir()
-    np.save(tmp_path / "prepared" / IMAGES_FILE, np.zeros((60, 4, 4, 3), np.uint8))
-    save_prepared_labels(
-        tmp_path / "prepared", labels=labels, row_ids=row_ids, train_index=row_ids[:45],
-        val_index=row_ids[45:], class_names=["a", "b", "c"], img_size=4,
-    )  # fmt: skip
-    rng = np.random.default_rng(0)
-    vectors = np.abs(np.abs(rng.normal(size=(3, 16)))[labels] + 0.3 * rng.normal(size=(60, 16)))
-    vectors = (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
-    save_catalog(tmp_path / "catalog", vectors, vectors, row_ids, "md5", 0.5)
+    tiny_catalog(tmp_path, 60, train=45)
 
     command = [sys.executable, str(ROOT / "benchmarks" / "projection.py"), "--rows", "300"]
     command += ["--sample", "100", "--method", "pca", "--method", "opentsne", "--repeat"]
