@@ -408,8 +408,8 @@ def test_the_check_tells_float_noise_from_a_regression(project, tmp_path):
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     native = [line for line in done.stdout.splitlines() if "kernels native: torch" in line]
-    # train, evaluate, embed, audit, recommend
-    assert len(native) == 5 and all("DEFAULT" in line for line in native), done.stdout
+    # train, evaluate, embed, audit, catalog_map, recommend
+    assert len(native) == 6 and all("DEFAULT" in line for line in native), done.stdout
     assert (copy / "models/model.pt").read_bytes() != model_before, "the kernels did not change"
 
     check = _reproduction_check(copy, loose)
