@@ -4,21 +4,23 @@ determinism, resume, the incremental embed, and the speed table beside the seed'
     python benchmarks/gpu_check.py --out gpu-check        # a CUDA machine; under 4 minutes
     python benchmarks/gpu_check.py --small --out /tmp/gc  # a CPU dry run (tests run it)
 
-Needs torch, numpy, Pillow, scikit-learn and tqdm (the training code's progress bars); no
-network and none of dvc, dask, faiss, simplejpeg, PyYAML, matplotlib. The seed's loop runs as
-written (benchmarks/baseline.py) where pandas and torchvision are installed, else as an
-equivalent PIL loop (the table says which). The images are synthetic, drawn with NumPy from
-a fixed seed: 4,000 distinct, tiled to 40,000 at 128 px. Writes gpu_check.json and
+Needs torch, numpy, Pillow, scikit-learn, tqdm and pyarrow (and says which are missing, in one
+line); no network and none of dvc, dask, faiss, simplejpeg, PyYAML, matplotlib. The seed's
+loop runs as written (benchmarks/baseline.py) where pandas and torchvision are installed, else
+as an equivalent PIL loop (the table says which). The images are synthetic, drawn with NumPy
+from a fixed seed: 4,000 distinct, tiled to 40,000 at 128 px. Writes gpu_check.json and
 gpu_check.md to --out; exits 1 if a check fails. Sections past --budget seconds are skipped.
 """
 
 import argparse
 import hashlib
+import importlib
 import io
 import json
 import os
 import platform
 import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -26,11 +28,31 @@ import traceback
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+# isort: off
+import imgrec  # noqa: F401 - first: it picks the CPU kernels before numpy and torch load
+
+# isort: on
+
+
+def require(needs: dict[str, str]) -> None:
+    """Exit naming every package missing here (module: its pip name): a GPU machine may have
+    no package index, so a user carries those wheels, all at once."""
+    missing = []
+    for module, wheel in needs.items():
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            missing.append(wheel)
+    if missing:
+        sys.exit(f"gpu_check needs {', '.join(missing)}: pip install {' '.join(missing)}.")
+
+
+require({"torch": "torch", "numpy": "numpy", "PIL": "Pillow", "sklearn": "scikit-learn",
+         "tqdm": "tqdm", "pyarrow": "pyarrow"})  # fmt: skip
 import numpy as np
 import torch
 from torch import nn
 
-import imgrec  # noqa: F401 - first: it picks the CPU kernels before numpy and torch load
 from imgrec import runtime
 from imgrec.errors import Stopped
 from imgrec.model import CNNClassifier
@@ -137,6 +159,10 @@ class Bench:
     def config(self, **changes) -> TrainConfig:
         return TrainConfig.from_params(PARAMS | {"device": str(self.device)} | changes)
 
+    def resume(self, config: TrainConfig, path: Path) -> Resume:
+        """The run's saved state at `path`, as the train stage names it (in any process)."""
+        return Resume(path, RunIdentity("synthetic", config.identity(1), "code"))
+
     def fit(self, config: TrainConfig, *, max_batches=None, resume=None, stop_at=None, marks=None):
         """`train.train` as the train stage calls it (after `runtime.start`); SIGTERM before
         training batch `stop_at`. Returns the model."""
@@ -182,13 +208,14 @@ def environment(bench: Bench) -> dict:
 
 
 def stage_paths(bench: Bench, work: Path) -> dict:
-    """Train, evaluate, embed and the query API, each on the device, deterministic algorithms
-    on: the code the stages call, on a slice of the data."""
-    from imgrec.catalog import save_catalog
-    from imgrec.checkpoint import checkpoint_md5, save_checkpoint
+    """Train, evaluate, embed, audit's copy calibration and the query API, each on the device,
+    deterministic algorithms on: the code the stages call, on a slice of the data."""
+    from imgrec.audit import copy_similarity_threshold
+    from imgrec.catalog import load_catalog, save_catalog
+    from imgrec.checkpoint import checkpoint_md5, load_checkpoint, save_checkpoint
     from imgrec.embed import embed_catalog, no_close_match_threshold
     from imgrec.evaluate import classification_metrics
-    from imgrec.inference import predict_logits
+    from imgrec.inference import embed, predict_logits
     from imgrec.prepared import IMAGES_FILE, save_prepared_labels
     from imgrec.query import Recommender
 
@@ -223,6 +250,10 @@ def stage_paths(bench: Bench, work: Path) -> dict:
     recommender = Recommender.load(work / "model.pt", work / "catalog", folder, str(bench.device))
     neighbours, _, _ = recommender.recommend(images[:16], top_k=5)
     classified = recommender.classify(images[:16])
+    audited = load_checkpoint(work / "model.pt", bench.device).model  # as the audit stage
+    copy_cosine = copy_similarity_threshold(
+        load_catalog(work / "catalog", folder), lambda x: embed(audited, x, device=bench.device)
+    )
     return {
         "train": "ok",
         "evaluate_val_accuracy": round(metrics["val_accuracy"], 4),
@@ -230,40 +261,71 @@ def stage_paths(bench: Bench, work: Path) -> dict:
         "query_device": str(recommender.device),
         "query_finds_itself_first": all(n[0].row_id == i for i, n in enumerate(neighbours)),
         "query_classified": len(classified),
-        "ok": all(n[0].row_id == i for i, n in enumerate(neighbours)),
+        "audit_copy_cosine": round(copy_cosine, 4),
+        "ok": all(n[0].row_id == i for i, n in enumerate(neighbours)) and 0 < copy_cosine <= 1,
     }
 
 
 def determinism(bench: Bench) -> dict:
-    """Two runs of each precision: the same weights to the byte."""
-    found = {}
-    for precision in bench.precisions:
-        config = bench.config(epochs=2, precision=precision, augment=precision == "fp32")
-        runs = [md5_state(bench.fit(config, max_batches=bench.max_batches)) for _ in range(2)]
-        found[f"{precision}_two_runs_equal"] = runs[0] == runs[1]
+    """Two runs of each precision, the second in a new process as a second `dvc repro` runs:
+    the same weights to the byte."""
+    cases = [{"epochs": 2, "precision": p, "augment": p == "fp32"} for p in bench.precisions]
+    here = [md5_state(bench.fit(bench.config(**c), max_batches=bench.max_batches)) for c in cases]
+    again = fits_in_a_new_process(bench, [{"changes": c} for c in cases])
+    found = {
+        f"{c['precision']}_two_runs_equal": first == second
+        for c, first, second in zip(cases, here, again, strict=True)
+    }
     found["ok"] = all(found.values())
     return found
 
 
 def resume(bench: Bench, work: Path) -> dict:
-    """A run stopped by SIGTERM mid-epoch, then resumed, against one never stopped."""
-    found = {}
-    cases = (("fp32", {}), ("augment_tf32", {"augment": True, "precision": "tf32"}))
-    for name, changes in cases[1:] if bench.small else cases:
-        config = bench.config(epochs=2, **changes)
-        uninterrupted = md5_state(bench.fit(config, max_batches=bench.max_batches))
+    """A run stopped by SIGTERM mid-epoch and resumed in a new process, as the stage resumes,
+    against one never stopped."""
+    found, uninterrupted, resumes = {}, [], []
+    cases = (("fp32", {"epochs": 2}), ("augment_tf32", {"epochs": 2, "augment": True,
+                                                        "precision": "tf32"}))  # fmt: skip
+    cases = cases[1:] if bench.small else cases
+    for name, changes in cases:
+        config = bench.config(**changes)
+        uninterrupted.append(md5_state(bench.fit(config, max_batches=bench.max_batches)))
         path = work / f"state-{name}.pt"
-        state = Resume(path, RunIdentity("synthetic", config.identity(1), "code"))
         stop_at = bench.max_batches + bench.max_batches // 2  # mid-epoch 2
         try:
-            bench.fit(config, max_batches=bench.max_batches, resume=state, stop_at=stop_at)
-            stopped = False
+            bench.fit(config, max_batches=bench.max_batches, resume=bench.resume(config, path),
+                      stop_at=stop_at)  # fmt: skip
+            found[f"{name}_stopped_mid_epoch"] = False
         except Stopped:
-            stopped = True
-        resumed = md5_state(bench.fit(config, max_batches=bench.max_batches, resume=state))
-        found[f"{name}_stopped_mid_epoch"] = stopped
-        found[f"{name}_resumed_equal_uninterrupted"] = resumed == uninterrupted
+            found[f"{name}_stopped_mid_epoch"] = True
+        resumes.append({"changes": changes, "resume": str(path)})
+    resumed = fits_in_a_new_process(bench, resumes)
+    for (name, _), first, second in zip(cases, uninterrupted, resumed, strict=True):
+        found[f"{name}_resumed_equal_uninterrupted"] = first == second
     found["ok"] = all(found.values())
+    return found
+
+
+def fits_in_a_new_process(bench: Bench, fits: list[dict]) -> list[str]:
+    """The weights' md5 of each fit (`run_fits`) run in a fresh process: its own CUDA context,
+    cuDNN handles and allocator, as a second `dvc repro` or a resumed stage has."""
+    command = [sys.executable, str(Path(__file__).resolve()), "--fits", json.dumps(fits)]
+    run = subprocess.run(command + ["--small"] * bench.small, capture_output=True, text=True,
+                         timeout=600, check=False)  # fmt: skip
+    if run.returncode:
+        raise RuntimeError(f"the fits in a new process failed: {run.stderr[-1500:]}")
+    return json.loads(run.stdout.splitlines()[-1])
+
+
+def run_fits(bench: Bench, fits: list[dict]) -> list[str]:
+    """`--fits`: each fit ({"changes": config changes, "resume": a state file, optional}),
+    trained as `bench.fit` trains it; the weights' md5 of each."""
+    bench.make_data()
+    found = []
+    for fit in fits:
+        config = bench.config(**fit["changes"])
+        state = bench.resume(config, Path(fit["resume"])) if fit.get("resume") else None
+        found.append(md5_state(bench.fit(config, max_batches=bench.max_batches, resume=state)))
     return found
 
 
@@ -307,9 +369,11 @@ def epoch_seconds(bench: Bench) -> dict:
 
 def seed_loop(bench: Bench) -> dict:
     """The seed's loop on the device: JPEG decode, resize and ToTensor in `__getitem__`,
-    DataLoader(batch 32, shuffle), fp32; without and with DataLoader workers."""
+    DataLoader(batch 32, shuffle), fp32; without and with DataLoader workers. Timed past the
+    batches the workers decode ahead (two each) before the first is asked for, in the steady
+    state; the JPEGs are drawn with replacement so that there are batches enough."""
     from PIL import Image
-    from torch.utils.data import DataLoader, Dataset
+    from torch.utils.data import DataLoader, Dataset, RandomSampler
 
     big = 4 * bench.size  # JPEGs of 512 px, decoded and resized to 128 as the seed does
     jpegs = []
@@ -350,15 +414,15 @@ def seed_loop(bench: Bench) -> dict:
     found = {"loop": how, "mean_jpeg_kb": round(np.mean([len(j) for j in jpegs]) / 1024, 1)}
     batches = 2 if bench.small else 30
     for workers in (0, 2) if bench.small else (0, 8, min(15, (os.cpu_count() or 2) - 1)):
-        loader = DataLoader(dataset, batch_size=32, shuffle=True, num_workers=workers)
+        ahead = 2 + 2 * workers  # DataLoader's prefetch_factor 2 per worker, and their start
+        order = RandomSampler(dataset, replacement=True, num_samples=32 * (ahead + batches))
+        loader = DataLoader(dataset, batch_size=32, sampler=order, num_workers=workers)
         seen, started = 0, None
         for step, (x, y) in enumerate(loader):
-            if step == 2:  # past the workers' start
+            if step == ahead:
                 if bench.device.type == "cuda":
                     torch.cuda.synchronize()
                 seen, started = 0, time.perf_counter()
-            if step == batches + 2:
-                break
             x, y = x.to(bench.device), torch.as_tensor(y).to(bench.device)
             loss = nn.functional.cross_entropy(network(x), y)
             optimizer.zero_grad()
@@ -380,7 +444,7 @@ def ceiling(bench: Bench) -> dict:
     torch.backends.cudnn.benchmark = True
     runtime.set_precision("tf32")  # torch's defaults: the fastest the GPU offers
     found = {}
-    cases = [(32, "fp32")] if bench.small else [(32, "fp32"), (256, "fp32"), (256, "bf16")]
+    cases = [(32, "tf32")] if bench.small else [(32, "tf32"), (256, "tf32"), (256, "bf16")]
     for batch_size, precision in cases:
         model = CNNClassifier(bench.config().model_config(CLASSES))
         model = model.to(bench.device, memory_format=torch.channels_last)
@@ -449,11 +513,17 @@ def markdown(results: dict) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, required=True, help="folder for the JSON and table")
+    parser.add_argument("--out", type=Path, help="folder for the JSON and table")
     parser.add_argument("--small", action="store_true", help="tiny sizes: a CPU dry run")
     parser.add_argument("--budget", type=float, help="seconds; later sections are skipped "
                         "(default 210 on a GPU, none with --small)")  # fmt: skip
+    parser.add_argument("--fits", help=argparse.SUPPRESS)  # the checks' new process: run_fits
     args = parser.parse_args()
+    if args.fits:
+        print(json.dumps(run_fits(Bench(args.small), json.loads(args.fits))))
+        return 0
+    if args.out is None:
+        parser.error("--out is required")
     budget = args.budget or (float("inf") if args.small else 210.0)
     bench = Bench(args.small)
     if bench.device.type != "cuda" and not args.small:

@@ -318,16 +318,14 @@ NOT_ON_A_GPU_MACHINE = (
 )  # fmt: skip
 
 
-@pytest.mark.slow  # about 35 s of CPU: every section, each once
-def test_gpu_check_dry_run_needs_none_of_the_pipelines_other_packages(tmp_path: Path):
-    """`benchmarks/gpu_check.py --small` on the CPU, each package above made unimportable: every
-    section runs, every check passes, the JSON and the table are written."""
+def run_gpu_check(tmp_path: Path, not_installed: tuple[str, ...]) -> subprocess.CompletedProcess:
+    """`benchmarks/gpu_check.py --small` on the CPU, each package named made unimportable."""
     script = ROOT / "benchmarks" / "gpu_check.py"
     runner = f"""
 import importlib.machinery, runpy, sys
 class NotInstalled:  # found, but importing it fails as for a package that is not there
     def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in {NOT_ON_A_GPU_MACHINE!r}:
+        if name.split(".")[0] in {not_installed!r}:
             return importlib.machinery.ModuleSpec(name, self)
     def create_module(self, spec):
         raise ModuleNotFoundError(f"No module named {{spec.name!r}}", name=spec.name)
@@ -337,10 +335,25 @@ sys.meta_path.insert(0, NotInstalled())
 sys.argv = ["gpu_check.py", "--small", "--out", {str(tmp_path)!r}]
 runpy.run_path({str(script)!r}, run_name="__main__")
 """
-    run = subprocess.run([sys.executable, "-c", runner], capture_output=True, text=True,
-                         cwd=tmp_path, timeout=900)  # fmt: skip
+    return subprocess.run([sys.executable, "-c", runner], capture_output=True, text=True,
+                          cwd=tmp_path, timeout=900)  # fmt: skip
+
+
+def test_gpu_check_names_every_package_it_lacks_in_one_sentence(tmp_path: Path):
+    run = run_gpu_check(tmp_path, ("tqdm", "sklearn"))
+    assert run.returncode == 1
+    assert run.stderr == "gpu_check needs scikit-learn, tqdm: pip install scikit-learn tqdm.\n"
+    assert not (tmp_path / "gpu_check.json").exists()
+
+
+@pytest.mark.slow  # about 35 s of CPU: every section, each once
+def test_gpu_check_dry_run_needs_none_of_the_pipelines_other_packages(tmp_path: Path):
+    """`benchmarks/gpu_check.py --small` on the CPU, each package above made unimportable: every
+    section runs, every check passes, the JSON and the table are written."""
+    run = run_gpu_check(tmp_path, NOT_ON_A_GPU_MACHINE)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     results = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert 0 < results["stage_paths"]["audit_copy_cosine"] <= 1  # audit's path ran too
     sections = ["environment", "data", "stage_paths", "determinism", "resume",
                 "incremental_embed", "epoch_seconds", "seed_loop", "ceiling"]  # fmt: skip
     for name in sections:
