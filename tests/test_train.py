@@ -215,6 +215,25 @@ def test_one_rank_trains_exactly_as_the_plain_loop(data, monkeypatch):
         assert torch.equal(model.state_dict()[key], value), key
 
 
+def test_images_resident_on_the_device_train_as_batches_from_the_array(data, monkeypatch):
+    """The GPU's path (images copied once by `on_device`, batches gathered there, sums kept
+    on the device) runs here with the copy on the CPU: the same history and weights to the
+    bit as batches from the array, augmentation and the last partial batch included."""
+    array_model, array_result = run(data, seed=5, augment=True, batch_size=7)
+    copies = []
+
+    def resident(images, device, share=0.5):
+        copies.append(len(images))
+        return torch.from_numpy(np.array(images))
+
+    monkeypatch.setattr(train_module, "on_device", resident)
+    device_model, device_result = run(data, seed=5, augment=True, batch_size=7)
+    assert copies == [N_IMAGES]  # once per run, not per epoch
+    assert device_result.history == array_result.history
+    for key, value in array_model.state_dict().items():
+        assert torch.equal(device_model.state_dict()[key], value), key
+
+
 @pytest.mark.parametrize(("batch_size", "ranks", "share"), [(32, 1, 32), (32, 2, 16), (9, 3, 3)])
 def test_each_rank_takes_its_share_of_the_global_batch(batch_size, ranks, share):
     assert rank_batch_size(batch_size, ranks) == share
