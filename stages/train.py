@@ -24,8 +24,8 @@ def main(args, config: TrainConfig) -> None:
     device = runtime.start(config, world, config.precision)
     data, data_md5 = load_prepared(args.prepared), prepared_md5(args.prepared)
     if world.is_main:  # before seeding: it draws torch's RNG
-        print(fingerprint.record(args.fingerprint,
-                                 fingerprint.setup_for(config, data.img_size, device)))  # fmt: skip
+        setup = fingerprint.setup_for(config, data.img_size, device)
+        print(fingerprint.record(args.fingerprint, setup, device))
     # Dropout and augmentation differ between ranks, as their images do; rank 0 seeds as a
     # single process does, and DDP gives every rank rank 0's initial weights.
     generator = runtime.seed_everything(config.seed + world.rank)

@@ -82,16 +82,17 @@ EMBED_BATCH = 256
 ADAM_STEPS = 3
 
 
-def compute(setup: Setup, widths: tuple[int, ...] = (32, 64, 128, 256)) -> Fingerprint:
-    """Hash each operation of a training step as `setup` runs it. Call it before seeding the
-    run: it draws torch's global RNG (dropout, the model's initialisation)."""
+def compute(setup: Setup, device=None, widths: tuple[int, ...] = (32, 64, 128, 256)) -> Fingerprint:
+    """Hash each operation of a training step as `setup` runs it, on `device` (the run's, say
+    `cuda:1`; default: `setup.device`, the kind alone). Call it before seeding the run: it
+    draws torch's global RNG (dropout, the model's initialisation)."""
     import numpy as np
     import torch
     import torch.nn.functional as F
 
     from imgrec.model import CNNClassifier, ModelConfig
 
-    device = torch.device(setup.device)
+    device = torch.device(device or setup.device)
     layout = torch.channels_last if setup.channels_last else torch.contiguous_format
     rng = np.random.default_rng(12345)  # PCG64: the same numbers on every machine
     operations: dict[str, str] = {}
@@ -221,10 +222,10 @@ def setup_for(config, img_size: int, device) -> Setup:
     )
 
 
-def record(path: str | Path, setup: Setup) -> str:
-    """Fingerprint this machine's kernels for `setup` and save it at `path`; return one line on
-    whether the run committed at `path` was made with the same bits."""
-    fingerprint = compute(setup)
+def record(path: str | Path, setup: Setup, device=None) -> str:
+    """Fingerprint this machine's kernels for `setup` on `device` and save it at `path`; return
+    one line on whether the run committed at `path` was made with the same bits."""
+    fingerprint = compute(setup, device)
     save(path, fingerprint)
     return verdict(fingerprint, committed(path), "committed run")
 
@@ -259,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
         runtime.make_deterministic(config.num_threads)
         runtime.set_precision(config.precision)  # TF32 on CUDA as train sets it
         device = runtime.pick_device(config.device)
-        fingerprint = compute(setup_for(config, img_size, device))
+        fingerprint = compute(setup_for(config, img_size, device), device)
         reference = None
         if args.against:
             revision, colon, path = args.against.partition(":")
