@@ -21,7 +21,7 @@ import pytest
 import yaml
 from conftest import IMAGE_TYPE
 from PIL import Image
-from test_pipeline import ROOT, dvc, dvc_env
+from tiny_project import ROOT, dvc, dvc_env
 
 pytestmark = pytest.mark.slow
 
