@@ -4,7 +4,13 @@ import pytest
 import torch
 from torch import nn
 
-from imgrec.model import AdaptiveAvgPool2d, CNNClassifier, ModelConfig, adaptive_avg_pool2d_backward
+from imgrec.model import (
+    AdaptiveAvgPool2d,
+    CNNClassifier,
+    ModelConfig,
+    adam,
+    adaptive_avg_pool2d_backward,
+)
 
 NUM_CLASSES = 5
 
@@ -236,3 +242,64 @@ def test_the_walk_finds_torchs_adaptive_pool(model):
     model.features[-2] = nn.AdaptiveAvgPool2d(4)
     nodes = backward_nodes(training_loss(model, 64))
     assert nodes & NO_DETERMINISTIC_CUDA_BACKWARD == {"AdaptiveAvgPool2DBackward0"}
+
+
+# One Adam step of the model's first Linear layer (2M weights: MKL's vector math takes a
+# contiguous tensor of this size), printed as md5s of the fused step and torch's default.
+ADAM_STEP = """
+import hashlib, torch
+from imgrec.model import adam
+generator = torch.Generator().manual_seed(0)
+def step(make):
+    weight = torch.nn.Parameter(torch.randn(512, 4096, generator=generator) * 0.02)
+    weight.grad = torch.randn(512, 4096, generator=generator) * 1e-3
+    make([weight], 1e-3).step()
+    return hashlib.md5(weight.detach().numpy().tobytes()).hexdigest()
+print(step(adam), step(lambda params, lr: torch.optim.Adam(params, lr=lr)))
+"""
+
+
+def test_adam_steps_to_the_same_bits_whichever_branch_mkl_takes():
+    """MKL picks its code by CPU vendor as well as by MKL_CBWR; torch's default CPU step
+    took its square root from MKL (so an Intel Xeon and an AMD EPYC Zen 4 trained apart).
+    One machine shows it by switching MKL's branch: portable's COMPATIBLE, AVX2, MKL's own
+    pick with torch's native kernels. The fused step must not move."""
+    import os
+    import subprocess
+    import sys
+
+    environments = [
+        {"IMGREC_KERNELS": "portable"},  # MKL_CBWR=COMPATIBLE, ATEN_CPU_CAPABILITY=avx2
+        {"IMGREC_KERNELS": "native", "MKL_CBWR": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"},
+        {"IMGREC_KERNELS": "native"},
+    ]
+    fused, default = set(), set()
+    for changes in environments:
+        environment = {k: v for k, v in os.environ.items() if k not in ("MKL_CBWR",)}
+        done = subprocess.run([sys.executable, "-c", ADAM_STEP], env=environment | changes,
+                              capture_output=True, text=True, check=True)  # fmt: skip
+        ours, torchs = done.stdout.split()
+        fused.add(ours)
+        default.add(torchs)
+    assert len(fused) == 1, (fused, default)
+
+
+def test_adam_is_torchs_adam_within_float_error(model):
+    """Three steps from the same gradients: only the update's rounding may differ."""
+    generator = torch.Generator().manual_seed(1)
+    ours = [p.detach().clone().requires_grad_() for p in model.parameters()]
+    theirs = [p.detach().clone().requires_grad_() for p in model.parameters()]
+    for mine, other in zip(ours, theirs, strict=True):
+        mine.grad = torch.randn(mine.shape, generator=generator) * 1e-3
+        other.grad = mine.grad.clone()
+    optimizers = [adam(ours, 1e-3), torch.optim.Adam(theirs, 1e-3)]
+    for _ in range(3):
+        for optimizer in optimizers:
+            optimizer.step()
+    for mine, other in zip(ours, theirs, strict=True):
+        torch.testing.assert_close(mine, other, rtol=1e-6, atol=1e-9)
+    moved = max(
+        (mine - before).abs().max() for mine, before in zip(ours, model.parameters(), strict=True)
+    )
+    assert moved > 1e-3  # three steps of about lr each: the comparison saw real updates
+    assert optimizers[0].defaults["fused"] and not optimizers[1].defaults["fused"]

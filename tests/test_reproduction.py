@@ -97,7 +97,7 @@ def test_differing_fingerprints_name_the_operations_and_judge_by_tolerance(commi
     passed, report = check("HEAD", "reproducibility.yaml")
     assert passed, report
     assert "within tolerance" in report
-    assert "differ from the committed run's in 1 operation(s): conv2.forward" in report
+    assert "differ from the committed run's at conv2.forward: 1 operation(s)," in report
 
     # A regression is one all the same: five points of accuracy fail on any machine.
     Path("metrics/evaluate.json").write_text(json.dumps({"val_accuracy": 0.90}))

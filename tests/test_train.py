@@ -12,7 +12,7 @@ from imgrec import runtime
 from imgrec import train as train_module
 from imgrec.errors import ImgrecError
 from imgrec.inference import to_tensor
-from imgrec.model import CNNClassifier, ModelConfig
+from imgrec.model import CNNClassifier, ModelConfig, adam
 from imgrec.prepared import Prepared
 from imgrec.runtime import World
 from imgrec.train import TrainConfig, augment_batch, rank_batch_size, train
@@ -202,7 +202,7 @@ def test_one_rank_trains_exactly_as_the_plain_loop(data, monkeypatch):
     generator = runtime.seed_everything(3)
     plain = CNNClassifier(model_config)
     plain.to(memory_format=torch.channels_last).train()
-    optimizer = torch.optim.Adam(plain.parameters(), lr=1e-3)
+    optimizer = adam(plain.parameters(), 1e-3)
     order = list(RandomSampler(data.train_index, generator=generator))
     for step in range(2):
         rows = data.train_index[order[step * 8 : (step + 1) * 8]]

@@ -75,7 +75,23 @@ class Fingerprint:
             name for name in names if self.operations.get(name) != other.operations.get(name)
         ]
 
+    def root(self, other: "Fingerprint") -> tuple[list[str], list[str]]:
+        """`differing`, split into where the difference starts and what follows from it.
 
+        A setting or a single operation is computed from fixed inputs alone, so each that
+        differs is a root of its own; the whole model's steps take every earlier step's
+        result, so only the first of them that differs can be a root, and only where nothing
+        before it differs: the rest follow."""
+        differing = self.differing(other)
+        roots = [name for name in differing if not name.startswith(MODEL_STEPS)]
+        chain = [name for name in differing if name.startswith(MODEL_STEPS)]
+        if not roots and chain:
+            roots, chain = chain[:1], chain[1:]
+        return roots, chain
+
+
+# The operations of the whole model, in the order they run: each takes the ones before it.
+MODEL_STEPS = "model."
 # The embedding forward runs at the batch size embed and the query use (inference.py).
 EMBED_BATCH = 256
 # Layers fingerprinted one by one are as wide as the model's (model.ModelConfig.widths).
@@ -90,7 +106,7 @@ def compute(setup: Setup, device=None, widths: tuple[int, ...] = (32, 64, 128, 2
     import torch
     import torch.nn.functional as F
 
-    from imgrec.model import CNNClassifier, ModelConfig
+    from imgrec.model import CNNClassifier, ModelConfig, adam
 
     device = torch.device(device or setup.device)
     layout = torch.channels_last if setup.channels_last else torch.contiguous_format
@@ -149,7 +165,7 @@ def compute(setup: Setup, device=None, widths: tuple[int, ...] = (32, 64, 128, 2
         with torch.no_grad():
             for p in model.parameters():
                 p.copy_(tensor(*p.shape, scale=0.05))
-        optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+        optimizer = adam(model.parameters(), lr=1e-3)  # training's step
         torch.manual_seed(0)  # dropout's masks
         images = torch.from_numpy(rng.random((batch, 3, setup.img_size, setup.img_size),
                                              dtype=np.float32))  # fmt: skip
@@ -196,18 +212,24 @@ def committed(path: str | Path, revision: str = "HEAD") -> Fingerprint | None:
 
 
 def verdict(here: Fingerprint, reference: Fingerprint | None, reference_name: str) -> str:
-    """One line: does this machine compute the reference run's bits?"""
+    """One line, short enough for a terminal: does this machine compute the reference run's
+    bits, and if not, where does the difference start?"""
     if reference is None:
         return f"kernel fingerprint: no {reference_name} to compare with"
-    differing = here.differing(reference)
-    if not differing:
+    roots, follow = here.root(reference)
+    if not roots:
         return f"kernel fingerprint: same as the {reference_name}'s, so the same bits are due here"
-    shown = ", ".join(differing[:6]) + (", ..." if len(differing) > 6 else "")
     return (
-        f"kernel fingerprint: differs from the {reference_name}'s in {len(differing)} "
-        f"operation(s) ({shown}): this run's bits will not match it, and "
-        "`python -m imgrec.reproduction` judges the results by the declared tolerances"
+        f"kernel fingerprint: differs from the {reference_name}'s at {where(roots, follow)}: "
+        + ("tolerances apply")
     )
+
+
+def where(roots: list[str], follow: list[str]) -> str:
+    """`root`'s answer in words: the first root, +how many more roots, how many follow."""
+    more = f" +{len(roots) - 1}" if len(roots) > 1 else ""
+    after = f" ({len(follow)} later follow)" if follow else ""
+    return f"{roots[0]}{more}{after}"
 
 
 def setup_for(config, img_size: int, device) -> Setup:

@@ -89,6 +89,20 @@ def _windows(size: int, pooled: int, device: torch.device) -> tuple[torch.Tensor
     )
 
 
+def adam(parameters, lr: float) -> torch.optim.Adam:
+    """The seed's Adam, fused: one step gives the same bits on any x86-64 CPU.
+
+    torch's default (single-tensor) CPU step takes its denominator's square root with
+    `torch.sqrt`, which hands a contiguous float tensor to MKL's vector math (vsSqrt): not
+    correctly rounded, and MKL picks that code by CPU vendor even under MKL_CBWR=COMPATIBLE.
+    So an Intel Xeon and an AMD EPYC Zen 4 took different first steps from the same
+    gradients (the kernel fingerprint's `model.step0.weights`; benchmarks/RESULTS.md, "Adam's
+    square root"). The fused step is ATen's own kernel, chosen by ATEN_CPU_CAPABILITY alone
+    (capped by portable kernels), and calls no MKL.
+    """
+    return torch.optim.Adam(parameters, lr=lr, fused=True)
+
+
 def conv_block(in_channels: int, out_channels: int) -> nn.Sequential:
     return nn.Sequential(
         nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1),

@@ -190,9 +190,10 @@ def bits_expected(
         return False, f"other params than the committed run's ({', '.join(changed)})"
     committed_fingerprint, reproduced_fingerprint = fingerprints
     if committed_fingerprint is not None and reproduced_fingerprint is not None:
-        differing = reproduced_fingerprint.differing(committed_fingerprint)
-        if not differing:
+        roots, follow = reproduced_fingerprint.root(committed_fingerprint)
+        if not roots:
             return True, "kernels whose fingerprint equals the committed run's"
+        differing = roots + follow
         shown = ", ".join(differing[:12]) + (
             f" and {len(differing) - 12} more" if len(differing) > 12 else ""
         )
@@ -206,8 +207,8 @@ def bits_expected(
             else ""
         )
         return False, (
-            f"{where}kernels that differ from the committed run's in {len(differing)} "
-            f"operation(s): {shown}"
+            f"{where}kernels that differ from the committed run's at "
+            f"{fingerprint.where(roots, follow)}: {len(differing)} operation(s), {shown}"
         )
     if not kernels.applies_here():
         return False, f"a {platform.machine()} CPU (portable kernels are x86-64 AVX2 ones)"

@@ -22,7 +22,7 @@ from tqdm import tqdm
 from imgrec.config import ComputeConfig, param
 from imgrec.errors import ImgrecError, Stopped
 from imgrec.inference import memory_format, on_device, predict_logits, to_tensor
-from imgrec.model import CNNClassifier, ModelConfig
+from imgrec.model import CNNClassifier, ModelConfig, adam
 from imgrec.prepared import Prepared
 from imgrec.runtime import ONE_PROCESS, World
 from imgrec.train_state import (
@@ -321,7 +321,7 @@ def train(
             dataset, num_replicas=world.size, rank=world.rank, shuffle=True, seed=config.seed
         )
     sampler = ResumableSampler(order)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    optimizer = adam(model.parameters(), config.lr)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
         optimizer, mode="min", factor=config.lr_factor, patience=config.lr_patience
     )
