@@ -379,3 +379,13 @@ def test_projection_smoke_run_scores_each_method(tmp_path: Path):
         trust, kept, agreement = (float(cell) for cell in cells[3:6])
         assert 0.5 < trust <= 1 and 0 < kept <= 1 and 0 < agreement <= 1, (method, cells)
         assert cells[6] == "True", method  # the same map twice for one seed
+
+
+def test_adam_step_smoke_run_times_both_steps(tmp_path: Path):
+    command = [sys.executable, str(ROOT / "benchmarks" / "adam_step.py"), "--smoke"]
+    run = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    rows = {line.split("|")[1].strip(): line.split("|")[2:4] for line in run.stdout.splitlines()
+            if line.startswith("| ") and "ms per call" not in line}  # fmt: skip
+    assert rows.keys() == {"forward + backward", "fused (model.adam)", "torch default"}
+    assert all(float(ms) > 0 and math.isfinite(float(ratio)) for ms, ratio in rows.values())
