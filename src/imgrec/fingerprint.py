@@ -98,96 +98,120 @@ EMBED_BATCH = 256
 ADAM_STEPS = 3
 
 
+class _Inputs:
+    """The fixed inputs, made by NumPy's PCG64 in one order on every machine, and the hashes."""
+
+    def __init__(self, setup: Setup, device):
+        import numpy as np
+        import torch
+
+        self.np, self.torch = np, torch
+        self.device = device
+        self.layout = torch.channels_last if setup.channels_last else torch.contiguous_format
+        self.rng = np.random.default_rng(12345)
+        self.operations: dict[str, str] = {}
+        self.target = None  # cross-entropy's labels, which the model's steps take too
+
+    def tensor(self, *shape: int, scale: float = 1.0, grad: bool = False):
+        array = (self.rng.standard_normal(shape) * scale).astype(self.np.float32)
+        t = self.torch.from_numpy(array).to(self.device)
+        t = t.contiguous(memory_format=self.layout) if t.dim() == 4 else t
+        return t.requires_grad_(grad)
+
+    def record(self, name: str, t) -> None:
+        data = t.detach().float().contiguous().cpu().numpy().tobytes()
+        self.operations[name] = hashlib.md5(data).hexdigest()
+
+
 def compute(setup: Setup, device=None, widths: tuple[int, ...] = (32, 64, 128, 256)) -> Fingerprint:
     """Hash each operation of a training step as `setup` runs it, on `device` (the run's, say
     `cuda:1`; default: `setup.device`, the kind alone). Call it before seeding the run: it
     draws torch's global RNG (dropout, the model's initialisation)."""
+    import torch
+
+    device = torch.device(device or setup.device)
+    inputs = _Inputs(setup, device)
+    with torch.autocast(device.type, torch.bfloat16, enabled=setup.precision == "bf16"):
+        _single_operations(inputs, setup, widths)
+        _model_steps(inputs, setup, widths)
+    settings = {key: str(value).lower() for key, value in asdict(setup).items()}
+    return Fingerprint({"kernels": kernels.active(), **settings}, inputs.operations)
+
+
+def _single_operations(inputs: _Inputs, setup: Setup, widths: tuple[int, ...]) -> None:
+    """Each layer's passes on inputs of their own: every one a root of what follows."""
+    import torch
+    import torch.nn.functional as F
+
+    tensor, record = inputs.tensor, inputs.record
+    batch, size = min(setup.batch_size, 32), setup.img_size
+    for index, (c_in, c_out) in enumerate(itertools.pairwise((3, *widths)), start=1):
+        x = tensor(batch, c_in, size, size, grad=True)
+        w = tensor(c_out, c_in, 3, 3, scale=0.1, grad=True)
+        b = tensor(c_out, scale=0.1, grad=True)
+        y = F.conv2d(x, w, b, padding=1)
+        record(f"conv{index}.forward", y)
+        gx, gw, gb = torch.autograd.grad(y, (x, w, b), tensor(*y.shape))
+        record(f"conv{index}.backward_data", gx)
+        record(f"conv{index}.backward_weights", gw)
+        record(f"conv{index}.backward_bias", gb)
+        size //= 2
+    half = max(setup.img_size // 2, 1)
+    x = tensor(batch, widths[1], half, half, grad=True)
+    y = F.batch_norm(x, None, None, training=True)
+    record("batchnorm.forward", y)
+    record("batchnorm.backward", torch.autograd.grad(y, x, tensor(*y.shape))[0])
+    y = F.max_pool2d(F.relu(x), 2)
+    record("relu_maxpool.forward", y)
+    record("relu_maxpool.backward", torch.autograd.grad(y, x, tensor(*y.shape))[0])
+    x = tensor(batch, widths[-1] * 16, grad=True)
+    w = tensor(512, widths[-1] * 16, scale=0.02, grad=True)
+    y = F.linear(x, w)
+    record("linear.forward", y)
+    gx, gw = torch.autograd.grad(y, (x, w), tensor(*y.shape))
+    record("linear.backward_data", gx)
+    record("linear.backward_weights", gw)
+    logits = tensor(batch, 10, grad=True)
+    inputs.target = torch.from_numpy(inputs.rng.integers(0, 10, batch)).to(inputs.device)
+    loss = F.cross_entropy(logits, inputs.target)
+    record("cross_entropy.forward", loss)
+    record("cross_entropy.backward", torch.autograd.grad(loss, logits)[0])
+
+
+def _model_steps(inputs: _Inputs, setup: Setup, widths: tuple[int, ...]) -> None:
+    """The whole model as training runs it (the pool and everything between the layers
+    included): a few of training's Adam steps from NumPy-made weights, then the embedding
+    forward. Each takes the results of the ones before it."""
     import numpy as np
     import torch
     import torch.nn.functional as F
 
     from imgrec.model import CNNClassifier, ModelConfig, adam
 
-    device = torch.device(device or setup.device)
-    layout = torch.channels_last if setup.channels_last else torch.contiguous_format
-    rng = np.random.default_rng(12345)  # PCG64: the same numbers on every machine
-    operations: dict[str, str] = {}
-
-    def tensor(*shape: int, scale: float = 1.0, grad: bool = False) -> torch.Tensor:
-        array = (rng.standard_normal(shape) * scale).astype(np.float32)
-        t = torch.from_numpy(array).to(device)
-        t = t.contiguous(memory_format=layout) if t.dim() == 4 else t
-        return t.requires_grad_(grad)
-
-    def record(name: str, t: torch.Tensor) -> None:
-        data = t.detach().float().contiguous().cpu().numpy().tobytes()
-        operations[name] = hashlib.md5(data).hexdigest()
-
-    autocast = torch.autocast(device.type, torch.bfloat16, enabled=setup.precision == "bf16")
+    record, device, layout, rng = inputs.record, inputs.device, inputs.layout, inputs.rng
+    model = CNNClassifier(ModelConfig(num_classes=10, widths=widths))
+    model.to(device=device, memory_format=layout)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(inputs.tensor(*p.shape, scale=0.05))
+    optimizer = adam(model.parameters(), lr=1e-3)  # training's step
+    torch.manual_seed(0)  # dropout's masks
     batch, size = min(setup.batch_size, 32), setup.img_size
-    with autocast:
-        for index, (c_in, c_out) in enumerate(itertools.pairwise((3, *widths)), start=1):
-            x = tensor(batch, c_in, size, size, grad=True)
-            w = tensor(c_out, c_in, 3, 3, scale=0.1, grad=True)
-            b = tensor(c_out, scale=0.1, grad=True)
-            y = F.conv2d(x, w, b, padding=1)
-            record(f"conv{index}.forward", y)
-            gx, gw, gb = torch.autograd.grad(y, (x, w, b), tensor(*y.shape))
-            record(f"conv{index}.backward_data", gx)
-            record(f"conv{index}.backward_weights", gw)
-            record(f"conv{index}.backward_bias", gb)
-            size //= 2
-        x = tensor(batch, widths[1], max(setup.img_size // 2, 1), max(setup.img_size // 2, 1),
-                   grad=True)  # fmt: skip
-        y = F.batch_norm(x, None, None, training=True)
-        record("batchnorm.forward", y)
-        record("batchnorm.backward", torch.autograd.grad(y, x, tensor(*y.shape))[0])
-        y = F.max_pool2d(F.relu(x), 2)
-        record("relu_maxpool.forward", y)
-        record("relu_maxpool.backward", torch.autograd.grad(y, x, tensor(*y.shape))[0])
-        x = tensor(batch, widths[-1] * 16, grad=True)
-        w = tensor(512, widths[-1] * 16, scale=0.02, grad=True)
-        y = F.linear(x, w)
-        record("linear.forward", y)
-        gx, gw = torch.autograd.grad(y, (x, w), tensor(*y.shape))
-        record("linear.backward_data", gx)
-        record("linear.backward_weights", gw)
-        logits = tensor(batch, 10, grad=True)
-        target = torch.from_numpy(rng.integers(0, 10, batch)).to(device)
-        loss = F.cross_entropy(logits, target)
-        record("cross_entropy.forward", loss)
-        record("cross_entropy.backward", torch.autograd.grad(loss, logits)[0])
-
-        # The whole model as training runs it (the pool and everything between the layers
-        # included): a few Adam steps from NumPy-made weights, then the embedding forward.
-        model = CNNClassifier(ModelConfig(num_classes=10, widths=widths))
-        model.to(device=device, memory_format=layout)
-        with torch.no_grad():
-            for p in model.parameters():
-                p.copy_(tensor(*p.shape, scale=0.05))
-        optimizer = adam(model.parameters(), lr=1e-3)  # training's step
-        torch.manual_seed(0)  # dropout's masks
-        images = torch.from_numpy(rng.random((batch, 3, setup.img_size, setup.img_size),
-                                             dtype=np.float32))  # fmt: skip
-        images = images.to(device).contiguous(memory_format=layout)
-        for step in range(ADAM_STEPS):
-            loss = F.cross_entropy(model.train()(images), target)
-            optimizer.zero_grad()
-            loss.backward()
-            record(f"model.step{step}.loss", loss)
-            record(f"model.step{step}.grad_first_conv", model.features[0][0].weight.grad)
-            record(f"model.step{step}.grad_embedding", model.embed[0].weight.grad)
-            optimizer.step()
-            record(
-                f"model.step{step}.weights", torch.cat([p.flatten() for p in model.parameters()])
-            )
-        images = torch.from_numpy(rng.random((EMBED_BATCH, 3, setup.img_size, setup.img_size),
-                                             dtype=np.float32))  # fmt: skip
-        with torch.no_grad():
-            record("model.embedding", model.eval().forward_catalog(
-                images.to(device).contiguous(memory_format=layout)))  # fmt: skip
-    settings = {key: str(value).lower() for key, value in asdict(setup).items()}
-    return Fingerprint({"kernels": kernels.active(), **settings}, operations)
+    images = torch.from_numpy(rng.random((batch, 3, size, size), dtype=np.float32))
+    images = images.to(device).contiguous(memory_format=layout)
+    for step in range(ADAM_STEPS):
+        loss = F.cross_entropy(model.train()(images), inputs.target)
+        optimizer.zero_grad()
+        loss.backward()
+        record(f"model.step{step}.loss", loss)
+        record(f"model.step{step}.grad_first_conv", model.features[0][0].weight.grad)
+        record(f"model.step{step}.grad_embedding", model.embed[0].weight.grad)
+        optimizer.step()
+        record(f"model.step{step}.weights", torch.cat([p.flatten() for p in model.parameters()]))
+    images = torch.from_numpy(rng.random((EMBED_BATCH, 3, size, size), dtype=np.float32))
+    with torch.no_grad():
+        embedding = model.eval().forward_catalog(images.to(device).contiguous(memory_format=layout))
+    record("model.embedding", embedding)
 
 
 def save(path: str | Path, fingerprint: Fingerprint) -> None:
