@@ -129,6 +129,14 @@ def _normalised(thumbs: np.ndarray) -> np.ndarray:
     return values / np.maximum(values.std(axis=1, keepdims=True), _CONTRAST_FLOOR)
 
 
+def _normalised_all(thumbs: np.ndarray) -> np.ndarray:
+    """(N, T) uint8 -> (N, T) float16 `_normalised`, a bounded number of rows at a time."""
+    values = np.empty(thumbs.shape, np.float16)
+    for start in range(0, len(thumbs), _PAIRS_AT_ONCE):
+        values[start : start + _PAIRS_AT_ONCE] = _normalised(thumbs[start : start + _PAIRS_AT_ONCE])
+    return values
+
+
 def thumbnail_distance(first: np.ndarray, second: np.ndarray) -> np.ndarray:
     """(M,) the mean absolute difference of pairs of normalised thumbnails ((M, T) uint8 each):
     0 for equal pictures and for a brightness or contrast shift of one."""
@@ -148,10 +156,8 @@ def verified(
     alike = (np.abs(balance).max(axis=1) <= COLOUR_LEVELS) & (brightness <= BRIGHTNESS_LEVELS)
     # Each thumbnail normalised once, not once per pair: a dense catalog has dozens of hash
     # matches an image. float16 halves the memory and moves a distance by under 0.001.
-    query_values = _normalised(thumbnails(queries)).astype(np.float16)
-    catalog_values = (
-        query_values if catalog is queries else _normalised(thumbnails(catalog)).astype(np.float16)
-    )
+    query_values = _normalised_all(thumbnails(queries))
+    catalog_values = query_values if catalog is queries else _normalised_all(thumbnails(catalog))
     for start in range(0, len(query), _PAIRS_AT_ONCE):
         at = slice(start, start + _PAIRS_AT_ONCE)
         gap = query_values[query[at]].astype(np.float32) - catalog_values[match[at]]
