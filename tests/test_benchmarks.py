@@ -379,3 +379,27 @@ def test_projection_smoke_run_scores_each_method(tmp_path: Path):
         trust, kept, agreement = (float(cell) for cell in cells[3:6])
         assert 0.5 < trust <= 1 and 0 < kept <= 1 and 0 < agreement <= 1, (method, cells)
         assert cells[6] == "True", method  # the same map twice for one seed
+
+
+def test_duplicates_scale_smoke_run_finds_the_injected_copies(tmp_path: Path):
+    """On stand-in idx files (random blobs, not Fashion-MNIST): every row of its table."""
+    import gzip
+
+    rng = np.random.default_rng(0)
+    photos = np.zeros((700, 28, 28), np.uint8)
+    for photo in photos:  # a few bright blocks on black: distinct, and no two alike
+        for _ in range(4):
+            y, x = rng.integers(0, 22, 2)
+            photo[y : y + 6, x : x + 6] = rng.integers(60, 256)
+    for part, rows in (("train", photos[:600]), ("t10k", photos[600:])):
+        with gzip.open(tmp_path / f"{part}-images-idx3-ubyte.gz", "wb") as out:
+            out.write(bytes(16) + rows.tobytes())
+        with gzip.open(tmp_path / f"{part}-labels-idx1-ubyte.gz", "wb") as out:
+            out.write(bytes(8) + (np.arange(len(rows)) % 10).astype(np.uint8).tobytes())
+    command = [sys.executable, str(ROOT / "benchmarks" / "duplicates_scale.py"), "--sizes", "600"]
+    command += ["--per-kind", "5", "--old", "600", "--fashion-mnist", str(tmp_path)]
+    run = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    rows = [line.split("|")[1:-1] for line in run.stdout.splitlines() if line.startswith("| 600")]
+    assert [row[1].strip() for row in rows] == ["verified", "old: transitive"]
+    assert float(rows[0][2]) == 1.0  # every injected copy but the crops
