@@ -111,7 +111,10 @@ def vectors_catalog(embeddings_dir: Path, prepared_dir: Path, rows: int) -> Cata
 
 def audit_table(catalog: Catalog, specs: list[str]) -> list[str]:
     n = len(catalog.row_ids)
-    prints = [duplicates.Fingerprint(i.to_bytes(16, "big"), i, (0.0, 0.0, 0.0)) for i in range(n)]
+    prints = [
+        duplicates.Fingerprint(i.to_bytes(16, "big"), i, (0.0, 0.0, 0.0), bytes(256))
+        for i in range(n)
+    ]
     hashes = ImageHashes(catalog.row_ids, prints, catalog.row_ids, 4)
     lines = [
         f"## audit: {n} vectors sampled like the committed catalog's",

@@ -12,6 +12,7 @@ from imgrec.audit import (
     check_gates,
     copy_similarity_threshold,
     duplicates_figure,
+    embedding_groups,
     mostly_suspect,
     suspect_labels_figure,
 )
@@ -84,6 +85,21 @@ def test_the_copy_is_one_exact_group_and_a_leak(built):
     assert report.duplicates[0].similarity == 1.0
     (leak,) = report.leaks
     assert (leak.train_row_id, leak.val_row_id) == (OF_ITEM, EXACT_COPY)
+
+
+def test_the_model_grows_a_hash_group_only_by_copies_of_its_first_item():
+    """Items 0-1 a hash group; 1 and 2 each other's nearest and as alike as a copy, but 2
+    is no copy of 0: 2 stays out (no chain). 3 and 4 mutual copies: a group of their own;
+    5's nearest is 4, but 4's is 3: 5 stays out."""
+    angles = np.radians([0, 10, 20, 90, 92, 94])  # unit vectors in a plane
+    vectors = np.stack([np.cos(angles), np.sin(angles)], axis=1)
+    hash_groups = np.array([0, 0, 2, 3, 4, 5])
+    nearest = np.array([1, 2, 1, 4, 3, 4])
+    nearest_cosine = (vectors * vectors[nearest]).sum(axis=1)
+    cut = float(np.cos(np.radians(12)))  # 10 degrees is a copy, 20 is not
+    groups = embedding_groups(vectors, hash_groups, nearest, nearest_cosine, cut)
+    assert groups.tolist() == [0, 0, 2, 3, 3, 5]
+    assert duplicates.group_sizes(groups) == (4, 2)
 
 
 def test_the_flipped_label_is_the_most_suspect_with_its_true_label_suggested(built):

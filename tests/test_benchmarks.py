@@ -389,3 +389,27 @@ def test_adam_step_smoke_run_times_both_steps(tmp_path: Path):
             if line.startswith("| ") and "ms per call" not in line}  # fmt: skip
     assert rows.keys() == {"forward + backward", "fused (model.adam)", "torch default"}
     assert all(float(ms) > 0 and math.isfinite(float(ratio)) for ms, ratio in rows.values())
+
+
+def test_duplicates_scale_smoke_run_finds_the_injected_copies(tmp_path: Path):
+    """On stand-in idx files (random blobs, not Fashion-MNIST): every row of its table."""
+    import gzip
+
+    rng = np.random.default_rng(0)
+    photos = np.zeros((700, 28, 28), np.uint8)
+    for photo in photos:  # a few bright blocks on black: distinct, and no two alike
+        for _ in range(4):
+            y, x = rng.integers(0, 22, 2)
+            photo[y : y + 6, x : x + 6] = rng.integers(60, 256)
+    for part, rows in (("train", photos[:600]), ("t10k", photos[600:])):
+        with gzip.open(tmp_path / f"{part}-images-idx3-ubyte.gz", "wb") as out:
+            out.write(bytes(16) + rows.tobytes())
+        with gzip.open(tmp_path / f"{part}-labels-idx1-ubyte.gz", "wb") as out:
+            out.write(bytes(8) + (np.arange(len(rows)) % 10).astype(np.uint8).tobytes())
+    command = [sys.executable, str(ROOT / "benchmarks" / "duplicates_scale.py"), "--sizes", "600"]
+    command += ["--per-kind", "5", "--old", "600", "--fashion-mnist", str(tmp_path)]
+    run = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    rows = [line.split("|")[1:-1] for line in run.stdout.splitlines() if line.startswith("| 600")]
+    assert [row[1].strip() for row in rows] == ["verified", "old: transitive"]
+    assert float(rows[0][2]) == 1.0  # every injected copy but the crops

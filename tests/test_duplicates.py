@@ -116,6 +116,7 @@ def test_drop_keeps_the_first_of_each_group(tmp_path, catalog_bytes, dask_schedu
     counts, hashes, data = run_prepare(tmp_path, catalog_bytes, dask_scheduler, duplicates="drop")
     assert data.row_ids.tolist() == list(range(DISTINCT))
     assert counts["images"] == DISTINCT and counts["duplicate_rows"] == len(COPIES)
+    assert counts["duplicate_rows_dropped"] == len(COPIES)
     assert len(counts["duplicate_groups"]) == len(expected_groups())  # still reported
     assert hashes.duplicate_groups.tolist() == data.row_ids.tolist()
 
@@ -172,3 +173,86 @@ def test_collapse_lists_no_duplicate_of_the_query_or_of_each_other():
     assert complete.tolist() == [True, True]
     _, _, complete = duplicates.collapse(scores, positions, groups, excluded, 4)
     assert complete.tolist() == [False, True]
+
+
+def prints_of(thumbnails: list[np.ndarray], phashes: list[int]) -> list[duplicates.Fingerprint]:
+    """Fingerprints of grey pictures known only by their thumbnails and hashes."""
+    return [
+        duplicates.Fingerprint(bytes([i]) * 16, phash, (100.0,) * 3, thumb.tobytes())
+        for i, (thumb, phash) in enumerate(zip(thumbnails, phashes, strict=True))
+    ]
+
+
+def test_a_chain_of_look_alikes_is_no_group():
+    """A ~ B and B ~ C by hash and pixels, A and C apart: B joins A, and C stays alone."""
+    rng = np.random.default_rng(0)
+    side = duplicates.THUMBNAIL_SIDE**2
+    x, y = rng.integers(0, 256, side), rng.integers(0, 256, side)
+    a, b, c = (np.round((1 - t) * x + t * y).astype(np.uint8) for t in (0.0, 0.06, 0.12))
+    distance = duplicates.thumbnail_distance
+    assert distance(a[None], b[None])[0] <= duplicates.THUMBNAIL_DISTANCE  # the premise
+    assert distance(b[None], c[None])[0] <= duplicates.THUMBNAIL_DISTANCE
+    assert distance(a[None], c[None])[0] > duplicates.THUMBNAIL_DISTANCE
+    prints = prints_of([a, b, c], [0, 0b1111, 0b11111111])  # A-B 4 bits, B-C 4, A-C 8
+    groups, found = duplicates.duplicate_groups(prints, max_bits=6)
+    assert groups.tolist() == [0, 0, 2]
+    assert [g["positions"].tolist() for g in found] == [[0, 1]]
+    # With C within the hash's reach of A too, the pixels still keep it out.
+    groups, _ = duplicates.duplicate_groups(prints_of([a, b, c], [0, 1, 3]), max_bits=6)
+    assert groups.tolist() == [0, 0, 2]
+
+
+def test_a_hash_match_is_a_copy_only_if_the_pixels_agree():
+    """Equal hashes, equal colour: the thumbnails decide; a brightness shift is a copy."""
+    rng = np.random.default_rng(1)
+    picture = rng.integers(40, 200, duplicates.THUMBNAIL_SIDE**2).astype(np.uint8)
+    other = rng.permutation(picture)  # the same grey levels elsewhere
+    brighter = picture + np.uint8(30)
+    prints = prints_of([picture, other, brighter], [7, 7, 7])
+    prints[2] = prints[2]._replace(colour=(130.0,) * 3)
+    groups, _ = duplicates.duplicate_groups(prints, max_bits=0)
+    assert groups.tolist() == [0, 1, 0]
+
+
+def test_drop_keeps_a_look_alike_that_is_no_copy(tmp_path, dask_scheduler):
+    """Row 12 is row 2 with a spot painted on: 6 hash bits and 4 colour levels from it (the
+    old rule grouped them), not a copy. Row 13 is row 5's bytes: the one row dropped."""
+    pictures = [drawing(seed) for seed in range(12)]
+    spotted = pictures[2].copy()
+    ImageDraw.Draw(spotted).ellipse((spotted.width * 0.4, spotted.height * 0.4,
+                                     spotted.width * 0.4 + 24, spotted.height * 0.4 + 24),
+                                    fill=(0, 0, 0))  # fmt: skip
+    blobs = [encoded(p, quality=90) for p in pictures]
+    blobs += [encoded(spotted, quality=90), blobs[5]]
+    labels = [row % 2 for row in range(12)] + [0, 1]
+    parquet = make_parquet(tmp_path / "raw.parquet", blobs, labels, 16)
+    out = tmp_path / "prepared"
+    out.mkdir()
+    config = PrepareConfig(img_size=IMG_SIZE, val_fraction=0.25, seed=0, max_bad_fraction=0.0,
+                           dask_scheduler=dask_scheduler, duplicates="drop")  # fmt: skip
+    counts, _ = prepare(parquet, out, config)
+    assert [g["row_ids"] for g in counts["duplicate_groups"]] == [[5, 13]]
+    assert counts["duplicate_rows_dropped"] == 1
+    assert load_prepared(out).row_ids.tolist() == [*range(13)]
+
+
+def test_implausible_groups_are_one_line_naming_both_numbers():
+    assert duplicates.implausible(np.array([0, 0, *range(2, 20)])) is None  # 2 in 20 rows
+    big = np.zeros(100, np.int64)
+    big[30:] = np.arange(30, 100)  # one group of 30 in 100 rows
+    line = duplicates.implausible(big)
+    assert "30 rows" in line and "30 of 100 rows (30.0%" in line and "\n" not in line
+    many_pairs = np.arange(100) // 2 * 2  # 50 pairs: every row in a group
+    assert "100 of 100 rows" in duplicates.implausible(many_pairs)
+
+
+def test_prepare_warns_before_the_split_when_a_group_is_implausible(
+    tmp_path, catalog_bytes, dask_scheduler, caplog
+):
+    too_many = duplicates.PLAUSIBLE_GROUP_SIZE + 5
+    blobs = catalog_bytes[:DISTINCT] + [catalog_bytes[0]] * too_many
+    with caplog.at_level("WARNING"):
+        counts, _, _ = run_prepare(tmp_path, blobs, dask_scheduler)
+    warnings = [r.getMessage() for r in caplog.records if "implausible" in r.getMessage()]
+    assert len(warnings) == 1 and f"the largest holds {too_many + 1} rows" in warnings[0]
+    assert counts["duplicate_rows_dropped"] == 0

@@ -7,7 +7,8 @@ calibrated on the data (README, "Know your catalog").
   up to COPY_SAMPLE catalog images and a copy of each made here (half the resolution and
   back, then JPEG quality 50), embedded by the same model, and never below what distinct
   items reach (`copy_similarity_threshold`). The hash's groups (prepare) join the ones
-  found here.
+  found here, without chains: an item joins a hash group only as a copy of its first item,
+  and groups never merge (`embedding_groups`).
 - Leak: a duplicate group with members on both sides of the split; prepare keeps hash
   groups on one side, so what is left is what only the model sees.
 - Suspect label: an item whose `audit_neighbors` nearest items, weighted by cosine, mostly
@@ -17,6 +18,7 @@ calibrated on the data (README, "Know your catalog").
 """
 
 import io
+import logging
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,6 +32,8 @@ from imgrec.errors import ImgrecError
 from imgrec.image_hashes import ImageHashes
 from imgrec.neighbors import ExactIndex, IndexConfig, make_index
 from imgrec.prepared import UNLABELED, label_name
+
+log = logging.getLogger(__name__)
 
 COPY_SAMPLE = 500
 COPY_QUANTILE = 0.01
@@ -110,6 +114,47 @@ def copy_similarity_threshold(catalog: Catalog, embed_images, seed: int = 0) -> 
     return cut
 
 
+def embedding_groups(
+    embeddings: np.ndarray,
+    hash_groups: np.ndarray,
+    nearest: np.ndarray,
+    nearest_cosine: np.ndarray,
+    copy_cosine: float,
+) -> np.ndarray:
+    """(N,) each item's duplicate group (a position): prepare's hash groups (`hash_groups`,
+    (N,) positions), each grown by the items the model calls copies of its first item.
+
+    A pair of items each the other's nearest (`nearest`, (N,)) and as alike as a copy
+    (`nearest_cosine` >= `copy_cosine`) joins an item that is in no group yet to the
+    other's group only if it is as alike as a copy to that group's first item too; two
+    groups never merge. So no group chains, as prepare's do not: every member is a copy of
+    its hash group's first item, by the hash or by the model, whatever the catalog's size
+    (a group is named by its smallest position, which may be the item that joined). Mutual
+    nearest pairs are disjoint, so where a model packs a whole class tighter than a copy
+    (an undertrained one does) a group gains at most one item per member."""
+    n = len(hash_groups)
+    groups = hash_groups.astype(np.int64).copy()
+    sizes = np.bincount(groups, minlength=n)
+    mutual = (nearest[nearest] == np.arange(n)) & (nearest_cosine >= copy_cosine)
+    for a in np.flatnonzero(mutual):
+        b = nearest[a]
+        if a > b or groups[a] == groups[b]:
+            continue  # each pair once, from its first item
+        for item, other in ((b, a), (a, b)):  # the free one joins the other's group
+            if sizes[groups[item]] > 1 or item != groups[item]:
+                continue
+            first = groups[other]
+            if float(embeddings[item] @ embeddings[first]) >= copy_cosine:
+                sizes[groups[item]] -= 1
+                groups[item] = first
+                sizes[first] += 1
+                break
+    # Named by the first position of each group, as prepare's are.
+    smallest = np.full(n, n, np.int64)
+    np.minimum.at(smallest, groups, np.arange(n))
+    return smallest[groups]
+
+
 def suspect_labels(
     labels: np.ndarray, neighbor_labels: np.ndarray, neighbor_scores: np.ndarray, n_classes: int
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -143,15 +188,13 @@ def audit(
     embeddings = np.asarray(catalog.embeddings)
     scores, neighbors = make_index(config).fit(embeddings).search_catalog(k)  # (N, k)
 
-    # Duplicate groups: the hash's links, and pairs of items each the other's nearest and as
-    # alike as a copy. Mutual nearest pairs are disjoint, so where a model packs a whole
-    # class tighter than a copy (an undertrained one does) they cannot chain into one group.
-    nearest = neighbors[:, 0]
-    mutual = (nearest[nearest] == np.arange(n)) & (scores[:, 0] >= copy_cosine)
-    hash_group = np.searchsorted(catalog.row_ids, hashes.duplicate_groups)
-    first = np.concatenate([np.flatnonzero(mutual), np.arange(n)])
-    second = np.concatenate([nearest[mutual], hash_group])
-    groups = duplicates.group_pairs(n, first, second)
+    groups = embedding_groups(
+        embeddings, np.searchsorted(catalog.row_ids, hashes.duplicate_groups),
+        neighbors[:, 0], scores[:, 0], copy_cosine,
+    )  # fmt: skip
+    grouped, largest = duplicates.group_sizes(groups)
+    log.info("audit: %d duplicate groups (%d items), the largest %d",
+             len(np.unique(groups)) - (n - grouped), grouped, largest)  # fmt: skip
     found, leaks = [], []
     in_val = np.isin(np.arange(n), catalog.val_index)
     for group in duplicates.members(groups):

@@ -1,7 +1,8 @@
 """The prepared images' hashes (data/image_hashes.parquet), one row per prepared image in
 its order: `row_id`; its `duplicates.Fingerprint` as `pixel_hash` (16 bytes), `phash`
-(uint64) and `colour` (3 float32, mean RGB); and `duplicate_group` (the row id of the
-first image of its duplicate group; its own row id when it has no duplicate). The file's
+(uint64), `colour` (3 float32, mean RGB) and `thumbnail` (256 bytes, grey 16x16); and
+`duplicate_group` (the row id of the first image of its duplicate group, which every
+member is a verified copy of; its own row id when it has no duplicate). The file's
 metadata holds `near_duplicate_bits`, the cut the groups were made with.
 
 Written by prepare beside data/prepared rather than inside it: the model's provenance is
@@ -16,7 +17,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from imgrec.duplicates import Fingerprint
+from imgrec.duplicates import THUMBNAIL_SIDE, Fingerprint
 from imgrec.errors import ImgrecError, MissingOutput
 from imgrec.files import atomic_file
 
@@ -36,6 +37,9 @@ def save_image_hashes(path: str | os.PathLike, hashes: ImageHashes) -> None:
             "pixel_hash": pa.array([f.pixel_hash for f in hashes.fingerprints], pa.binary(16)),
             "phash": pa.array([f.phash for f in hashes.fingerprints], pa.uint64()),
             "colour": pa.array([f.colour for f in hashes.fingerprints], pa.list_(pa.float32(), 3)),
+            "thumbnail": pa.array(
+                [f.thumbnail for f in hashes.fingerprints], pa.binary(THUMBNAIL_SIDE**2)
+            ),
             "duplicate_group": pa.array(hashes.duplicate_groups, pa.int64()),
         },
         metadata={"near_duplicate_bits": str(hashes.near_duplicate_bits)},
@@ -53,6 +57,7 @@ def load_image_hashes(path: str | os.PathLike) -> ImageHashes:
             table.column("pixel_hash").to_pylist(),
             table.column("phash").to_pylist(),
             (tuple(c) for c in table.column("colour").to_pylist()),
+            table.column("thumbnail").to_pylist(),
             strict=True,
         )
         return ImageHashes(

@@ -41,7 +41,8 @@ class DecodeConfig(StageConfig):
     # keep: duplicates stay, each group on one side of the split; drop: one image a group.
     duplicates: Literal["keep", "drop"] = "keep"
     # Most phash bits (of 64) two near-duplicates differ by: copies re-encoded, resized or
-    # converted measured 0-6 at 64 px, unrelated photos 10 or more (README).
+    # converted measured 0-6 at 64 px (README). Only the candidates: each is verified on
+    # the pixels (`duplicates.verified`), so widening it never groups look-alikes.
     near_duplicate_bits: int = param(6, ge=0, le=PHASH_BITS)
     dask_scheduler: str = LOCAL  # where the decoding runs; the output is the same anywhere
 
@@ -256,12 +257,16 @@ def apply_corrections(
 
 
 def find_duplicates(found: Decoded, config: DecodeConfig) -> tuple[np.ndarray, list[dict]]:
-    """Group the kept rows' duplicates; with `duplicates: drop`, keep each group's first row
-    only (`found` shrinks). Returns each kept row's group (a position) and the groups, by
-    row number, for the report."""
+    """Group the kept rows' duplicates, warning before the split when the groups look
+    implausible for copies; with `duplicates: drop`, keep each group's first row only
+    (`found` shrinks): every row dropped is a verified copy of the one kept. Returns each
+    kept row's group (a position) and the groups, by row number, for the report."""
     groups, found_groups = duplicates.duplicate_groups(
         found.fingerprints, config.near_duplicate_bits
     )
+    warning = duplicates.implausible(groups)
+    if warning:
+        log.warning("%s", warning)
     rows = np.asarray(found.kept_rows, dtype=np.int64)
     report = [
         {"row_ids": rows[g["positions"]].tolist(), "kind": g["kind"], "hash_bits": g["hash_bits"]}
@@ -284,6 +289,7 @@ class DecodedImages:
     total: int  # rows read
     groups: np.ndarray  # (K,) each kept row's duplicate group, as a position
     group_report: list[dict]  # the groups by row number
+    dropped: int  # rows dropped as verified copies (`duplicates: drop`), else 0
     class_names_in_metadata: list[str] | None
     corrections: corrections.Plan  # what the reviewed corrections changed
 
@@ -313,9 +319,13 @@ def decode_into(
     check_skips(found, total, config.max_bad_fraction)
     label_names = class_names_from_metadata(parquet.schema_arrow.metadata)
     planned = apply_corrections(found, reviewed, label_names)
+    before = len(found.kept_rows)
     duplicate_of, duplicate_groups = find_duplicates(found, config)
+    dropped = before - len(found.kept_rows)
     compact(staging_path, out_dir / IMAGES_FILE, found.kept_rows)
-    return DecodedImages(found, total, duplicate_of, duplicate_groups, label_names, planned)
+    return DecodedImages(
+        found, total, duplicate_of, duplicate_groups, dropped, label_names, planned
+    )
 
 
 def save_decoded(
@@ -350,6 +360,7 @@ def counts_of(decoded: DecodedImages, n_classes: int) -> dict:
         # Rows that duplicate an earlier one (dropped with `duplicates: drop`), and the
         # groups by row number, each group's first row the one kept.
         "duplicate_rows": sum(len(group["row_ids"]) - 1 for group in decoded.group_report),
+        "duplicate_rows_dropped": decoded.dropped,
         "duplicate_groups": decoded.group_report,
     }
 
@@ -372,11 +383,13 @@ def prepare(
     hashes = save_decoded(out_dir, decoded, labels, class_names, (train_index, val_index), config)
     counts = counts_of(decoded, len(class_names))
     log.info(
-        "prepared %d images (%d skipped, %d duplicates %s), %d classes, %d train / %d val",
+        "prepared %d images (%d skipped; %d duplicates in %d groups, %d dropped), "
+        "%d classes, %d train / %d val",
         len(found.kept_rows),
         counts["rows_skipped"],
         counts["duplicate_rows"],
-        "dropped" if config.duplicates == "drop" else "kept",
+        len(decoded.group_report),
+        decoded.dropped,
         len(class_names),
         len(train_index),
         len(val_index),
