@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 import yaml
 from PIL import Image
 
-from imgrec import kernels
+from imgrec.pipeline import kernels
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -90,13 +90,13 @@ def main() -> None:
     add("--prepare-only", action="store_true", help="the hash's numbers only: no training")
     args = parser.parse_args()
     print(kernels.machine_line())
-    from imgrec.audit import AuditConfig, audit, copy_similarity_threshold
-    from imgrec.catalog import load_catalog, save_catalog
-    from imgrec.checkpoint import checkpoint_md5, load_checkpoint
-    from imgrec.embed import no_close_match_threshold
-    from imgrec.inference import catalog_vectors, embed
-    from imgrec.prepare import PrepareConfig, prepare
-    from imgrec.prepared import load_prepared
+    from imgrec.data.prepare import PrepareConfig, prepare
+    from imgrec.data.prepared import load_prepared
+    from imgrec.recommender.audit import AuditConfig, audit, copy_similarity_threshold
+    from imgrec.recommender.catalog import load_catalog, save_catalog
+    from imgrec.recommender.embed import no_close_match_threshold
+    from imgrec.training.checkpoint import checkpoint_md5, load_checkpoint
+    from imgrec.training.inference import catalog_vectors, embed
 
     work = args.work_dir
     work.mkdir(parents=True, exist_ok=True)

@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from imgrec import kernels
-from imgrec.train import TrainConfig
+from imgrec.pipeline import kernels
+from imgrec.training.train import TrainConfig
 
 HERE = Path(__file__).resolve().parent
 SIDES = ("off", "on+fill", "on")  # on: as make_deterministic leaves torch
@@ -37,10 +37,10 @@ def train_side(side: str, batches: int, params: dict) -> dict:
     import torch
     from torch.optim.optimizer import register_optimizer_step_post_hook
 
-    from imgrec import runtime
-    from imgrec.model import CNNClassifier
-    from imgrec.prepared import Prepared
-    from imgrec.train import train
+    from imgrec.data.prepared import Prepared
+    from imgrec.pipeline import runtime
+    from imgrec.training.model import CNNClassifier
+    from imgrec.training.train import train
 
     config = TrainConfig.from_params(params | FIXED | {"kernels": kernels.active()})
     runtime.make_deterministic(config.num_threads)

@@ -42,7 +42,7 @@ NEIGHBORS = 10  # judged by trustworthiness and kNN preservation
 
 def exact_knn(vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """(N, k) cosine distances and indices of each item's k nearest others."""
-    from imgrec.neighbors import ExactIndex
+    from imgrec.recommender.neighbors import ExactIndex
 
     scores, indices = ExactIndex().fit(vectors).search_catalog(k)
     return np.maximum(1 - scores, 0).astype(np.float32), indices
@@ -69,7 +69,7 @@ def project(method: str, vectors: np.ndarray, seed: int) -> np.ndarray:
         )
         return reducer.fit_transform(vectors)
     if method == "opentsne":  # what the catalog_map stage runs
-        from imgrec.catalog_map import project as catalog_map_projection
+        from imgrec.recommender.catalog_map import project as catalog_map_projection
 
         return catalog_map_projection(vectors, seed, threads=2)
     if method == "sklearn_tsne":
@@ -133,8 +133,8 @@ def main() -> None:
 
     import indexes
 
-    from imgrec import kernels
-    from imgrec.catalog import load_catalog
+    from imgrec.pipeline import kernels
+    from imgrec.recommender.catalog import load_catalog
 
     catalog = load_catalog(args.embeddings, args.prepared)
     model = indexes.class_model(np.asarray(catalog.embeddings), catalog.labels)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from imgrec import kernels
+from imgrec.pipeline import kernels
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -32,11 +32,11 @@ def main() -> None:
     print(kernels.machine_line())
     import yaml
 
-    from imgrec.audit import suspect_labels
-    from imgrec.checkpoint import load_checkpoint
-    from imgrec.inference import catalog_vectors
-    from imgrec.neighbors import ExactIndex
-    from imgrec.prepared import load_prepared
+    from imgrec.data.prepared import load_prepared
+    from imgrec.recommender.audit import suspect_labels
+    from imgrec.recommender.neighbors import ExactIndex
+    from imgrec.training.checkpoint import load_checkpoint
+    from imgrec.training.inference import catalog_vectors
 
     work, prepared = args.work_dir, args.work_dir / "prepared"
     shutil.rmtree(prepared, ignore_errors=True)

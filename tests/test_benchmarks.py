@@ -55,8 +55,8 @@ def test_smoke_run_prints_every_stage_with_finite_ratios(tmp_path: Path):
 
 
 def test_indexes_smoke_run_prints_recall_for_every_setting(tmp_path: Path):
-    from imgrec.catalog import save_catalog
-    from imgrec.prepared import IMAGES_FILE, save_prepared_labels
+    from imgrec.data.prepared import IMAGES_FILE, save_prepared_labels
+    from imgrec.recommender.catalog import save_catalog
 
     # A catalog of 120 items in three clusters, beside a prepared dataset of blank images.
     labels, row_ids = np.arange(120) % 3, np.arange(120)
@@ -153,8 +153,8 @@ def test_serve_hostile_smoke_run_answers_beside_idle_sockets(tmp_path: Path):
 def tiny_catalog(folder: Path, n: int, train: int) -> None:
     """`folder`/prepared (blank 4 px images, 3 classes, the first `train` rows the training
     split) and `folder`/catalog (vectors clustered by class), as the stages would save them."""
-    from imgrec.catalog import save_catalog
-    from imgrec.prepared import IMAGES_FILE, save_prepared_labels
+    from imgrec.data.prepared import IMAGES_FILE, save_prepared_labels
+    from imgrec.recommender.catalog import save_catalog
 
     labels, row_ids = np.arange(n) % 3, np.arange(n)
     (folder / "prepared").mkdir()
@@ -266,7 +266,7 @@ def test_unseen_query_metrics_agree_with_the_recommend_stage(monkeypatch):
     monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
     from unseen import query_metrics
 
-    from imgrec.recommend import retrieval_metrics
+    from imgrec.recommender.recommend import retrieval_metrics
 
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 4, 50)

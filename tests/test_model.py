@@ -4,7 +4,12 @@ import pytest
 import torch
 from torch import nn
 
-from imgrec.model import AdaptiveAvgPool2d, CNNClassifier, ModelConfig, adaptive_avg_pool2d_backward
+from imgrec.training.model import (
+    AdaptiveAvgPool2d,
+    CNNClassifier,
+    ModelConfig,
+    adaptive_avg_pool2d_backward,
+)
 
 NUM_CLASSES = 5
 
@@ -215,7 +220,7 @@ def backward_nodes(loss: torch.Tensor) -> set[str]:
 
 def training_loss(model: CNNClassifier, img_size: int) -> torch.Tensor:
     """A forward and the loss as `train.train_epoch` computes them, augmentation included."""
-    from imgrec.train import augment_batch
+    from imgrec.training.train import augment_batch
 
     model.train().to(memory_format=torch.channels_last)
     generator = torch.Generator().manual_seed(0)

@@ -23,8 +23,8 @@ import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from imgrec import kernels
 from imgrec.errors import EXIT_FAILED, ImgrecError
+from imgrec.pipeline import kernels
 
 
 @dataclass(frozen=True)
@@ -90,7 +90,7 @@ def compute(setup: Setup, device=None, widths: tuple[int, ...] = (32, 64, 128, 2
     import torch
     import torch.nn.functional as F
 
-    from imgrec.model import CNNClassifier, ModelConfig
+    from imgrec.training.model import CNNClassifier, ModelConfig
 
     device = torch.device(device or setup.device)
     layout = torch.channels_last if setup.channels_last else torch.contiguous_format
@@ -243,13 +243,13 @@ def main(argv: list[str] | None = None) -> int:
         help="compare with this fingerprint: a file, or REV:PATH for one committed in git",
     )
     args = parser.parse_args(argv)
-    from imgrec.stage import read_params
+    from imgrec.pipeline.stage import read_params
 
     try:
         params = read_params(args.params)
         kernels.apply(str(params.get("kernels", "portable")))  # before torch and numpy load
-        from imgrec import runtime
-        from imgrec.train import TrainConfig
+        from imgrec.pipeline import runtime
+        from imgrec.training.train import TrainConfig
 
         # The train stage's params, checked as it checks them (one sentence on a bad one);
         # img_size is prepare's, whose config would bring the decoders into train's deps.

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 from imgrec.cli.common import positive_int
-from imgrec.query import (
+from imgrec.serving.query import (
     DEFAULT_AUDIT,
     DEFAULT_CATALOG_MAP,
     DEFAULT_CORRECTIONS,

@@ -19,16 +19,16 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
-from imgrec.audit_report import AuditReport
 from imgrec.config import StageConfig, param
-from imgrec.map_coordinates import MapCoordinates, normalized
-from imgrec.neighbors import ExactIndex
-from imgrec.prepared import UNLABELED
+from imgrec.data.prepared import UNLABELED
+from imgrec.recommender.audit_report import AuditReport
+from imgrec.recommender.map_coordinates import MapCoordinates, normalized
+from imgrec.recommender.neighbors import ExactIndex
 
 if TYPE_CHECKING:
     import matplotlib.pyplot as plt
 
-    from imgrec.catalog import Catalog
+    from imgrec.recommender.catalog import Catalog
 
 log = logging.getLogger(__name__)
 

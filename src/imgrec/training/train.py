@@ -20,12 +20,12 @@ from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 from tqdm import tqdm
 
 from imgrec.config import ComputeConfig, param
+from imgrec.data.prepared import Prepared
 from imgrec.errors import ImgrecError, Stopped
-from imgrec.inference import memory_format, on_device, predict_logits, to_tensor
-from imgrec.model import CNNClassifier, ModelConfig
-from imgrec.prepared import Prepared
-from imgrec.runtime import ONE_PROCESS, World
-from imgrec.train_state import (
+from imgrec.pipeline.runtime import ONE_PROCESS, World
+from imgrec.training.inference import memory_format, on_device, predict_logits, to_tensor
+from imgrec.training.model import CNNClassifier, ModelConfig
+from imgrec.training.train_state import (
     RankState,
     ResumableSampler,
     Resume,

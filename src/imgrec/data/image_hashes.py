@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from imgrec.duplicates import Fingerprint
+from imgrec.data.duplicates import Fingerprint
 from imgrec.errors import ImgrecError, MissingOutput
 from imgrec.files import atomic_file
 

@@ -40,14 +40,14 @@ from PIL import Image
 from tqdm import tqdm
 
 from imgrec.config import StageConfig, param
-from imgrec.dask_cluster import LOCAL, dask_client, ordered_results
-from imgrec.errors import ImgrecError, first_line
-from imgrec.raw_parquet import (
+from imgrec.data.raw_parquet import (
     IMAGE_TYPE,
     WRITE_OPTIONS,
     class_names_from_metadata,
     hf_features,
 )
+from imgrec.errors import ImgrecError, first_line
+from imgrec.pipeline.dask_cluster import LOCAL, dask_client, ordered_results
 
 BUILTIN_PREFIX = "builtin:"
 BUILTIN_DIGITS = "builtin:digits"

@@ -17,11 +17,11 @@ from pathlib import Path
 import pyarrow as pa
 
 from imgrec.config import StageConfig, param
-from imgrec.dask_cluster import LOCAL
+from imgrec.data.fetch import BUILTIN_PREFIX, fetch, list_parquet_files
+from imgrec.data.raw_parquet import save_training_data_marker
 from imgrec.errors import ImgrecError, first_line
-from imgrec.fetch import BUILTIN_PREFIX, fetch, list_parquet_files
 from imgrec.files import atomic_file
-from imgrec.raw_parquet import save_training_data_marker
+from imgrec.pipeline.dask_cluster import LOCAL
 
 
 @dataclass(frozen=True)

@@ -32,9 +32,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from imgrec import kernels
 from imgrec.errors import first_line
 from imgrec.files import atomic_dir, read_json, write_json
+from imgrec.pipeline import kernels
 
 log = logging.getLogger(__name__)
 

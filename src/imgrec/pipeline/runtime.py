@@ -9,9 +9,9 @@ from typing import Self
 import numpy as np
 import torch
 
-from imgrec import kernels
 from imgrec.config import ComputeConfig
 from imgrec.errors import ImgrecError
+from imgrec.pipeline import kernels
 
 log = logging.getLogger(__name__)
 

@@ -24,10 +24,10 @@ if TYPE_CHECKING:
     import numpy as np
     import torch
 
-    from imgrec.catalog import Catalog
-    from imgrec.checkpoint import Checkpoint
-    from imgrec.duplicates import Fingerprint
-    from imgrec.recommendations import Recommendations
+    from imgrec.data.duplicates import Fingerprint
+    from imgrec.recommender.catalog import Catalog
+    from imgrec.recommender.recommendations import Recommendations
+    from imgrec.training.checkpoint import Checkpoint
 
 # Relative to the repository root (the folder holding dvc.yaml): where dvc.yaml writes them.
 DEFAULT_MODEL = "models/model.pt"
@@ -143,7 +143,7 @@ def decode_image(
     """(img_size, img_size, 3) uint8: image bytes (read from `source`, or sent to a server)
     decoded exactly as prepare decodes the catalog's; a server refuses, from the header,
     an image whose pixels would take more than `max_decoded_bytes`."""
-    from imgrec.images import SkippedImage, decode
+    from imgrec.data.images import SkippedImage, decode
 
     try:
         return decode(data, img_size, max_decoded_bytes)
@@ -179,7 +179,7 @@ def load_images(
 
 def check_catalog(model_path: Path, catalog: Catalog) -> None:
     """Refuse a catalog that was not embedded by this very checkpoint file."""
-    from imgrec.checkpoint import checkpoint_md5
+    from imgrec.training.checkpoint import checkpoint_md5
 
     if catalog.model_md5 != checkpoint_md5(model_path):
         raise ImgrecError(
@@ -201,8 +201,8 @@ class CatalogDuplicates:
     def load(cls, audit: Path, hashes: Path, catalog: Catalog) -> CatalogDuplicates:
         import numpy as np
 
-        from imgrec.audit_report import load_report
-        from imgrec.image_hashes import load_image_hashes
+        from imgrec.data.image_hashes import load_image_hashes
+        from imgrec.recommender.audit_report import load_report
 
         report, image_hashes = load_report(audit), load_image_hashes(hashes)
         if not np.array_equal(image_hashes.row_ids, catalog.row_ids):
@@ -221,7 +221,7 @@ class CatalogDuplicates:
         `positions`: each query's nearest items, (Q, K)), as the audit judges pairs."""
         import numpy as np
 
-        from imgrec.duplicates import fingerprint, near_matches
+        from imgrec.data.duplicates import fingerprint, near_matches
 
         found = [set() for _ in images]
         queries = [fingerprint(image) for image in images]
@@ -246,7 +246,7 @@ def search(
     no two of a top-k are duplicates of each other, and none duplicates its query."""
     import numpy as np
 
-    from imgrec.duplicates import collapsed_search
+    from imgrec.data.duplicates import collapsed_search
 
     index = catalog.embedding_index  # fitted once per catalog
     n = len(catalog.row_ids)
@@ -262,7 +262,7 @@ def search(
         scores, positions = collapsed_search(
             lambda k: index.search(queries, k), n, top_k, duplicates.groups, excluded
         )
-    from imgrec.prepared import label_name
+    from imgrec.data.prepared import label_name
 
     results = [
         [
@@ -293,7 +293,7 @@ def item_neighbors(
     catalog: Catalog, recommendations: Recommendations, row_id: int
 ) -> list[Neighbor]:
     """A catalog item's top-k as the recommend stage stored them, best first."""
-    from imgrec.prepared import label_name
+    from imgrec.data.prepared import label_name
 
     neighbor_ids, scores = recommendations.of(row_id)
     labels = catalog.labels[catalog.positions(neighbor_ids)]
@@ -305,14 +305,15 @@ def item_neighbors(
 
 @dataclass(frozen=True)
 class Novelty:
-    """Whether a query is unlike every catalog image (see `imgrec.catalog`, calibration)."""
+    """Whether a query is unlike every catalog image (see `imgrec.recommender.catalog`,
+    calibration)."""
 
     no_close_match: bool
     appearance_similarity: float  # cosine to the most alike catalog item
     threshold: float
 
     def note(self) -> str:
-        from imgrec.catalog import NOVELTY_QUANTILE
+        from imgrec.recommender.catalog import NOVELTY_QUANTILE
 
         return (
             f"no close match: unlike every catalog image (appearance similarity "
@@ -374,9 +375,9 @@ class Recommender:
         False: a classifier needs none, its novelty flag does). Where the audit report and
         image hashes exist, results collapse duplicates as recommend's do. `mapped` False:
         nothing memory-mapped (`catalog.load_catalog`), for a server."""
-        from imgrec.catalog import load_catalog
-        from imgrec.checkpoint import load_checkpoint
-        from imgrec.runtime import pick_device, set_precision
+        from imgrec.pipeline.runtime import pick_device, set_precision
+        from imgrec.recommender.catalog import load_catalog
+        from imgrec.training.checkpoint import load_checkpoint
 
         torch_device = pick_device(device)
         set_precision("fp32")  # as the embed stage computes the catalog: no TF32 on a GPU
@@ -407,7 +408,7 @@ class Recommender:
     ) -> tuple[list[list[Neighbor]], list[Novelty], list[list[int]]]:
         """Each image's top-k catalog items, its novelty against the catalog, and the row
         ids of the catalog items it duplicates."""
-        from imgrec.inference import catalog_vectors
+        from imgrec.training.inference import catalog_vectors
 
         self.check_top_k(top_k)
         queries, appearance = catalog_vectors(
@@ -420,7 +421,7 @@ class Recommender:
         self, images: np.ndarray, batch_size: int = 256
     ) -> list[tuple[str, float, bool | None]]:
         """Each image's (class name, probability, no close match: None without a catalog)."""
-        from imgrec.inference import embed, predict_logits
+        from imgrec.training.inference import embed, predict_logits
 
         model = self.checkpoint.model
         logits = predict_logits(model, images, batch_size=batch_size, device=self.device)
