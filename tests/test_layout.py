@@ -29,7 +29,6 @@ KNOWN = {
     "src/imgrec/cli/serve.py": "add_parser",
     "src/imgrec/data/fetch.py": "485 lines",
     "src/imgrec/serving/query.py": "437 lines",
-    "src/imgrec/training/train.py": "train()",
     "benchmarks/audit_bar.py": "main()",
     "benchmarks/gpu_check.py": "559 lines",
 }
