@@ -646,7 +646,7 @@ def test_a_group_too_big_for_a_task_streams_through_the_stage(tmp_path, monkeypa
     monkeypatch.setattr(fetch_module, "OUT_ROW_GROUP_ROWS", 4)
     _write_groups(tmp_path / "src/a.parquet", [20, 3, 3, 9, 1])
     fs, paths = fetch_module.list_parquet_files(str(tmp_path / "src"))
-    files = [fetch_module._read_footer(fs, path) for path in paths]
+    files = [fetch_module.read_footer(fs, path) for path in paths]
     task_rows = []
     read_task = fetch_module.read_task
 
