@@ -1,3 +1,5 @@
+# size: past 450 lines: one self-contained script a user carries to a GPU machine, its checks
+# (code paths, determinism, resume, incremental embed, speed table) in one run and one report.
 """imgrec on a CUDA GPU, checked in one command (issue 28): every stage's model code path,
 determinism, resume, the incremental embed, and the speed table beside the seed's loop.
 
