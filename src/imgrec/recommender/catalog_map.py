@@ -2,7 +2,7 @@
 
 openTSNE's FFT-accelerated t-SNE (Linderman et al. 2019) on each item's MAP_NEIGHBORS exact
 cosine neighbours (the same exact search the audit uses), PCA initialisation, the seed
-param's random state. Chosen by measurement (benchmarks/projection.py, RESULTS.md): at
+param's random state. Chosen by measurement (RESULTS.md, "The catalog map"): at
 40,000 items on 2 cores it keeps more of each item's true neighbours on the map than UMAP
 and scikit-learn's t-SNE, with trustworthiness alike, and it runs on both cores where UMAP,
 seeded, runs on one; PCA, the linear baseline, mixes the classes.
