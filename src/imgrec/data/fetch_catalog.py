@@ -33,7 +33,7 @@ class FetchCatalogConfig(StageConfig):
 
 
 # What writes the fetched file: an edit to any of them, or another pyarrow, fetches again.
-FETCH_CODE = ("fetch.py", "fetch_catalog.py", "raw_parquet.py")
+FETCH_CODE = ("fetch.py", "source_schema.py", "fetch_catalog.py", "raw_parquet.py")
 
 
 def source_state(source: str, rows: int) -> dict:
