@@ -113,7 +113,7 @@ def test_a_stage_that_loads_numpy_first_still_runs_portable_kernels(tmp_path):
     script = tmp_path / "fetch.py"
     script.write_text(
         "import numpy  # before imgrec: OpenBLAS picks its kernels now\n"
-        "from imgrec import kernels, stage\n"
+        "from imgrec.pipeline import kernels, stage\n"
         "from imgrec.data.fetch import FetchConfig\n"
         "def main(args, config):\n"
         "    print('in force:', kernels.portable_in_force(), kernels.in_force()['blas'])\n"
