@@ -8,7 +8,8 @@ import argparse
 import statistics
 import time
 
-from imgrec import runtime  # imgrec first: it applies the pipeline's kernels before torch loads
+# imgrec first: it applies the pipeline's kernels before torch loads
+from imgrec.pipeline import runtime
 
 
 def main() -> None:
@@ -22,7 +23,7 @@ def main() -> None:
     import torch
     import torch.nn.functional as F
 
-    from imgrec.model import CNNClassifier, ModelConfig, adam
+    from imgrec.training.model import CNNClassifier, ModelConfig, adam
 
     if args.smoke:
         args.img_size, args.batch_size, args.rounds, args.steps = 16, 4, 1, 2

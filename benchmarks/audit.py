@@ -25,10 +25,11 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
-from imgrec import duplicates, images, kernels, runtime
-from imgrec.audit import COPY_SAMPLE, AuditConfig, audit, copy_similarity_threshold
-from imgrec.catalog import Catalog, load_catalog
-from imgrec.image_hashes import ImageHashes
+from imgrec.data import duplicates, images
+from imgrec.pipeline import kernels, runtime
+from imgrec.recommender.audit import COPY_SAMPLE, AuditConfig, audit, copy_similarity_threshold
+from imgrec.recommender.catalog import Catalog, load_catalog
+from imgrec.data.image_hashes import ImageHashes
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -137,8 +138,8 @@ def audit_table(catalog: Catalog, specs: list[str]) -> list[str]:
 def calibration_table(img_size: int, blobs: list[bytes]) -> list[str]:
     import torch
 
-    from imgrec.inference import catalog_vectors, embed
-    from imgrec.model import CNNClassifier, ModelConfig
+    from imgrec.training.inference import catalog_vectors, embed
+    from imgrec.training.model import CNNClassifier, ModelConfig
 
     runtime.seed_everything(0)
     model = CNNClassifier(ModelConfig(num_classes=10)).eval()

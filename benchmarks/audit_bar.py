@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 import yaml
 from PIL import Image
 
-from imgrec import kernels
+from imgrec.pipeline import kernels
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -90,25 +90,27 @@ def main() -> None:
     add("--prepare-only", action="store_true", help="the hash's numbers only: no training")
     args = parser.parse_args()
     print(kernels.machine_line())
-    from imgrec.audit import AuditConfig, audit, copy_similarity_threshold
-    from imgrec.catalog import load_catalog, save_catalog
-    from imgrec.checkpoint import checkpoint_md5, load_checkpoint
-    from imgrec.embed import no_close_match_threshold
-    from imgrec.inference import catalog_vectors, embed
-    from imgrec.prepare import PrepareConfig, prepare
-    from imgrec.prepared import load_prepared
-
     work = args.work_dir
     work.mkdir(parents=True, exist_ok=True)
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    if args.epochs:
+        params["epochs"] = args.epochs
+    prepared, data, hashes, pairs, flipped = prepare_and_report(args, work, params)
+    if not args.prepare_only:
+        audit_and_report(work, params, prepared, data, hashes, pairs, flipped)
+
+
+def prepare_and_report(args, work: Path, params: dict):
+    """The planted catalog prepared: what prepare's hash finds, as table rows."""
+    from imgrec.data.prepare import PrepareConfig, prepare
+    from imgrec.data.prepared import load_prepared
+
     catalog_dir = work / f"catalog-{args.rows}"
     if not make_catalog.catalog_is_ready(catalog_dir, args.rows):
         make_catalog.make_catalog(catalog_dir, args.rows)
     raw = work / "raw.parquet"
     pairs, flipped = planted(catalog_dir, args.rows, args.copies, args.flips, args.seed, raw)
 
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    if args.epochs:
-        params["epochs"] = args.epochs
     (work / "params.yaml").write_text(yaml.safe_dump(params))
     prepared = work / "prepared"
     shutil.rmtree(prepared, ignore_errors=True)
@@ -138,8 +140,17 @@ def main() -> None:
         f"{len(pairs)} |"
     )
     print(f"| duplicate rows counted by prepare | {counts['duplicate_rows']} |")
-    if args.prepare_only:
-        return
+    return prepared, data, hashes, pairs, flipped
+
+
+def audit_and_report(work: Path, params: dict, prepared, data, hashes, pairs, flipped) -> None:
+    """Train, embed and audit the planted catalog: what the audit finds, as table rows."""
+    from imgrec.recommender.audit import AuditConfig, audit, copy_similarity_threshold
+    from imgrec.recommender.catalog import load_catalog, save_catalog
+    from imgrec.recommender.embed import no_close_match_threshold
+    from imgrec.training.checkpoint import checkpoint_md5, load_checkpoint
+    from imgrec.training.inference import catalog_vectors, embed
+
     model_path = work / "model.pt"
     model_path.unlink(missing_ok=True)
     command = [sys.executable, str(ROOT / "stages" / "train.py"), "--prepared", str(prepared),

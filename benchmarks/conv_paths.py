@@ -38,8 +38,9 @@ def child(name: str, img_size: int, steps: int) -> None:
     import torch
     import torch.nn.functional as F
 
-    from imgrec import fingerprint, runtime
-    from imgrec.model import CNNClassifier, ModelConfig
+    from imgrec import fingerprint
+    from imgrec.pipeline import runtime
+    from imgrec.training.model import CNNClassifier, ModelConfig
 
     runtime.make_deterministic(2)
     if switches.get("mkldnn") is False:

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from imgrec import duplicates, images
+from imgrec.data import duplicates, images
 
 KINDS = ("exact", "jpeg q70", "resized x2", "brightness +30", "crop 1 px")
 POOL_ROWS = 100_000

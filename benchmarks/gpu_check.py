@@ -1,3 +1,5 @@
+# size: past 450 lines: one self-contained script a user carries to a GPU machine, its checks
+# (code paths, determinism, resume, incremental embed, speed table) in one run and one report.
 """imgrec on a CUDA GPU, checked in one command (issue 28): every stage's model code path,
 determinism, resume, the incremental embed, and the speed table beside the seed's loop.
 
@@ -53,12 +55,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from imgrec import runtime
+from imgrec.data.prepared import Prepared
 from imgrec.errors import Stopped
-from imgrec.model import CNNClassifier
-from imgrec.prepared import Prepared
-from imgrec.train import TrainConfig, train
-from imgrec.train_state import Resume, RunIdentity
+from imgrec.pipeline import runtime
+from imgrec.training.model import CNNClassifier
+from imgrec.training.train import TrainConfig, train
+from imgrec.training.train_state import Resume, RunIdentity
 
 CLASSES = 10
 PARAMS = {
@@ -210,14 +212,14 @@ def environment(bench: Bench) -> dict:
 def stage_paths(bench: Bench, work: Path) -> dict:
     """Train, evaluate, embed, audit's copy calibration and the query API, each on the device,
     deterministic algorithms on: the code the stages call, on a slice of the data."""
-    from imgrec.audit import copy_similarity_threshold
-    from imgrec.catalog import load_catalog, save_catalog
-    from imgrec.checkpoint import checkpoint_md5, load_checkpoint, save_checkpoint
-    from imgrec.embed import embed_catalog, no_close_match_threshold
-    from imgrec.evaluate import classification_metrics
-    from imgrec.inference import embed, predict_logits
-    from imgrec.prepared import IMAGES_FILE, save_prepared_labels
-    from imgrec.query import Recommender
+    from imgrec.data.prepared import IMAGES_FILE, save_prepared_labels
+    from imgrec.recommender.audit import copy_similarity_threshold
+    from imgrec.recommender.catalog import load_catalog, save_catalog
+    from imgrec.recommender.embed import embed_catalog, no_close_match_threshold
+    from imgrec.serving.query import Recommender
+    from imgrec.training.checkpoint import checkpoint_md5, load_checkpoint, save_checkpoint
+    from imgrec.training.evaluate import classification_metrics
+    from imgrec.training.inference import embed, predict_logits
 
     config = bench.config(epochs=2)
     model = bench.fit(config, max_batches=bench.max_batches)
@@ -332,8 +334,8 @@ def run_fits(bench: Bench, fits: list[dict]) -> list[str]:
 def incremental_embed(bench: Bench) -> dict:
     """A grown catalog (the first part kept) against one full pass, bit for bit; or the probe
     says an image's place in the batch matters and everything is embedded."""
-    from imgrec.embed import FULL_BATCH, embed_catalog
-    from imgrec.inference import catalog_vectors
+    from imgrec.recommender.embed import FULL_BATCH, embed_catalog
+    from imgrec.training.inference import catalog_vectors
 
     images = bench.base[: 600 if bench.small else 4000]
     found = {}

@@ -19,10 +19,10 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from imgrec import kernels
-from imgrec.catalog import load_catalog
-from imgrec.neighbors import ExactIndex, make_index
-from imgrec.recommend import RecommendConfig, retrieval_metrics
+from imgrec.pipeline import kernels
+from imgrec.recommender.catalog import load_catalog
+from imgrec.recommender.neighbors import ExactIndex, make_index
+from imgrec.recommender.recommend import RecommendConfig, retrieval_metrics
 
 HERE = Path(__file__).resolve().parent
 SWEEP = {"ivf": "ivf_nprobe", "hnsw": "hnsw_ef_search"}  # the search-time param each sweeps

@@ -30,8 +30,8 @@ from types import SimpleNamespace
 import numpy as np
 
 from imgrec.server.page import STATIC
-from imgrec.audit_report import FLAGS
-from imgrec.map_coordinates import MapCoordinates, normalized, save_coordinates
+from imgrec.recommender.audit_report import FLAGS
+from imgrec.recommender.map_coordinates import MapCoordinates, normalized, save_coordinates
 from imgrec.server.review import map_points
 
 HERE = Path(__file__).resolve().parent

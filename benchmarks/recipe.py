@@ -17,18 +17,18 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from imgrec import kernels, runtime
-from imgrec.checkpoint import load_checkpoint, save_checkpoint
-from imgrec.evaluate import classification_metrics
-from imgrec.fetch import fetch
+from imgrec.pipeline import kernels, runtime
+from imgrec.training.checkpoint import load_checkpoint, save_checkpoint
+from imgrec.training.evaluate import classification_metrics
+from imgrec.data.fetch import fetch
 from imgrec.files import atomic_dir
-from imgrec.inference import catalog_vectors, predict_logits
-from imgrec.model import CNNClassifier
-from imgrec.neighbors import make_index
-from imgrec.prepare import PrepareConfig, prepare
-from imgrec.prepared import Prepared, load_prepared
-from imgrec.recommend import RecommendConfig, retrieval_metrics
-from imgrec.train import TrainConfig, TrainResult, train
+from imgrec.training.inference import catalog_vectors, predict_logits
+from imgrec.training.model import CNNClassifier
+from imgrec.recommender.neighbors import make_index
+from imgrec.data.prepare import PrepareConfig, prepare
+from imgrec.data.prepared import Prepared, load_prepared
+from imgrec.recommender.recommend import RecommendConfig, retrieval_metrics
+from imgrec.training.train import TrainConfig, TrainResult, train
 
 HERE = Path(__file__).resolve().parent
 DATASETS = ("digits", "catalog")

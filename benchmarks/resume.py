@@ -20,10 +20,10 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from imgrec import kernels, runtime
-from imgrec import train as train_module
-from imgrec.train_state import Resume
-from imgrec.train import TrainConfig
+from imgrec.pipeline import kernels, runtime
+from imgrec.training import train as train_module
+from imgrec.training.train_state import Resume
+from imgrec.training.train import TrainConfig
 
 HERE = Path(__file__).resolve().parent
 FIXED = {"img_size": 128, "batch_size": 32, "device": "cpu", "precision": "fp32"}
@@ -31,7 +31,7 @@ NUM_CLASSES = 10
 
 
 def random_catalog(images: int, size: int, seed: int):
-    from imgrec.prepared import Prepared
+    from imgrec.data.prepared import Prepared
 
     rng = np.random.default_rng(seed)
     order = rng.permutation(images)
@@ -52,8 +52,8 @@ def run_side(side: str, data, config: TrainConfig, batches: int, state_dir: Path
     times each save by wrapping `train.save_state`)."""
     import torch
 
-    from imgrec.model import CNNClassifier
-    from imgrec.train_state import RunIdentity
+    from imgrec.training.model import CNNClassifier
+    from imgrec.training.train_state import RunIdentity
 
     generator = runtime.seed_everything(config.seed)
     model = CNNClassifier(config.model_config(NUM_CLASSES))

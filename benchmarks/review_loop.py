@@ -27,7 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 
-from imgrec import kernels
+from imgrec.pipeline import kernels
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def flipped_digits(path: Path, share: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """The built-in digits as parquet at `path`, `share` of their labels flipped to another
     digit; returns the true labels (by row) and the flipped rows."""
-    from imgrec.fetch import digits_table
+    from imgrec.data.fetch import digits_table
 
     table = digits_table()
     truth = table.column("label").to_numpy()
@@ -59,9 +59,9 @@ def run(command: list[str], project: Path) -> float:
 
 def true_accuracy(project: Path, truth: np.ndarray) -> float:
     """The model's validation accuracy against the digits' true labels."""
-    from imgrec.checkpoint import load_checkpoint
-    from imgrec.inference import predict_logits
-    from imgrec.prepared import load_prepared
+    from imgrec.data.prepared import load_prepared
+    from imgrec.training.checkpoint import load_checkpoint
+    from imgrec.training.inference import predict_logits
 
     data = load_prepared(project / "data/prepared")
     model = load_checkpoint(project / "models/model.pt").model

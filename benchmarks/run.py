@@ -23,14 +23,14 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from imgrec import kernels
-from imgrec.embed import EmbedConfig
-from imgrec.prepare import PrepareConfig
-from imgrec.recommend import RecommendConfig
-from imgrec.train import TrainConfig
-from imgrec.prepare import prepare
-from imgrec.prepared import load_prepared
-from imgrec.fetch import fetch
+from imgrec.pipeline import kernels
+from imgrec.recommender.embed import EmbedConfig
+from imgrec.data.prepare import PrepareConfig
+from imgrec.recommender.recommend import RecommendConfig
+from imgrec.training.train import TrainConfig
+from imgrec.data.prepare import prepare
+from imgrec.data.prepared import load_prepared
+from imgrec.data.fetch import fetch
 
 HERE = Path(__file__).resolve().parent
 STAGES = ("fetch", "prepare", "train", "embed", "recommend", "kernels")
@@ -82,9 +82,9 @@ def imgrec_train(cfg: dict, batches: int, val_images: int, init: str | None, **o
     """Train as the train stage does: (model, data, device, images/s, history, config)."""
     import torch
 
-    from imgrec import runtime
-    from imgrec.model import CNNClassifier
-    from imgrec.train import train
+    from imgrec.pipeline import runtime
+    from imgrec.training.model import CNNClassifier
+    from imgrec.training.train import train
 
     config = TrainConfig.from_params(cfg["params"] | {"kernels": kernels.active(), **overrides})
     runtime.make_deterministic(config.num_threads)
@@ -131,8 +131,8 @@ def prepare_seed(cfg: dict) -> dict:
 
 
 def train_imgrec(cfg: dict) -> dict:
-    from imgrec.checkpoint import save_checkpoint
-    from imgrec.prepared import prepared_md5
+    from imgrec.data.prepared import prepared_md5
+    from imgrec.training.checkpoint import save_checkpoint
 
     batches, val_images = cfg["train_batches"], cfg["val_images"]
     model, data, _, rate, history, config = imgrec_train(cfg, batches, val_images, cfg["init"])
@@ -148,7 +148,7 @@ def train_seed(cfg: dict) -> dict:
     import torch
     from torch.utils.data import DataLoader, RandomSampler
 
-    from imgrec.runtime import pick_device
+    from imgrec.pipeline.runtime import pick_device
 
     config = TrainConfig.from_params(cfg["params"])
     torch.set_num_threads(config.num_threads)
@@ -175,9 +175,9 @@ def train_seed(cfg: dict) -> dict:
 
 
 def embed_imgrec(cfg: dict) -> dict:
-    from imgrec import runtime
-    from imgrec.checkpoint import load_checkpoint
-    from imgrec.inference import embed
+    from imgrec.pipeline import runtime
+    from imgrec.training.checkpoint import load_checkpoint
+    from imgrec.training.inference import embed
 
     config = EmbedConfig.from_params(cfg["params"])
     runtime.make_deterministic(config.num_threads)
@@ -193,7 +193,7 @@ def embed_seed(cfg: dict) -> dict:
     import baseline
     import torch
 
-    from imgrec.runtime import pick_device
+    from imgrec.pipeline.runtime import pick_device
 
     config = EmbedConfig.from_params(cfg["params"])
     torch.set_num_threads(config.num_threads)
@@ -209,7 +209,7 @@ def recommend(cfg: dict, search_all, search_one) -> dict:
     """Both sides search the same catalog: imgrec's embeddings filled up to the catalog's size
     with stand-ins, each a real embedding with every entry scaled by 1 + N(0, 0.05) and
     renormalised. Scaling keeps the ReLU's zeros, so search costs what real embeddings cost."""
-    from imgrec.recommend import retrieval_metrics
+    from imgrec.recommender.recommend import retrieval_metrics
 
     real, labels = np.load(cfg["embeddings"]), load_prepared(cfg["prepared"]).labels
     rng = np.random.default_rng(0)
@@ -229,7 +229,7 @@ def recommend(cfg: dict, search_all, search_one) -> dict:
 
 
 def recommend_imgrec(cfg: dict) -> dict:
-    from imgrec.neighbors import make_index
+    from imgrec.recommender.neighbors import make_index
 
     index = make_index(RecommendConfig.from_params(cfg["params"]))
     return recommend(
@@ -247,7 +247,7 @@ def recommend_seed(cfg: dict) -> dict:
 
 def kernels_imgrec(cfg: dict) -> dict:
     """imgrec's training and embedding throughput, on the CPU, in this process's kernels."""
-    from imgrec.inference import embed
+    from imgrec.training.inference import embed
 
     model, data, device, images_per_s, *_ = imgrec_train(
         cfg, cfg["kernel_batches"], FIXED["batch_size"], None,

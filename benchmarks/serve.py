@@ -31,7 +31,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import yaml
 
-from imgrec import kernels
+from imgrec.pipeline import kernels
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -183,9 +183,9 @@ def cli_seconds(work: Path, image: bytes) -> float:
 def batching(work: Path, batch: int, rounds: int = 7) -> str:
     """Whether `batch` images embedded in one pass give the bits of `batch` single passes,
     and the ms per image of each (medians over alternating rounds)."""
-    from imgrec.checkpoint import load_checkpoint
-    from imgrec.inference import catalog_vectors
-    from imgrec.prepared import load_prepared
+    from imgrec.data.prepared import load_prepared
+    from imgrec.training.checkpoint import load_checkpoint
+    from imgrec.training.inference import catalog_vectors
 
     model = load_checkpoint(work / "models/model.pt").model
     images = np.asarray(load_prepared(work / "data/prepared").images[:batch])

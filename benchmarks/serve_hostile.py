@@ -23,7 +23,7 @@ from pathlib import Path
 from PIL import Image
 from serve import HERE, build_outputs, free_port, query_images, start_server
 
-from imgrec import kernels
+from imgrec.pipeline import kernels
 
 CLOSE_WAIT_S = 60  # how long to wait for the server to close idle sockets, or to exit
 

@@ -21,8 +21,8 @@ from dataclasses import replace
 import numpy as np
 
 import recipe
-from imgrec import kernels
-from imgrec.train import TrainConfig
+from imgrec.pipeline import kernels
+from imgrec.training.train import TrainConfig
 
 METRICS = ("val_accuracy", "macro_f1", "precision@k", "map@k", "best_epoch")
 

@@ -24,13 +24,13 @@ import torch
 import torch.nn.functional as F
 
 import recipe
-from imgrec import kernels, runtime
-from imgrec.inference import batches, catalog_vectors, memory_format, to_tensor
-from imgrec.model import CNNClassifier
-from imgrec.neighbors import make_index
-from imgrec.prepared import Prepared
-from imgrec.recommend import RecommendConfig
-from imgrec.train import TrainConfig
+from imgrec.pipeline import kernels, runtime
+from imgrec.training.inference import batches, catalog_vectors, memory_format, to_tensor
+from imgrec.training.model import CNNClassifier
+from imgrec.recommender.neighbors import make_index
+from imgrec.data.prepared import Prepared
+from imgrec.recommender.recommend import RecommendConfig
+from imgrec.training.train import TrainConfig
 
 THUMBNAIL = 16  # the pixels reference: each image averaged down to 16 x 16 x 3
 # name: what it is, in the tables' words

@@ -1,8 +1,11 @@
 """Stage audit: duplicates the hash missed, leaks, suspect labels and outliers, from the
 model's vectors; a report, its counts and two figures."""
 
-from imgrec import runtime, stage
-from imgrec.audit import (
+from imgrec.data.image_hashes import load_image_hashes
+from imgrec.data.prepared import UNLABELED
+from imgrec.files import write_json
+from imgrec.pipeline import runtime, stage
+from imgrec.recommender.audit import (
     AuditConfig,
     audit,
     check_gates,
@@ -11,15 +14,12 @@ from imgrec.audit import (
     mostly_suspect,
     suspect_labels_figure,
 )
-from imgrec.audit_report import save_report
-from imgrec.catalog import load_catalog
-from imgrec.checkpoint import load_checkpoint
-from imgrec.files import write_json
-from imgrec.image_hashes import load_image_hashes
-from imgrec.inference import embed
-from imgrec.plotting import save_figure
-from imgrec.prepared import UNLABELED
-from imgrec.query import check_catalog
+from imgrec.recommender.audit_report import save_report
+from imgrec.recommender.catalog import load_catalog
+from imgrec.recommender.plotting import save_figure
+from imgrec.serving.query import check_catalog
+from imgrec.training.checkpoint import load_checkpoint
+from imgrec.training.inference import embed
 
 
 def main(args, config: AuditConfig) -> None:

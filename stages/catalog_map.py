@@ -1,12 +1,12 @@
 """Stage catalog_map: the catalog's embeddings projected to 2-D (t-SNE, the seed param's),
 as coordinates for the page and a figure coloured by label with the audit's findings."""
 
-from imgrec import stage
-from imgrec.audit_report import load_report
-from imgrec.catalog import load_catalog
-from imgrec.catalog_map import CatalogMapConfig, catalog_map, map_figure
-from imgrec.map_coordinates import save_coordinates
-from imgrec.plotting import save_figure
+from imgrec.pipeline import stage
+from imgrec.recommender.audit_report import load_report
+from imgrec.recommender.catalog import load_catalog
+from imgrec.recommender.catalog_map import CatalogMapConfig, catalog_map, map_figure
+from imgrec.recommender.map_coordinates import save_coordinates
+from imgrec.recommender.plotting import save_figure
 
 
 def main(args, config: CatalogMapConfig) -> None:

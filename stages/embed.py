@@ -2,12 +2,12 @@
 images not embedded by an earlier run computed (`embed.embed_catalog`), and the model's
 "no close match" threshold from its training data."""
 
-from imgrec import runtime, stage
-from imgrec.catalog import save_catalog
-from imgrec.checkpoint import check_matches, checkpoint_md5, load_checkpoint
-from imgrec.embed import EmbedConfig, embed_catalog, no_close_match_threshold
-from imgrec.kept_vectors import VectorKey, load_kept, save_kept, union
-from imgrec.prepared import load_prepared
+from imgrec.data.prepared import load_prepared
+from imgrec.pipeline import runtime, stage
+from imgrec.recommender.catalog import save_catalog
+from imgrec.recommender.embed import EmbedConfig, embed_catalog, no_close_match_threshold
+from imgrec.recommender.kept_vectors import VectorKey, load_kept, save_kept, union
+from imgrec.training.checkpoint import check_matches, checkpoint_md5, load_checkpoint
 
 
 def main(args, config: EmbedConfig) -> None:

@@ -1,18 +1,22 @@
 """Stage evaluate: validation accuracy and F1, per-class scores, confusion matrix, samples."""
 
-from imgrec import runtime, stage
-from imgrec.checkpoint import check_matches, load_checkpoint
-from imgrec.evaluate import (
+from imgrec.data.prepared import load_prepared
+from imgrec.files import write_json
+from imgrec.pipeline import runtime, stage
+from imgrec.recommender.plotting import (
+    confusion_matrix_figure,
+    save_figure,
+    validation_samples_figure,
+)
+from imgrec.training.checkpoint import check_matches, load_checkpoint
+from imgrec.training.evaluate import (
     EvaluateConfig,
     classification_metrics,
     confusion_rows,
     not_learned,
     save_rows,
 )
-from imgrec.files import write_json
-from imgrec.inference import predict_logits
-from imgrec.plotting import confusion_matrix_figure, save_figure, validation_samples_figure
-from imgrec.prepared import load_prepared
+from imgrec.training.inference import predict_logits
 
 
 def main(args, config: EvaluateConfig) -> None:

@@ -1,8 +1,8 @@
 """Stage fetch: the first `rows` rows of `source` as one parquet file in the HF Image schema."""
 
-from imgrec import stage
-from imgrec.fetch import FetchConfig, fetch
+from imgrec.data.fetch import FetchConfig, fetch
 from imgrec.files import atomic_file, write_json
+from imgrec.pipeline import stage
 
 
 def main(args, config: FetchConfig) -> None:

@@ -2,9 +2,9 @@
 training data; with `catalog_source` empty, a note that the training data is the catalog.
 Always run (dvc.yaml), it reads the source again only when a file of it changed."""
 
-from imgrec import stage
-from imgrec.fetch_catalog import FetchCatalogConfig, fetch_catalog
+from imgrec.data.fetch_catalog import FetchCatalogConfig, fetch_catalog
 from imgrec.files import write_json
+from imgrec.pipeline import stage
 
 
 def main(args, config: FetchCatalogConfig) -> None:

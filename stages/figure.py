@@ -1,10 +1,10 @@
 """Stage figure: query images and their top-k recommendations, with labels and scores."""
 
-from imgrec import stage
-from imgrec.figure import FigureConfig, catalog_recommendations_figure
-from imgrec.plotting import save_figure
-from imgrec.prepared import load_prepared
-from imgrec.recommendations import load_recommendations
+from imgrec.data.prepared import load_prepared
+from imgrec.pipeline import stage
+from imgrec.recommender.figure import FigureConfig, catalog_recommendations_figure
+from imgrec.recommender.plotting import save_figure
+from imgrec.recommender.recommendations import load_recommendations
 
 
 def main(args, config: FigureConfig) -> None:

@@ -1,10 +1,11 @@
 """Stage prepare: decode every image once, resize, apply the reviewed label corrections,
 group duplicates, split train/val keeping each group on one side, count what was skipped."""
 
-from imgrec import corrections, stage
+from imgrec.data import corrections
+from imgrec.data.image_hashes import save_image_hashes
+from imgrec.data.prepare import PrepareConfig, prepare
 from imgrec.files import atomic_dir, write_json
-from imgrec.image_hashes import save_image_hashes
-from imgrec.prepare import PrepareConfig, prepare
+from imgrec.pipeline import stage
 
 
 def main(args, config: PrepareConfig) -> None:

@@ -2,11 +2,11 @@
 the training data's, at the model's img_size, but kept whole (no split; unlabeled rows
 stay); or, when the catalog is the training data, that data's prepared images."""
 
-from imgrec import stage
+from imgrec.data.image_hashes import load_image_hashes, save_image_hashes
+from imgrec.data.prepare_catalog import PrepareCatalogConfig, catalog_from_training, prepare_catalog
+from imgrec.data.raw_parquet import is_training_data_marker
 from imgrec.files import atomic_dir, write_json
-from imgrec.image_hashes import load_image_hashes, save_image_hashes
-from imgrec.prepare_catalog import PrepareCatalogConfig, catalog_from_training, prepare_catalog
-from imgrec.raw_parquet import is_training_data_marker
+from imgrec.pipeline import stage
 
 
 def main(args, config: PrepareCatalogConfig) -> None:

@@ -3,14 +3,14 @@ retrieval metrics."""
 
 import numpy as np
 
-from imgrec import stage
-from imgrec.audit_report import load_report
-from imgrec.catalog import load_catalog
-from imgrec.duplicates import collapsed_search
+from imgrec.data.duplicates import collapsed_search
 from imgrec.files import write_json
-from imgrec.neighbors import make_index
-from imgrec.recommend import RecommendConfig, retrieval_metrics
-from imgrec.recommendations import Recommendations, save_recommendations
+from imgrec.pipeline import stage
+from imgrec.recommender.audit_report import load_report
+from imgrec.recommender.catalog import load_catalog
+from imgrec.recommender.neighbors import make_index
+from imgrec.recommender.recommend import RecommendConfig, retrieval_metrics
+from imgrec.recommender.recommendations import Recommendations, save_recommendations
 
 
 def main(args, config: RecommendConfig) -> None:

@@ -4,13 +4,14 @@ of a killed run resumes from --state. With `nproc` > 1 it starts that many ranks
 
 from functools import partial
 
-from imgrec import ddp, fingerprint, runtime, stage
-from imgrec.checkpoint import save_checkpoint
+from imgrec import fingerprint
+from imgrec.data.prepared import load_prepared, prepared_md5
 from imgrec.files import write_json
-from imgrec.model import CNNClassifier
-from imgrec.prepared import load_prepared, prepared_md5
-from imgrec.train import TrainConfig, log_epoch, rank_batch_size, train
-from imgrec.train_state import Resume
+from imgrec.pipeline import ddp, runtime, stage
+from imgrec.training.checkpoint import save_checkpoint
+from imgrec.training.model import CNNClassifier
+from imgrec.training.train import TrainConfig, log_epoch, rank_batch_size, train
+from imgrec.training.train_state import Resume
 
 
 def main(args, config: TrainConfig) -> None:

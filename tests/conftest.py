@@ -30,7 +30,7 @@ def dask_scheduler() -> str:
     tests pass as the `dask_scheduler` param instead of starting a local cluster each time."""
     from distributed import LocalCluster
 
-    from imgrec.dask_cluster import NO_DASHBOARD
+    from imgrec.pipeline.dask_cluster import NO_DASHBOARD
 
     with LocalCluster(
         n_workers=2, threads_per_worker=1, processes=True, scheduler_kwargs=NO_DASHBOARD
@@ -119,7 +119,7 @@ def deterministic_torch():
     process-wide torch state, so it is put back after the test."""
     import torch
 
-    from imgrec import runtime
+    from imgrec.pipeline import runtime
 
     threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
     runtime.make_deterministic(2)
@@ -143,7 +143,7 @@ def rng() -> np.random.Generator:
 @pytest.fixture(scope="session")
 def tiny_prepared(tmp_path_factory) -> Path:
     """A prepared dataset of 48 random 16 px images in 4 classes: 36 train, 12 validation."""
-    from imgrec.prepared import IMAGES_FILE, save_prepared_labels
+    from imgrec.data.prepared import IMAGES_FILE, save_prepared_labels
 
     folder = tmp_path_factory.mktemp("prepared")
     rng = np.random.default_rng(0)

@@ -5,8 +5,10 @@ alike vectors (the images' own pixels, downsampled), so every answer is known.""
 import numpy as np
 import pytest
 
-from imgrec import duplicates
-from imgrec.audit import (
+from imgrec.data import duplicates
+from imgrec.data.image_hashes import ImageHashes
+from imgrec.errors import ImgrecError
+from imgrec.recommender.audit import (
     AuditConfig,
     audit,
     check_gates,
@@ -16,7 +18,7 @@ from imgrec.audit import (
     mostly_suspect,
     suspect_labels_figure,
 )
-from imgrec.audit_report import (
+from imgrec.recommender.audit_report import (
     FLAGS,
     AuditReport,
     DuplicateGroup,
@@ -26,10 +28,8 @@ from imgrec.audit_report import (
     load_report,
     save_report,
 )
-from imgrec.catalog import Catalog
-from imgrec.errors import ImgrecError
-from imgrec.image_hashes import ImageHashes
-from imgrec.plotting import save_figure
+from imgrec.recommender.catalog import Catalog
+from imgrec.recommender.plotting import save_figure
 
 SIZE = 32
 PER_CLASS = 30

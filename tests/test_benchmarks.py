@@ -55,8 +55,8 @@ def test_smoke_run_prints_every_stage_with_finite_ratios(tmp_path: Path):
 
 
 def test_indexes_smoke_run_prints_recall_for_every_setting(tmp_path: Path):
-    from imgrec.catalog import save_catalog
-    from imgrec.prepared import IMAGES_FILE, save_prepared_labels
+    from imgrec.data.prepared import IMAGES_FILE, save_prepared_labels
+    from imgrec.recommender.catalog import save_catalog
 
     # A catalog of 120 items in three clusters, beside a prepared dataset of blank images.
     labels, row_ids = np.arange(120) % 3, np.arange(120)
@@ -88,21 +88,6 @@ def test_indexes_smoke_run_prints_recall_for_every_setting(tmp_path: Path):
     assert all(0 < value <= 1 for value in recalls) and recalls[0] <= recalls[1]
     assert all(float(cell) > 0 for row in rows[1:] for cell in row[5:]), rows
     assert "(nlist 76)" in rows[2][0]  # 3000 vectors: 39 training points per list at most
-
-
-def test_determinism_smoke_run_prints_ratios_and_the_same_weights(tmp_path: Path):
-    command = [sys.executable, str(ROOT / "benchmarks" / "determinism.py")]
-    command += ["--rounds", "1", "--batches", "2"]
-    run = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, timeout=600)
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-
-    header, rows = tables(run.stdout)["determinism"]
-    assert header.startswith("metric | off | on+fill | on | ratio off/on+fill | ratio off/on")
-    for metric in ("train images/s", "CPU s per batch"):
-        for cell in rows[metric][:5]:
-            assert math.isfinite(float(cell)) and float(cell) > 0, (metric, rows[metric])
-    digests = dict(re.findall(r"^- (on\+fill|on): weights md5 (\w+)$", run.stdout, re.MULTILINE))
-    assert digests["on"] == digests["on+fill"], run.stdout  # skipping the NaN fill changes no bit
 
 
 def test_resume_smoke_run_prints_the_cost_of_saving(tmp_path: Path):
@@ -153,8 +138,8 @@ def test_serve_hostile_smoke_run_answers_beside_idle_sockets(tmp_path: Path):
 def tiny_catalog(folder: Path, n: int, train: int) -> None:
     """`folder`/prepared (blank 4 px images, 3 classes, the first `train` rows the training
     split) and `folder`/catalog (vectors clustered by class), as the stages would save them."""
-    from imgrec.catalog import save_catalog
-    from imgrec.prepared import IMAGES_FILE, save_prepared_labels
+    from imgrec.data.prepared import IMAGES_FILE, save_prepared_labels
+    from imgrec.recommender.catalog import save_catalog
 
     labels, row_ids = np.arange(n) % 3, np.arange(n)
     (folder / "prepared").mkdir()
@@ -210,18 +195,6 @@ def test_audit_bar_smoke_run_finds_what_was_planted(tmp_path: Path):
     assert rows["duplicate rows counted by prepare"] == ["5"]
 
 
-def test_suspect_space_smoke_run_judges_labels_in_both_spaces(tmp_path: Path, tiny_prepared):
-    command = [sys.executable, str(ROOT / "benchmarks" / "suspect_space.py"), "--prepared"]
-    command += [str(tiny_prepared), "--share", "0.1", "--epochs", "1", "--work-dir", str(tmp_path)]
-    run = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, timeout=600)
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-
-    lines = [line for line in run.stdout.splitlines() if line.startswith("| embedding")]
-    lines += [line for line in run.stdout.splitlines() if line.startswith("| appearance")]
-    assert len(lines) == 6
-    assert all(cells.split(" | ")[2] == "4 of 4" for cells in lines)  # 48 items: all in top 200
-
-
 def test_spread_smoke_run_prints_each_seed_and_their_summary(tmp_path: Path):
     command = [sys.executable, str(ROOT / "benchmarks" / "spread.py"), "--dataset", "digits"]
     command += ["--seeds", "1,2", "--max-batches", "2", "-S", "epochs=1", "-S", "img_size=16"]
@@ -266,7 +239,7 @@ def test_unseen_query_metrics_agree_with_the_recommend_stage(monkeypatch):
     monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
     from unseen import query_metrics
 
-    from imgrec.recommend import retrieval_metrics
+    from imgrec.recommender.recommend import retrieval_metrics
 
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 4, 50)
@@ -362,23 +335,6 @@ def test_gpu_check_dry_run_needs_none_of_the_pipelines_other_packages(tmp_path: 
     assert results["resume"]["augment_tf32_resumed_equal_uninterrupted"] is True
     assert results["incremental_embed"]["fp32_grown_equals_full_pass"] is True
     assert "| 32 |" in (tmp_path / "gpu_check.md").read_text()  # the epoch table's row
-
-
-def test_projection_smoke_run_scores_each_method(tmp_path: Path):
-    tiny_catalog(tmp_path, 60, train=45)
-
-    command = [sys.executable, str(ROOT / "benchmarks" / "projection.py"), "--rows", "300"]
-    command += ["--sample", "100", "--method", "pca", "--method", "opentsne", "--repeat"]
-    command += ["--embeddings", str(tmp_path / "catalog"), "--prepared", str(tmp_path / "prepared")]
-    run = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, timeout=600)
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-
-    _, rows = tables(run.stdout)["projection"]
-    assert list(rows) == ["pca", "opentsne"]
-    for method, cells in rows.items():
-        trust, kept, agreement = (float(cell) for cell in cells[3:6])
-        assert 0.5 < trust <= 1 and 0 < kept <= 1 and 0 < agreement <= 1, (method, cells)
-        assert cells[6] == "True", method  # the same map twice for one seed
 
 
 def test_adam_step_smoke_run_times_both_steps(tmp_path: Path):

@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 from conftest import make_parquet, tagged_images
 
-from imgrec.catalog import NOVELTY_QUANTILE, load_catalog, save_catalog
-from imgrec.embed import no_close_match_threshold
+from imgrec.data.prepare import PrepareConfig, prepare
+from imgrec.data.prepared import load_prepared
 from imgrec.errors import ImgrecError
-from imgrec.neighbors import ExactIndex
-from imgrec.prepare import PrepareConfig, prepare
-from imgrec.prepared import load_prepared
+from imgrec.recommender.catalog import NOVELTY_QUANTILE, load_catalog, save_catalog
+from imgrec.recommender.embed import no_close_match_threshold
+from imgrec.recommender.neighbors import ExactIndex
 
 
 def unit(rows: np.ndarray) -> np.ndarray:

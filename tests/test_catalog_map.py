@@ -4,13 +4,18 @@ seed, classes apart on it, coordinates round-tripping through their file, the fi
 import numpy as np
 import pytest
 
-from imgrec.audit_report import AuditReport, DuplicateGroup, Leak, Outlier, SuspectLabel
-from imgrec.catalog import Catalog
-from imgrec.catalog_map import CatalogMapConfig, catalog_map, flag_rows, map_figure
+from imgrec.data.prepared import UNLABELED
 from imgrec.errors import ImgrecError
-from imgrec.map_coordinates import MapCoordinates, load_coordinates, normalized, save_coordinates
-from imgrec.plotting import save_figure
-from imgrec.prepared import UNLABELED
+from imgrec.recommender.audit_report import AuditReport, DuplicateGroup, Leak, Outlier, SuspectLabel
+from imgrec.recommender.catalog import Catalog
+from imgrec.recommender.catalog_map import CatalogMapConfig, catalog_map, flag_rows, map_figure
+from imgrec.recommender.map_coordinates import (
+    MapCoordinates,
+    load_coordinates,
+    normalized,
+    save_coordinates,
+)
+from imgrec.recommender.plotting import save_figure
 
 PER_CLASS = 40
 

@@ -5,13 +5,13 @@ import numpy as np
 import pytest
 from conftest import make_parquet, tagged_images
 
-from imgrec.audit import suspect_labels
-from imgrec.fetch_catalog import FetchCatalogConfig, fetch_catalog, source_state
-from imgrec.prepare import PrepareConfig, prepare
-from imgrec.prepare_catalog import PrepareCatalogConfig, catalog_from_training, prepare_catalog
-from imgrec.prepared import UNLABELED, label_name, load_prepared
-from imgrec.raw_parquet import is_training_data_marker
-from imgrec.recommend import retrieval_metrics
+from imgrec.data.fetch_catalog import FetchCatalogConfig, fetch_catalog, source_state
+from imgrec.data.prepare import PrepareConfig, prepare
+from imgrec.data.prepare_catalog import PrepareCatalogConfig, catalog_from_training, prepare_catalog
+from imgrec.data.prepared import UNLABELED, label_name, load_prepared
+from imgrec.data.raw_parquet import is_training_data_marker
+from imgrec.recommender.audit import suspect_labels
+from imgrec.recommender.recommend import retrieval_metrics
 
 
 @pytest.fixture
@@ -116,7 +116,7 @@ def test_a_catalog_file_without_a_label_column_is_fetched_unlabeled(
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from imgrec.raw_parquet import IMAGE_TYPE
+    from imgrec.data.raw_parquet import IMAGE_TYPE
 
     images = [{"bytes": b, "path": None} for b in tagged_images(4, start=30)]
     pq.write_table(pa.table({"image": pa.array(images, IMAGE_TYPE)}), source / "0001.parquet")
@@ -130,9 +130,9 @@ def test_the_training_data_still_needs_its_label_column(tmp_path, dask_scheduler
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    from imgrec.data.fetch import fetch
+    from imgrec.data.raw_parquet import IMAGE_TYPE
     from imgrec.errors import ImgrecError
-    from imgrec.fetch import fetch
-    from imgrec.raw_parquet import IMAGE_TYPE
 
     images = [{"bytes": b, "path": None} for b in tagged_images(4)]
     pq.write_table(pa.table({"image": pa.array(images, IMAGE_TYPE)}), tmp_path / "x.parquet")

@@ -5,10 +5,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from imgrec.checkpoint import check_matches, load_checkpoint, save_checkpoint
 from imgrec.errors import ImgrecError
-from imgrec.model import CNNClassifier, ModelConfig
-from imgrec.train import TrainConfig
+from imgrec.training.checkpoint import check_matches, load_checkpoint, save_checkpoint
+from imgrec.training.model import CNNClassifier, ModelConfig
+from imgrec.training.train import TrainConfig
 
 CLASS_NAMES = ["cat", "dog", "fish"]
 

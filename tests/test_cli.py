@@ -17,17 +17,18 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from imgrec import cli, query
-from imgrec.catalog import load_catalog, save_catalog
-from imgrec.checkpoint import checkpoint_md5, load_checkpoint, save_checkpoint
-from imgrec.embed import no_close_match_threshold
-from imgrec.fetch import BUILTIN_DIGITS, fetch
-from imgrec.inference import embed
-from imgrec.model import CNNClassifier, ModelConfig
-from imgrec.prepare import PrepareConfig, prepare
-from imgrec.prepared import load_prepared, prepared_md5
-from imgrec.runtime import seed_everything
-from imgrec.train import TrainConfig, train
+from imgrec import cli
+from imgrec.data.fetch import BUILTIN_DIGITS, fetch
+from imgrec.data.prepare import PrepareConfig, prepare
+from imgrec.data.prepared import load_prepared, prepared_md5
+from imgrec.pipeline.runtime import seed_everything
+from imgrec.recommender.catalog import load_catalog, save_catalog
+from imgrec.recommender.embed import no_close_match_threshold
+from imgrec.serving import query
+from imgrec.training.checkpoint import checkpoint_md5, load_checkpoint, save_checkpoint
+from imgrec.training.inference import embed
+from imgrec.training.model import CNNClassifier, ModelConfig
+from imgrec.training.train import TrainConfig, train
 
 IMG_SIZE = 16
 
@@ -94,10 +95,10 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory, dask_scheduler: str) -> P
 def audited(pipeline: Pipeline, tmp_path_factory: pytest.TempPathFactory) -> list[str]:
     """The audit's report and the image hashes for the pipeline's catalog, made by the
     audit's own function with the catalog's model: the options that point the query at them."""
-    from imgrec import duplicates
-    from imgrec.audit import AuditConfig, audit, copy_similarity_threshold
-    from imgrec.audit_report import save_report
-    from imgrec.image_hashes import ImageHashes, save_image_hashes
+    from imgrec.data import duplicates
+    from imgrec.data.image_hashes import ImageHashes, save_image_hashes
+    from imgrec.recommender.audit import AuditConfig, audit, copy_similarity_threshold
+    from imgrec.recommender.audit_report import save_report
 
     root = tmp_path_factory.mktemp("audited")
     catalog = load_catalog(pipeline.embeddings, pipeline.prepared)
@@ -156,7 +157,7 @@ def test_a_catalog_image_is_its_own_duplicate_and_left_out(pipeline, audited, ca
     assert row_id in answer["duplicate_of"]
     listed = [r["row_id"] for r in answer["results"]]
     assert len(listed) == 4 and not set(listed) & set(answer["duplicate_of"])
-    from imgrec.audit_report import load_report
+    from imgrec.recommender.audit_report import load_report
 
     catalog = load_catalog(pipeline.embeddings, pipeline.prepared)
     groups = load_report(audited[1]).duplicate_groups(catalog.row_ids)

@@ -6,11 +6,11 @@ import math
 import pytest
 from conftest import stage_configs
 
+from imgrec.data.fetch import FetchConfig
+from imgrec.data.prepare import PrepareConfig
 from imgrec.errors import ImgrecError
-from imgrec.fetch import FetchConfig
-from imgrec.prepare import PrepareConfig
-from imgrec.recommend import RecommendConfig
-from imgrec.train import TrainConfig
+from imgrec.recommender.recommend import RecommendConfig
+from imgrec.training.train import TrainConfig
 
 GOOD = [
     (TrainConfig, "epochs", 1, 1),

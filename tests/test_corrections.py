@@ -5,8 +5,8 @@ import threading
 
 import pytest
 
-from imgrec import corrections
-from imgrec.corrections import Correction
+from imgrec.data import corrections
+from imgrec.data.corrections import Correction
 from imgrec.errors import ImgrecError
 
 

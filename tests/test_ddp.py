@@ -10,11 +10,11 @@ import pytest
 import torch
 from conftest import train_stage_command
 
-from imgrec import ddp
-from imgrec.checkpoint import load_checkpoint, save_checkpoint
 from imgrec.errors import ImgrecError
-from imgrec.model import CNNClassifier, ModelConfig
-from imgrec.train import TrainConfig
+from imgrec.pipeline import ddp
+from imgrec.training.checkpoint import load_checkpoint, save_checkpoint
+from imgrec.training.model import CNNClassifier, ModelConfig
+from imgrec.training.train import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {"batch_size": 8, "epochs": 3, "patience": 1, "lr_patience": 0, "num_threads": 2}
@@ -29,10 +29,10 @@ def prepared(tiny_prepared) -> Path:
 # can be compared with each other and not only rank 0's checkpoint with itself.
 RANK_SCRIPT = """
 import imgrec, json, sys, torch
-from imgrec import ddp, runtime
-from imgrec.model import CNNClassifier, ModelConfig
-from imgrec.prepared import load_prepared
-from imgrec.train import TrainConfig, train
+from imgrec.pipeline import ddp, runtime
+from imgrec.training.model import CNNClassifier, ModelConfig
+from imgrec.data.prepared import load_prepared
+from imgrec.training.train import TrainConfig, train
 
 prepared, out, overrides = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
 config = TrainConfig(**overrides)

@@ -9,10 +9,10 @@ import pytest
 from conftest import make_parquet
 from PIL import Image, ImageDraw
 
-from imgrec import duplicates
-from imgrec.image_hashes import load_image_hashes, save_image_hashes
-from imgrec.prepare import PrepareConfig, prepare, stratified_split
-from imgrec.prepared import load_prepared
+from imgrec.data import duplicates
+from imgrec.data.image_hashes import load_image_hashes, save_image_hashes
+from imgrec.data.prepare import PrepareConfig, prepare, stratified_split
+from imgrec.data.prepared import load_prepared
 
 IMG_SIZE = 64
 DISTINCT = 48  # rows 0..47: unrelated drawings, labels alternate 0/1

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from imgrec.embed import FULL_BATCH, Embedded, embed_catalog
-from imgrec.inference import catalog_vectors
-from imgrec.kept_vectors import KEPT_KEYS, VectorKey, kept_vectors, load_kept, save_kept
-from imgrec.model import CNNClassifier, ModelConfig
+from imgrec.recommender.embed import FULL_BATCH, Embedded, embed_catalog
+from imgrec.recommender.kept_vectors import KEPT_KEYS, VectorKey, kept_vectors, load_kept, save_kept
+from imgrec.training.inference import catalog_vectors
+from imgrec.training.model import CNNClassifier, ModelConfig
 
 N_IMAGES = 2 * FULL_BATCH + 37  # two full batches and a partial one
 
@@ -33,7 +33,7 @@ def from_scratch(model, images, deterministic_module):
 
 @pytest.fixture(scope="module")
 def deterministic_module():
-    from imgrec import runtime
+    from imgrec.pipeline import runtime
 
     threads = torch.get_num_threads()
     runtime.make_deterministic(2)
@@ -121,7 +121,7 @@ def test_only_the_most_recently_used_keys_are_kept(model, images, tmp_path):
 
 
 def test_on_the_cpu_an_images_place_in_the_batch_does_not_matter(model, images):
-    from imgrec.embed import batch_position_matters
+    from imgrec.recommender.embed import batch_position_matters
 
     assert not batch_position_matters(model, images, "cpu")
     assert not batch_position_matters(model, images[:3], "cpu")  # repeated to a full batch
@@ -131,10 +131,10 @@ def test_where_the_place_matters_everything_is_embedded_as_one_pass(
     model, images, from_scratch, monkeypatch
 ):
     """What a GPU with TF32 gets (measured on an H200): a full pass, nothing kept."""
-    import imgrec.embed
+    import imgrec.recommender.embed
 
     kept = embed_catalog(model, images[:100], None, "cpu").kept
-    monkeypatch.setattr(imgrec.embed, "batch_position_matters", lambda *args: True)
+    monkeypatch.setattr(imgrec.recommender.embed, "batch_position_matters", lambda *args: True)
     grown = embed_catalog(model, images, kept, "cpu")
     assert np.array_equal(grown.embeddings, from_scratch[0])
     assert np.array_equal(grown.appearance, from_scratch[1])

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import f1_score
 
-from imgrec.evaluate import classification_metrics, confusion_rows, not_learned, save_rows
+from imgrec.training.evaluate import classification_metrics, confusion_rows, not_learned, save_rows
 
 NAMES = ["ant", "bee", "cow"]
 Y_TRUE = np.array([0, 0, 1, 1, 2, 2])

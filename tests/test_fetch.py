@@ -10,15 +10,15 @@ import pytest
 from conftest import hf_metadata, make_parquet, png_bytes, tagged_images
 from fsspec.implementations.local import LocalFileOpener
 
-from imgrec import fetch as fetch_module
-from imgrec.errors import ImgrecError
-from imgrec.fetch import (
+from imgrec.data import fetch as fetch_module
+from imgrec.data.fetch import (
     BUILTIN_DIGITS,
     IMAGE_TYPE,
     class_names_from_metadata,
     expand_source,
     fetch,
 )
+from imgrec.errors import ImgrecError
 
 
 def _paths(table: pa.Table) -> list[str]:
@@ -646,7 +646,7 @@ def test_a_group_too_big_for_a_task_streams_through_the_stage(tmp_path, monkeypa
     monkeypatch.setattr(fetch_module, "OUT_ROW_GROUP_ROWS", 4)
     _write_groups(tmp_path / "src/a.parquet", [20, 3, 3, 9, 1])
     fs, paths = fetch_module.list_parquet_files(str(tmp_path / "src"))
-    files = [fetch_module._read_footer(fs, path) for path in paths]
+    files = [fetch_module.read_footer(fs, path) for path in paths]
     task_rows = []
     read_task = fetch_module.read_task
 
@@ -671,7 +671,7 @@ def test_a_group_too_big_for_a_task_streams_through_the_stage(tmp_path, monkeypa
 def test_a_scheduler_without_workers_is_one_sentence(three_files, tmp_path, monkeypatch):
     from distributed import LocalCluster
 
-    from imgrec import dask_cluster
+    from imgrec.pipeline import dask_cluster
 
     monkeypatch.setattr(dask_cluster, "_WORKER_TIMEOUT", 1)
     out = tmp_path / "out.parquet"

@@ -8,8 +8,8 @@ import torch
 from conftest import image_bytes, jpeg_bytes, png_bytes
 from PIL import Image, ImageOps
 
-from imgrec.images import SKIP_REASONS, SkippedImage, decode
-from imgrec.inference import to_tensor
+from imgrec.data.images import SKIP_REASONS, SkippedImage, decode
+from imgrec.training.inference import to_tensor
 
 SIZE = 6
 WHITE = (255, 255, 255)
@@ -293,7 +293,7 @@ def test_other_formats_are_skipped_and_start_no_program(monkeypatch, data):
 
 
 def test_every_accepted_format_decodes():
-    from imgrec.images import FORMATS
+    from imgrec.data.images import FORMATS
 
     for fmt in FORMATS:
         assert decode(image_bytes((5, 4), (10, 20, 30), "RGB", fmt), SIZE).shape == (SIZE, SIZE, 3)

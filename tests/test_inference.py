@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from imgrec.inference import catalog_vectors, embed, predict_logits
-from imgrec.model import CNNClassifier, ModelConfig
+from imgrec.training.inference import catalog_vectors, embed, predict_logits
+from imgrec.training.model import CNNClassifier, ModelConfig
 
 N_CLASSES = 3
 

@@ -7,8 +7,8 @@ import sys
 import pytest
 import torch
 
-from imgrec import kernels
 from imgrec.errors import ImgrecError
+from imgrec.pipeline import kernels
 
 x86_only = pytest.mark.skipif(not kernels.applies_here(), reason="the caps name x86-64 ISAs")
 
@@ -113,8 +113,8 @@ def test_a_stage_that_loads_numpy_first_still_runs_portable_kernels(tmp_path):
     script = tmp_path / "fetch.py"
     script.write_text(
         "import numpy  # before imgrec: OpenBLAS picks its kernels now\n"
-        "from imgrec import kernels, stage\n"
-        "from imgrec.fetch import FetchConfig\n"
+        "from imgrec.pipeline import kernels, stage\n"
+        "from imgrec.data.fetch import FetchConfig\n"
         "def main(args, config):\n"
         "    print('in force:', kernels.portable_in_force(), kernels.in_force()['blas'])\n"
         "stage.run(main, FetchConfig, ['out'])\n"

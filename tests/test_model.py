@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from imgrec.model import (
+from imgrec.training.model import (
     AdaptiveAvgPool2d,
     CNNClassifier,
     ModelConfig,
@@ -221,7 +221,7 @@ def backward_nodes(loss: torch.Tensor) -> set[str]:
 
 def training_loss(model: CNNClassifier, img_size: int) -> torch.Tensor:
     """A forward and the loss as `train.train_epoch` computes them, augmentation included."""
-    from imgrec.train import augment_batch
+    from imgrec.training.train import augment_batch
 
     model.train().to(memory_format=torch.channels_last)
     generator = torch.Generator().manual_seed(0)
@@ -248,7 +248,7 @@ def test_the_walk_finds_torchs_adaptive_pool(model):
 # contiguous tensor of this size), printed as md5s of the fused step and torch's default.
 ADAM_STEP = """
 import hashlib, torch
-from imgrec.model import adam
+from imgrec.training.model import adam
 generator = torch.Generator().manual_seed(0)
 def step(make):
     weight = torch.nn.Parameter(torch.randn(512, 4096, generator=generator) * 0.02)

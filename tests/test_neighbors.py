@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from imgrec.errors import ImgrecError
-from imgrec.neighbors import ExactIndex, HnswIndex, IvfIndex, make_index
-from imgrec.recommend import RecommendConfig, retrieval_metrics
+from imgrec.recommender.neighbors import ExactIndex, HnswIndex, IvfIndex, make_index
+from imgrec.recommender.recommend import RecommendConfig, retrieval_metrics
 
 
 def unit_vectors(n: int, dim: int, seed: int = 0) -> np.ndarray:

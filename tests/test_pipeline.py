@@ -25,8 +25,8 @@ from tiny_project import (
     reproduced_tiny_project,
 )
 
-from imgrec import kernels
-from imgrec.prepared import load_prepared
+from imgrec.data.prepared import load_prepared
+from imgrec.pipeline import kernels
 
 pytestmark = pytest.mark.slow
 
@@ -48,7 +48,7 @@ def check_parses(path: Path) -> None:
             image.load()
             assert image.width > 100 and image.height > 100
     elif path.suffix == ".parquet":
-        from imgrec.raw_parquet import is_training_data_marker
+        from imgrec.data.raw_parquet import is_training_data_marker
 
         assert pq.read_table(path).num_rows > 0 or is_training_data_marker(path)
     elif path.suffix == ".npy":

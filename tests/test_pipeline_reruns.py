@@ -36,7 +36,7 @@ def project(tmp_path_factory) -> Path:
 
 def write_catalog(path: Path, rows: range, unlabeled: set[int]) -> None:
     """Rows of the built-in digits as a catalog file, the `unlabeled` ones without a label."""
-    from imgrec.fetch import digits_table
+    from imgrec.data.fetch import digits_table
 
     table = digits_table().slice(rows.start, len(rows))
     labels = table.column("label").to_pylist()
@@ -71,7 +71,7 @@ def test_a_grown_catalog_is_embedded_without_training_to_the_bytes_of_a_full_pas
     unchanged = dvc("repro", cwd=copy).stdout
     assert ran_stages(unchanged) == ["fetch_catalog"] and "up to date with its source" in unchanged
     # The query command answers from the grown catalog: an appended image is found in it.
-    from imgrec.fetch import digits_table
+    from imgrec.data.fetch import digits_table
 
     (copy / "new.png").write_bytes(digits_table().column("image")[239].as_py()["bytes"])
     query = subprocess.run(

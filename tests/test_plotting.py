@@ -7,14 +7,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from imgrec.plotting import (
+from imgrec.data.prepared import Prepared
+from imgrec.recommender.plotting import (
     confusion_matrix_figure,
     prediction_grid_figure,
     recommendation_figure,
     save_figure,
     validation_samples_figure,
 )
-from imgrec.prepared import Prepared
 
 NAMES = ["ant", "bee", "cow"]
 RNG = np.random.default_rng(0)

@@ -7,9 +7,8 @@ import numpy as np
 import pytest
 from conftest import hf_metadata, make_parquet, png_bytes, tagged_image
 
-from imgrec.corrections import Correction
-from imgrec.errors import ImgrecError
-from imgrec.prepare import (
+from imgrec.data.corrections import Correction
+from imgrec.data.prepare import (
     SKIP_REASONS,
     PrepareConfig,
     class_ids,
@@ -17,7 +16,8 @@ from imgrec.prepare import (
     prepare,
     stratified_split,
 )
-from imgrec.prepared import load_prepared
+from imgrec.data.prepared import load_prepared
+from imgrec.errors import ImgrecError
 
 IMG_SIZE = 4
 

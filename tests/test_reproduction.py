@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from imgrec import fingerprint, kernels
+from imgrec import fingerprint
 from imgrec.fingerprint import Fingerprint
+from imgrec.pipeline import kernels
 from imgrec.reproduction import bits_expected, check
 
 COMMITTED = {"kernels": "portable", "device": "cpu", "num_threads": 2, "nproc": 1, "lr": 0.001}

@@ -17,12 +17,12 @@ import pytest
 import torch
 from conftest import processes_in, train_stage_command
 
-from imgrec import runtime
+from imgrec.data.prepared import Prepared
 from imgrec.errors import Stopped
-from imgrec.model import CNNClassifier, ModelConfig
-from imgrec.prepared import Prepared
-from imgrec.train import TrainConfig, train
-from imgrec.train_state import Resume, RunIdentity
+from imgrec.pipeline import runtime
+from imgrec.training.model import CNNClassifier, ModelConfig
+from imgrec.training.train import TrainConfig, train
+from imgrec.training.train_state import Resume, RunIdentity
 
 IMG_SIZE, N_CLASSES = 16, 4
 CONFIG = TrainConfig(batch_size=8, epochs=3, augment=True, patience=10)  # 4 batches an epoch

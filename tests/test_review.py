@@ -8,12 +8,12 @@ import pytest
 import yaml
 from conftest import ROOT
 
-from imgrec import corrections
-from imgrec.audit_report import AuditReport, DuplicateGroup, SuspectLabel, save_report
 from imgrec.cli import main
-from imgrec.corrections import Correction
-from imgrec.prepared import IMAGES_FILE, save_prepared_labels
-from imgrec.query import DEFAULT_CORRECTIONS
+from imgrec.data import corrections
+from imgrec.data.corrections import Correction
+from imgrec.data.prepared import IMAGES_FILE, save_prepared_labels
+from imgrec.recommender.audit_report import AuditReport, DuplicateGroup, SuspectLabel, save_report
+from imgrec.serving.query import DEFAULT_CORRECTIONS
 
 CLASSES = ["cat", "dog", "fox"]
 

@@ -14,9 +14,9 @@ from chromium import CHROMIUM, Chromium
 from fastapi.testclient import TestClient
 from test_server import make_project, png_of, start, stop, wait_until_up
 
+from imgrec.data.prepared import load_prepared, save_prepared_labels
 from imgrec.errors import ImgrecError
-from imgrec.map_coordinates import MapCoordinates, save_coordinates
-from imgrec.prepared import load_prepared, save_prepared_labels
+from imgrec.recommender.map_coordinates import MapCoordinates, save_coordinates
 from imgrec.server import ServeConfig, Served, create_app
 
 TOKEN = "review-token"
@@ -203,7 +203,7 @@ def test_the_review_is_loaded_with_the_served_state_not_per_request(
     def no_load(*args, **kwargs):
         raise AssertionError("Review.load in a request")
 
-    monkeypatch.setattr("imgrec.review.Review.load", no_load)
+    monkeypatch.setattr("imgrec.recommender.review.Review.load", no_load)
     corrections = tmp_path / "corrections.csv"
     reviewer = client(project, served, corrections=corrections, review=True)
     assert reviewer.get("/api/review").json()["writable"] is True

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from imgrec.errors import ImgrecError
-from imgrec.model import CNNClassifier, ModelConfig
-from imgrec.runtime import World, make_deterministic, pick_device, seed_everything, start
-from imgrec.train import TrainConfig
+from imgrec.pipeline.runtime import World, make_deterministic, pick_device, seed_everything, start
+from imgrec.training.model import CNNClassifier, ModelConfig
+from imgrec.training.train import TrainConfig
 
 no_gpu = pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA GPU")
 

@@ -23,20 +23,31 @@ import torch
 from chromium import CHROMIUM, Chromium
 from PIL import Image
 
-from imgrec import cli, duplicates
-from imgrec.audit_report import AuditReport, DuplicateGroup, Outlier, SuspectLabel, save_report
-from imgrec.catalog import save_catalog
-from imgrec.checkpoint import checkpoint_md5, load_checkpoint, save_checkpoint
-from imgrec.embed import no_close_match_threshold
+from imgrec import cli
+from imgrec.data import duplicates
+from imgrec.data.image_hashes import ImageHashes, save_image_hashes
+from imgrec.data.prepared import load_prepared
 from imgrec.errors import ImgrecError
-from imgrec.image_hashes import ImageHashes, save_image_hashes
-from imgrec.inference import catalog_vectors
-from imgrec.model import CNNClassifier, ModelConfig
-from imgrec.neighbors import ExactIndex
-from imgrec.prepared import load_prepared
-from imgrec.recommendations import Recommendations, load_recommendations, save_recommendations
+from imgrec.recommender.audit_report import (
+    AuditReport,
+    DuplicateGroup,
+    Outlier,
+    SuspectLabel,
+    save_report,
+)
+from imgrec.recommender.catalog import save_catalog
+from imgrec.recommender.embed import no_close_match_threshold
+from imgrec.recommender.neighbors import ExactIndex
+from imgrec.recommender.recommendations import (
+    Recommendations,
+    load_recommendations,
+    save_recommendations,
+)
 from imgrec.server import ServeConfig
-from imgrec.train import TrainConfig
+from imgrec.training.checkpoint import checkpoint_md5, load_checkpoint, save_checkpoint
+from imgrec.training.inference import catalog_vectors
+from imgrec.training.model import CNNClassifier, ModelConfig
+from imgrec.training.train import TrainConfig
 
 TOKEN = "s3cret-token"
 AUDIT = AuditReport(

@@ -32,12 +32,12 @@ from test_server import (
     wait_until_up,
 )
 
-from imgrec.checkpoint import checkpoint_md5, save_checkpoint
-from imgrec.images import decode, decoded_bytes
-from imgrec.model import CNNClassifier, ModelConfig
-from imgrec.prepared import IMAGES_FILE, ImageRows, load_prepared
+from imgrec.data.images import decode, decoded_bytes
+from imgrec.data.prepared import IMAGES_FILE, ImageRows, load_prepared
 from imgrec.server.guards import HostRule, RequestGuard, split_host
-from imgrec.train import TrainConfig
+from imgrec.training.checkpoint import checkpoint_md5, save_checkpoint
+from imgrec.training.model import CNNClassifier, ModelConfig
+from imgrec.training.train import TrainConfig
 
 HEADER_WAIT_S = 60  # bounds on loops that wait for the server: generous, never asserted
 

@@ -8,14 +8,14 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import RandomSampler
 
-from imgrec import runtime
-from imgrec import train as train_module
+from imgrec.data.prepared import Prepared
 from imgrec.errors import ImgrecError
-from imgrec.inference import to_tensor
-from imgrec.model import CNNClassifier, ModelConfig, adam
-from imgrec.prepared import Prepared
-from imgrec.runtime import World
-from imgrec.train import TrainConfig, augment_batch, rank_batch_size, train
+from imgrec.pipeline import runtime
+from imgrec.pipeline.runtime import World
+from imgrec.training import train as train_module
+from imgrec.training.inference import to_tensor
+from imgrec.training.model import CNNClassifier, ModelConfig, adam
+from imgrec.training.train import TrainConfig, augment_batch, rank_batch_size, train
 
 IMG_SIZE, N_IMAGES, N_CLASSES = 16, 40, 4
 pytestmark = pytest.mark.usefixtures("deterministic_torch")
@@ -113,7 +113,7 @@ def test_patience_running_out_at_the_last_epoch_is_no_early_stop(data, caplog):
     options = {"seed": 1, "lr": 1e-4, "patience": 1, "lr_patience": 10, "max_batches": 2}
     _, stopped = run(data, epochs=8, **options)  # as above: stops early, at epoch E
     assert stopped.stopped_early
-    caplog.set_level("INFO", logger="imgrec.train")
+    caplog.set_level("INFO", logger="imgrec.training.train")
     _, result = run(data, epochs=stopped.epochs_run, **options)  # E is now the last epoch
     assert not result.stopped_early and result.epochs_run == stopped.epochs_run
     assert "early stopping" not in caplog.text

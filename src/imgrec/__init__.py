@@ -1,7 +1,7 @@
 """imgrec: an image classifier and a "more like this" recommender as a DVC pipeline."""
 
 # First, before any module below loads numpy or torch: their kernels are chosen at load.
-from imgrec import kernels
+from imgrec.pipeline import kernels
 
 kernels.apply_from_environment()
 

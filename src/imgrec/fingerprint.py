@@ -23,8 +23,8 @@ import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from imgrec import kernels
 from imgrec.errors import EXIT_FAILED, ImgrecError
+from imgrec.pipeline import kernels
 
 
 @dataclass(frozen=True)
@@ -186,7 +186,7 @@ def _model_steps(inputs: _Inputs, setup: Setup, widths: tuple[int, ...]) -> None
     import torch
     import torch.nn.functional as F
 
-    from imgrec.model import CNNClassifier, ModelConfig, adam
+    from imgrec.training.model import CNNClassifier, ModelConfig, adam
 
     record, device, layout, rng = inputs.record, inputs.device, inputs.layout, inputs.rng
     model = CNNClassifier(ModelConfig(num_classes=10, widths=widths))
@@ -289,13 +289,13 @@ def main(argv: list[str] | None = None) -> int:
         help="compare with this fingerprint: a file, or REV:PATH for one committed in git",
     )
     args = parser.parse_args(argv)
-    from imgrec.stage import read_params
+    from imgrec.pipeline.stage import read_params
 
     try:
         params = read_params(args.params)
         kernels.apply(str(params.get("kernels", "portable")))  # before torch and numpy load
-        from imgrec import runtime
-        from imgrec.train import TrainConfig
+        from imgrec.pipeline import runtime
+        from imgrec.training.train import TrainConfig
 
         # The train stage's params, checked as it checks them (one sentence on a bad one);
         # img_size is prepare's, whose config would bring the decoders into train's deps.

@@ -27,8 +27,9 @@ from pathlib import Path
 
 import yaml
 
-from imgrec import fingerprint, kernels
+from imgrec import fingerprint
 from imgrec.errors import EXIT_FAILED, ImgrecError
+from imgrec.pipeline import kernels
 
 TOLERANCES_FILE = "reproducibility.yaml"
 

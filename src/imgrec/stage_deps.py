@@ -39,20 +39,29 @@ def package_imports(path: Path) -> set[str]:
         if id(node) in skip:
             continue
         if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith(PACKAGE):
-            found.add(PACKAGE)  # importing any module runs the package's __init__ first
-            if node.module == PACKAGE:
-                found |= {f"{PACKAGE}.{alias.name}" for alias in node.names}
-            else:
-                found.add(node.module)
+            found |= _with_parents(node.module)
+            # `from imgrec.data import prepare` imports a module; a name that is no module
+            # names no file, and derived_deps skips it
+            found |= {f"{node.module}.{alias.name}" for alias in node.names}
         elif isinstance(node, ast.Import):
-            found |= {a.name for a in node.names if a.name.startswith(PACKAGE)}
+            for alias in node.names:
+                if alias.name.startswith(PACKAGE):
+                    found |= _with_parents(alias.name)
     return found
 
 
+def _with_parents(module: str) -> set[str]:
+    """The module and each package above it: importing it runs their __init__ first."""
+    parts = module.split(".")
+    return {".".join(parts[: i + 1]) for i in range(len(parts))}
+
+
 def module_file(root: Path, module: str) -> Path:
-    if module == PACKAGE:
-        return root / "src" / PACKAGE / "__init__.py"
-    return root / "src" / (module.replace(".", "/") + ".py")
+    """The file of a module, or a package's __init__.py."""
+    folder = root / "src" / module.replace(".", "/")
+    if (folder / "__init__.py").exists():
+        return folder / "__init__.py"
+    return folder.with_suffix(".py")
 
 
 def derived_deps(root: Path, script: Path) -> list[str]:

@@ -38,7 +38,7 @@ from imgrec.errors import (
     MissingOutput,
     first_line,
 )
-from imgrec.query import (
+from imgrec.serving.query import (
     DEFAULT_AUDIT,
     DEFAULT_CATALOG,
     DEFAULT_CATALOG_MAP,

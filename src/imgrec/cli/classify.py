@@ -6,7 +6,7 @@ import sys
 
 from imgrec.cli.common import format_table, in_given_order, load_queries
 from imgrec.errors import EXIT_FAILED
-from imgrec.query import Recommender, classify_answer
+from imgrec.serving.query import Recommender, classify_answer
 
 
 def add_parser(commands, parents: dict[str, argparse.ArgumentParser]) -> None:

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from imgrec.errors import ImgrecError
-from imgrec.query import (
+from imgrec.serving.query import (
     DEFAULT_CATALOG,
     DEFAULT_MODEL,
     DEFAULT_PREPARED,

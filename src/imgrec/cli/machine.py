@@ -16,7 +16,7 @@ def add_parser(commands, parents: dict[str, argparse.ArgumentParser]) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch  # noqa: F401 - loaded so the line can say which kernels it uses
 
-    from imgrec import kernels
+    from imgrec.pipeline import kernels
 
     print(kernels.machine_line())
     return 0

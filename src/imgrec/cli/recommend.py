@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from imgrec.cli.common import format_table, in_given_order, load_queries, positive_int
 from imgrec.errors import EXIT_FAILED, ImgrecError
-from imgrec.query import (
+from imgrec.serving.query import (
     DEFAULT_AUDIT,
     DEFAULT_HASHES,
     Recommender,
@@ -22,8 +22,8 @@ from imgrec.query import (
 if TYPE_CHECKING:
     import numpy as np
 
-    from imgrec.catalog import Catalog
-    from imgrec.query import Neighbor
+    from imgrec.recommender.catalog import Catalog
+    from imgrec.serving.query import Neighbor
 
 
 def add_parser(commands, parents: dict[str, argparse.ArgumentParser]) -> None:
@@ -92,7 +92,7 @@ def write_figure(
     """Each query beside its top-k, as the figure stage draws them, in the format `path` names."""
     import numpy as np
 
-    from imgrec.plotting import neighbor_title, recommendation_figure, save_figure
+    from imgrec.recommender.plotting import neighbor_title, recommendation_figure, save_figure
 
     positions = [catalog.positions(np.array([n.row_id for n in r])) for r in results]
     figure = recommendation_figure(

@@ -8,7 +8,7 @@
     imgrec review keep-one ROW [--keep ROW]      of ROW's duplicate group keep one, drop the rest
     imgrec review forget ROW...                  undo a decision
 
-Decisions go to the corrections file (labels/corrections.csv; format: `imgrec.corrections`)
+Decisions go to the corrections file (labels/corrections.csv; format: `imgrec.data.corrections`)
 through `corrections.update`, as the server's review endpoint writes them; the next
 `dvc repro` applies them in prepare and retrains.
 """
@@ -18,9 +18,9 @@ from __future__ import annotations
 import argparse
 import json
 
-from imgrec import corrections
 from imgrec.cli.common import format_table
-from imgrec.query import DEFAULT_AUDIT, DEFAULT_CORRECTIONS, DEFAULT_PREPARED
+from imgrec.data import corrections
+from imgrec.serving.query import DEFAULT_AUDIT, DEFAULT_CORRECTIONS, DEFAULT_PREPARED
 
 
 def _rows(text: str) -> int:
@@ -87,7 +87,7 @@ def _describe(correction: corrections.Correction | None) -> str:
 
 
 def _list(args: argparse.Namespace) -> int:
-    from imgrec.audit_report import load_report
+    from imgrec.recommender.audit_report import load_report
 
     report_path, _, corrections_path = _paths(args)
     report = load_report(report_path)
@@ -125,7 +125,7 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _decide(args: argparse.Namespace) -> int:
-    from imgrec.review import Review
+    from imgrec.recommender.review import Review
 
     report_path, prepared_dir, corrections_path = _paths(args)
     review = Review.load(report_path, prepared_dir)

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 from imgrec.cli.common import positive_int
-from imgrec.query import (
+from imgrec.serving.query import (
     DEFAULT_AUDIT,
     DEFAULT_CATALOG_MAP,
     DEFAULT_CORRECTIONS,
@@ -26,6 +26,14 @@ def add_parser(commands, parents: dict[str, argparse.ArgumentParser]) -> None:
         "documented at /docs, and a page at / to browse the catalog and search it with an "
         "image. Localhost only unless a token is set or --no-token is given.",
     )
+    _add_binding(serve)
+    _add_limits(serve)
+    _add_inputs(serve)
+    serve.set_defaults(run=run)
+
+
+def _add_binding(serve: argparse.ArgumentParser) -> None:
+    """Where it listens, with how many workers, and who may call it."""
     serve.add_argument(
         "--host",
         default="127.0.0.1",
@@ -53,6 +61,10 @@ def add_parser(commands, parents: dict[str, argparse.ArgumentParser]) -> None:
         action="store_true",
         help="serve another host than localhost without a token, on purpose",
     )
+
+
+def _add_limits(serve: argparse.ArgumentParser) -> None:
+    """What a request may send and how many may run at once."""
     serve.add_argument(
         "--max-upload-mb",
         type=float,
@@ -91,6 +103,10 @@ def add_parser(commands, parents: dict[str, argparse.ArgumentParser]) -> None:
         choices=["critical", "error", "warning", "info", "debug", "trace"],
         help="uvicorn's log level (default: info)",
     )
+
+
+def _add_inputs(serve: argparse.ArgumentParser) -> None:
+    """The pipeline's outputs it serves besides the model and catalog, and the review."""
     serve.add_argument(
         "--recommendations",
         metavar="FILE",
@@ -131,7 +147,6 @@ def add_parser(commands, parents: dict[str, argparse.ArgumentParser]) -> None:
         type=Path,
         help=f"the corrections file that --review writes (default: {DEFAULT_CORRECTIONS})",
     )
-    serve.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:

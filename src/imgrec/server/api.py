@@ -11,17 +11,17 @@ from pydantic import BeforeValidator
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.concurrency import run_in_threadpool
 
-from imgrec.audit_report import FLAGS, Flag
+from imgrec.data.prepared import label_name
 from imgrec.errors import ImgrecError
-from imgrec.prepared import label_name
-from imgrec.query import (
+from imgrec.recommender.audit_report import FLAGS, Flag
+from imgrec.server import events
+from imgrec.server.state import Served, ServedState, served
+from imgrec.serving.query import (
     classify_answer,
     item_neighbors,
     item_position,
     recommend_answer,
 )
-from imgrec.server import events
-from imgrec.server.state import Served, ServedState, served
 
 router = APIRouter()
 State = Annotated[Served, Depends(served)]

@@ -6,13 +6,13 @@ from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
+from imgrec.data.images import FORMATS
 from imgrec.errors import ImgrecError, first_line
-from imgrec.images import FORMATS
-from imgrec.query import UnknownItem, UnusableQuery
 from imgrec.server import api, events, page, review
 from imgrec.server.config import ServeConfig
 from imgrec.server.guards import HostRule, RequestGuard, token_check
 from imgrec.server.state import Served, ServedState
+from imgrec.serving.query import UnknownItem, UnusableQuery
 
 # The routers under /api, each behind the token when one is set. A new room of the API is
 # one more entry here: its routes take the served state with `Depends(state.served)`, and

@@ -24,11 +24,11 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
-from imgrec import corrections
-from imgrec.audit_report import FLAGS
-from imgrec.corrections import Correction
+from imgrec.data import corrections
+from imgrec.data.corrections import Correction
 from imgrec.errors import ImgrecError, first_line
-from imgrec.map_coordinates import load_coordinates
+from imgrec.recommender.audit_report import FLAGS
+from imgrec.recommender.map_coordinates import load_coordinates
 from imgrec.server.config import ServeConfig
 from imgrec.server.state import Served, served
 

@@ -13,12 +13,12 @@ import numpy as np
 from fastapi import Request
 from PIL import Image
 
-from imgrec.audit_report import AuditReport, load_report
 from imgrec.errors import ImgrecError, MissingOutput, first_line
-from imgrec.query import Recommender, decode_image
-from imgrec.recommendations import Recommendations, load_recommendations
-from imgrec.review import Review
+from imgrec.recommender.audit_report import AuditReport, load_report
+from imgrec.recommender.recommendations import Recommendations, load_recommendations
+from imgrec.recommender.review import Review
 from imgrec.server.config import ServeConfig
+from imgrec.serving.query import Recommender, decode_image
 
 log = logging.getLogger(__name__)
 

@@ -17,11 +17,11 @@ from pathlib import Path
 import pyarrow as pa
 
 from imgrec.config import StageConfig, param
-from imgrec.dask_cluster import LOCAL
+from imgrec.data.fetch import BUILTIN_PREFIX, fetch, list_parquet_files
+from imgrec.data.raw_parquet import save_training_data_marker
 from imgrec.errors import ImgrecError, first_line
-from imgrec.fetch import BUILTIN_PREFIX, fetch, list_parquet_files
 from imgrec.files import atomic_file
-from imgrec.raw_parquet import save_training_data_marker
+from imgrec.pipeline.dask_cluster import LOCAL
 
 
 @dataclass(frozen=True)
@@ -33,7 +33,7 @@ class FetchCatalogConfig(StageConfig):
 
 
 # What writes the fetched file: an edit to any of them, or another pyarrow, fetches again.
-FETCH_CODE = ("fetch.py", "fetch_catalog.py", "raw_parquet.py")
+FETCH_CODE = ("fetch.py", "source_schema.py", "fetch_catalog.py", "raw_parquet.py")
 
 
 def source_state(source: str, rows: int) -> dict:

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import numpy as np
 
-from imgrec.image_hashes import ImageHashes
-from imgrec.prepare import DecodeConfig, class_ids, counts_of, decode_into, save_decoded
-from imgrec.prepared import UNLABELED, link_prepared
+from imgrec.data.image_hashes import ImageHashes
+from imgrec.data.prepare import DecodeConfig, class_ids, counts_of, decode_into, save_decoded
+from imgrec.data.prepared import UNLABELED, link_prepared
 
 log = logging.getLogger(__name__)
 

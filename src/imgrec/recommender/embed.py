@@ -30,13 +30,13 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from imgrec.catalog import NOVELTY_QUANTILE
 from imgrec.config import ComputeConfig
-from imgrec.duplicates import pixel_hash
-from imgrec.inference import catalog_vectors
-from imgrec.kept_vectors import KeptVectors, empty, first_of_each, kept_vectors, union
-from imgrec.model import CNNClassifier
-from imgrec.neighbors import ExactIndex
+from imgrec.data.duplicates import pixel_hash
+from imgrec.recommender.catalog import NOVELTY_QUANTILE
+from imgrec.recommender.kept_vectors import KeptVectors, empty, first_of_each, kept_vectors, union
+from imgrec.recommender.neighbors import ExactIndex
+from imgrec.training.inference import catalog_vectors
+from imgrec.training.model import CNNClassifier
 
 FULL_BATCH = 256  # images a forward pass takes at once
 

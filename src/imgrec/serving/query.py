@@ -8,15 +8,20 @@ given as a query is reported as a duplicate of itself and its copies are left ou
 
 from __future__ import annotations
 
-import os
 import re
-import socket
-from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from imgrec.errors import ImgrecError, first_line
+from imgrec.serving.query_images import (  # noqa: F401  (callers import them from here)
+    UnusableQuery,
+    decode_image,
+    describe,
+    load_image,
+    load_images,
+    read_image,
+)
 
 # torch, fsspec and the catalog load on first use, so a front end's `--help` and argument
 # errors answer at once instead of after seconds of imports.
@@ -24,10 +29,10 @@ if TYPE_CHECKING:
     import numpy as np
     import torch
 
-    from imgrec.catalog import Catalog
-    from imgrec.checkpoint import Checkpoint
-    from imgrec.duplicates import Fingerprint
-    from imgrec.recommendations import Recommendations
+    from imgrec.data.duplicates import Fingerprint
+    from imgrec.recommender.catalog import Catalog
+    from imgrec.recommender.recommendations import Recommendations
+    from imgrec.training.checkpoint import Checkpoint
 
 # Relative to the repository root (the folder holding dvc.yaml): where dvc.yaml writes them.
 DEFAULT_MODEL = "models/model.pt"
@@ -70,116 +75,13 @@ def find_repo_root(start: Path | None = None) -> Path:
     return start
 
 
-class UnusableQuery(ImgrecError):
-    """A query image that cannot be read or decoded; `reason` says why without naming it.
-    `skip_reason` is why the decoder refused the bytes (`images.SKIP_REASONS`), None when
-    they could not be read."""
-
-    def __init__(self, source: str, reason: str, skip_reason: str | None = None):
-        reason = first_line(reason).rstrip(".")
-        super().__init__(f"{source}: {reason}.")
-        self.source = source
-        self.reason = reason
-        self.skip_reason = skip_reason
-
-
 class UnknownItem(ImgrecError):
     """A row id that is no item of the catalog."""
 
 
-def _chain(error: BaseException) -> Iterator[BaseException]:
-    """`error`, then what it was raised from, down to the first cause."""
-    seen = set()
-    while error is not None and id(error) not in seen:
-        seen.add(id(error))
-        yield error
-        error = error.__cause__ or error.__context__
-
-
-def describe(error: BaseException) -> str:
-    """An exception in a few words: `Connection refused`, not `[Errno 111] ...: '/a/b'`."""
-    if isinstance(error, OSError) and isinstance(error.errno, int) and error.errno > 0:
-        return os.strerror(error.errno)
-    if isinstance(error, OSError) and error.strerror:
-        return error.strerror  # socket.gaierror: `Name or service not known`
-    return str(error) or type(error).__name__
-
-
-def _read_failure(error: Exception) -> str:
-    """Why fsspec could not read a source.
-
-    fsspec's HTTP backend reports every failure, a refused connection included,
-    as FileNotFoundError; what really happened is in the exceptions it wraps.
-    """
-    chain = list(_chain(error))
-    for cause in chain:
-        status = getattr(cause, "status", None)  # an HTTP response (aiohttp's ClientResponseError)
-        if isinstance(status, int) and status >= 400:
-            if status == 404:
-                return "not found (HTTP 404)"
-            return f"HTTP {status} {getattr(cause, 'message', '')}".rstrip()
-    if any(isinstance(c, ConnectionError | TimeoutError | socket.gaierror) for c in chain):
-        return f"could not connect ({describe(chain[-1])})"
-    if isinstance(error, FileNotFoundError):
-        return "not found"
-    return describe(error)
-
-
-def read_image(source: str) -> bytes:
-    """The bytes of a local file or of any fsspec URL (https://, s3://, hf://, ...)."""
-    import fsspec
-
-    try:
-        with fsspec.open(source, "rb") as handle:
-            return handle.read()
-    except Exception as error:
-        # Each fsspec backend raises its own types (aiohttp, botocore, huggingface_hub, ...).
-        raise UnusableQuery(source, _read_failure(error)) from error
-
-
-def decode_image(
-    data: bytes, img_size: int, source: str, max_decoded_bytes: int | None = None
-) -> np.ndarray:
-    """(img_size, img_size, 3) uint8: image bytes (read from `source`, or sent to a server)
-    decoded exactly as prepare decodes the catalog's; a server refuses, from the header,
-    an image whose pixels would take more than `max_decoded_bytes`."""
-    from imgrec.images import SkippedImage, decode
-
-    try:
-        return decode(data, img_size, max_decoded_bytes)
-    except SkippedImage as skipped:
-        detail = str(skipped)
-        why = skipped.reason if detail == skipped.reason else f"{skipped.reason}: {detail}"
-        raise UnusableQuery(source, f"not a usable image ({why})", skipped.reason) from skipped
-
-
-def load_image(source: str, img_size: int) -> np.ndarray:
-    """(img_size, img_size, 3) uint8: the source decoded exactly as prepare decodes it."""
-    return decode_image(read_image(source), img_size, source)
-
-
-def load_images(
-    sources: Sequence[str], img_size: int
-) -> tuple[np.ndarray, dict[int, UnusableQuery]]:
-    """(Q, S, S, 3) uint8 images of the sources that could be used, in order; why each other
-    one could not, by its position in `sources`.
-    """
-    import numpy as np
-
-    decoded, failed = [], {}
-    for position, source in enumerate(sources):
-        try:
-            decoded.append(load_image(source, img_size))
-        except UnusableQuery as unusable:
-            failed[position] = unusable
-    if not decoded:
-        return np.empty((0, img_size, img_size, 3), np.uint8), failed
-    return np.stack(decoded), failed
-
-
 def check_catalog(model_path: Path, catalog: Catalog) -> None:
     """Refuse a catalog that was not embedded by this very checkpoint file."""
-    from imgrec.checkpoint import checkpoint_md5
+    from imgrec.training.checkpoint import checkpoint_md5
 
     if catalog.model_md5 != checkpoint_md5(model_path):
         raise ImgrecError(
@@ -201,8 +103,8 @@ class CatalogDuplicates:
     def load(cls, audit: Path, hashes: Path, catalog: Catalog) -> CatalogDuplicates:
         import numpy as np
 
-        from imgrec.audit_report import load_report
-        from imgrec.image_hashes import load_image_hashes
+        from imgrec.data.image_hashes import load_image_hashes
+        from imgrec.recommender.audit_report import load_report
 
         report, image_hashes = load_report(audit), load_image_hashes(hashes)
         if not np.array_equal(image_hashes.row_ids, catalog.row_ids):
@@ -221,7 +123,7 @@ class CatalogDuplicates:
         `positions`: each query's nearest items, (Q, K)), as the audit judges pairs."""
         import numpy as np
 
-        from imgrec.duplicates import fingerprint, near_matches
+        from imgrec.data.duplicates import fingerprint, near_matches
 
         found = [set() for _ in images]
         queries = [fingerprint(image) for image in images]
@@ -246,7 +148,7 @@ def search(
     no two of a top-k are duplicates of each other, and none duplicates its query."""
     import numpy as np
 
-    from imgrec.duplicates import collapsed_search
+    from imgrec.data.duplicates import collapsed_search
 
     index = catalog.embedding_index  # fitted once per catalog
     n = len(catalog.row_ids)
@@ -262,7 +164,7 @@ def search(
         scores, positions = collapsed_search(
             lambda k: index.search(queries, k), n, top_k, duplicates.groups, excluded
         )
-    from imgrec.prepared import label_name
+    from imgrec.data.prepared import label_name
 
     results = [
         [
@@ -293,7 +195,7 @@ def item_neighbors(
     catalog: Catalog, recommendations: Recommendations, row_id: int
 ) -> list[Neighbor]:
     """A catalog item's top-k as the recommend stage stored them, best first."""
-    from imgrec.prepared import label_name
+    from imgrec.data.prepared import label_name
 
     neighbor_ids, scores = recommendations.of(row_id)
     labels = catalog.labels[catalog.positions(neighbor_ids)]
@@ -305,14 +207,15 @@ def item_neighbors(
 
 @dataclass(frozen=True)
 class Novelty:
-    """Whether a query is unlike every catalog image (see `imgrec.catalog`, calibration)."""
+    """Whether a query is unlike every catalog image (see `imgrec.recommender.catalog`,
+    calibration)."""
 
     no_close_match: bool
     appearance_similarity: float  # cosine to the most alike catalog item
     threshold: float
 
     def note(self) -> str:
-        from imgrec.catalog import NOVELTY_QUANTILE
+        from imgrec.recommender.catalog import NOVELTY_QUANTILE
 
         return (
             f"no close match: unlike every catalog image (appearance similarity "
@@ -374,9 +277,9 @@ class Recommender:
         False: a classifier needs none, its novelty flag does). Where the audit report and
         image hashes exist, results collapse duplicates as recommend's do. `mapped` False:
         nothing memory-mapped (`catalog.load_catalog`), for a server."""
-        from imgrec.catalog import load_catalog
-        from imgrec.checkpoint import load_checkpoint
-        from imgrec.runtime import pick_device, set_precision
+        from imgrec.pipeline.runtime import pick_device, set_precision
+        from imgrec.recommender.catalog import load_catalog
+        from imgrec.training.checkpoint import load_checkpoint
 
         torch_device = pick_device(device)
         set_precision("fp32")  # as the embed stage computes the catalog: no TF32 on a GPU
@@ -407,7 +310,7 @@ class Recommender:
     ) -> tuple[list[list[Neighbor]], list[Novelty], list[list[int]]]:
         """Each image's top-k catalog items, its novelty against the catalog, and the row
         ids of the catalog items it duplicates."""
-        from imgrec.inference import catalog_vectors
+        from imgrec.training.inference import catalog_vectors
 
         self.check_top_k(top_k)
         queries, appearance = catalog_vectors(
@@ -420,7 +323,7 @@ class Recommender:
         self, images: np.ndarray, batch_size: int = 256
     ) -> list[tuple[str, float, bool | None]]:
         """Each image's (class name, probability, no close match: None without a catalog)."""
-        from imgrec.inference import embed, predict_logits
+        from imgrec.training.inference import embed, predict_logits
 
         model = self.checkpoint.model
         logits = predict_logits(model, images, batch_size=batch_size, device=self.device)

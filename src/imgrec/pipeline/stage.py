@@ -18,9 +18,9 @@ from typing import Any
 
 import yaml
 
-from imgrec import kernels
 from imgrec.config import ComputeConfig, StageConfig
 from imgrec.errors import EXIT_FAILED, EXIT_INTERRUPTED, ImgrecError, Stopped
+from imgrec.pipeline import kernels
 
 PARAMS_FILE = "params.yaml"  # DVC runs stage commands beside dvc.yaml, where this lives
 

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
+from imgrec.data.prepared import load_prepared
 from imgrec.errors import ImgrecError, MissingOutput
 from imgrec.files import atomic_dir, read_json, write_json
-from imgrec.neighbors import ExactIndex
-from imgrec.prepared import load_prepared
+from imgrec.recommender.neighbors import ExactIndex
 
 # The catalog records how its threshold was calibrated (`embed.no_close_match_threshold`).
 NOVELTY_QUANTILE = 0.01

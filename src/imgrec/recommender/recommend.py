@@ -6,8 +6,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from imgrec.config import param
-from imgrec.neighbors import IndexConfig
-from imgrec.prepared import UNLABELED
+from imgrec.data.prepared import UNLABELED
+from imgrec.recommender.neighbors import IndexConfig
 
 
 @dataclass(frozen=True)

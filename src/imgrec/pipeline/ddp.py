@@ -19,7 +19,7 @@ import torch
 import torch.distributed as dist
 
 from imgrec.errors import ImgrecError
-from imgrec.runtime import TORCHRUN_VARIABLES, World
+from imgrec.pipeline.runtime import TORCHRUN_VARIABLES, World
 
 HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT)  # torchrun's
 

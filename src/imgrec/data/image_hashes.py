@@ -17,7 +17,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from imgrec.duplicates import THUMBNAIL_SIDE, Fingerprint
+from imgrec.data.duplicates import THUMBNAIL_SIDE, Fingerprint
 from imgrec.errors import ImgrecError, MissingOutput
 from imgrec.files import atomic_file
 

@@ -24,14 +24,14 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from imgrec import duplicates
-from imgrec.audit_report import AuditReport, DuplicateGroup, Leak, Outlier, SuspectLabel
-from imgrec.catalog import Catalog
 from imgrec.config import ComputeConfig, param
+from imgrec.data import duplicates
+from imgrec.data.image_hashes import ImageHashes
+from imgrec.data.prepared import UNLABELED, label_name
 from imgrec.errors import ImgrecError
-from imgrec.image_hashes import ImageHashes
-from imgrec.neighbors import ExactIndex, IndexConfig, make_index
-from imgrec.prepared import UNLABELED, label_name
+from imgrec.recommender.audit_report import AuditReport, DuplicateGroup, Leak, Outlier, SuspectLabel
+from imgrec.recommender.catalog import Catalog
+from imgrec.recommender.neighbors import ExactIndex, IndexConfig, make_index
 
 log = logging.getLogger(__name__)
 
@@ -263,7 +263,7 @@ def _caption(catalog: Catalog, position: int) -> str:
 
 def duplicates_figure(report: AuditReport, catalog: Catalog):
     """The first FIGURE_ROWS duplicate groups, one a row: its images with row ids and labels."""
-    from imgrec.plotting import message_figure, recommendation_figure
+    from imgrec.recommender.plotting import message_figure, recommendation_figure
 
     if not report.duplicates:
         return message_figure("No duplicates found")
@@ -283,7 +283,7 @@ def duplicates_figure(report: AuditReport, catalog: Catalog):
 def suspect_labels_figure(report: AuditReport, catalog: Catalog, neighbors: np.ndarray):
     """The most suspect labels, one a row: the item, then its nearest items (row id, label);
     `neighbors` (N, k): every item's nearest positions."""
-    from imgrec.plotting import message_figure, recommendation_figure
+    from imgrec.recommender.plotting import message_figure, recommendation_figure
 
     if not report.suspect_labels:
         return message_figure("No suspect labels found")

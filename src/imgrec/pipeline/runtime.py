@@ -9,9 +9,9 @@ from typing import Self
 import numpy as np
 import torch
 
-from imgrec import kernels
 from imgrec.config import ComputeConfig
 from imgrec.errors import ImgrecError
+from imgrec.pipeline import kernels
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ def make_deterministic(num_threads: int) -> None:
     torch.use_deterministic_algorithms(True)
     # With the flag, torch also fills every new tensor with NaN before the op that
     # writes it overwrites it: on the CPU that fill was the flag's whole cost in
-    # training, and it changes no bit of the weights (benchmarks/determinism.py).
+    # training, and it changes no bit of the weights (benchmarks/RESULTS.md, "determinism").
     torch.utils.deterministic.fill_uninitialized_memory = False
     torch.backends.cudnn.benchmark = False
 

@@ -17,14 +17,14 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from imgrec import corrections, duplicates, images
 from imgrec.config import StageConfig, param
-from imgrec.dask_cluster import LOCAL, dask_client, ordered_results
-from imgrec.duplicates import PHASH_BITS
+from imgrec.data import corrections, duplicates, images
+from imgrec.data.duplicates import PHASH_BITS
+from imgrec.data.image_hashes import ImageHashes
+from imgrec.data.prepared import IMAGES_FILE, UNLABELED, save_prepared_labels
+from imgrec.data.raw_parquet import class_names_from_metadata
 from imgrec.errors import ImgrecError
-from imgrec.image_hashes import ImageHashes
-from imgrec.prepared import IMAGES_FILE, UNLABELED, save_prepared_labels
-from imgrec.raw_parquet import class_names_from_metadata
+from imgrec.pipeline.dask_cluster import LOCAL, dask_client, ordered_results
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Stage fetch: where images come from: the built-in digits, local parquet, or any fsspec
-URL. Past 400 lines because it meets every source's oddities (schemas, row groups of any
-size, streaming, Dask tasks) in one place, so nothing downstream has to.
+URL. It meets every source's oddities (row groups of any size, streaming, Dask tasks; the
+schemas in `source_schema`), so nothing downstream has to.
 
 Every source reaches the rest of the pipeline in the Hugging Face Image schema:
 `image: struct<bytes: binary, path: string>`, `label: int | string`.
@@ -33,21 +33,28 @@ from typing import Any
 import fsspec
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from fsspec.implementations.local import LocalFileSystem
 from PIL import Image
 from tqdm import tqdm
 
 from imgrec.config import StageConfig, param
-from imgrec.dask_cluster import LOCAL, dask_client, ordered_results
-from imgrec.errors import ImgrecError, first_line
-from imgrec.raw_parquet import (
+from imgrec.data.raw_parquet import (
     IMAGE_TYPE,
     WRITE_OPTIONS,
     class_names_from_metadata,
     hf_features,
 )
+from imgrec.data.source_schema import (
+    SourceFile,
+    check_schema,
+    decoded,
+    is_class_id,
+    read_footer,
+    reason,
+    to_hf_schema,
+)
+from imgrec.errors import ImgrecError, first_line
+from imgrec.pipeline.dask_cluster import LOCAL, dask_client, ordered_results
 
 BUILTIN_PREFIX = "builtin:"
 BUILTIN_DIGITS = "builtin:digits"
@@ -142,149 +149,6 @@ def list_parquet_files(source: str) -> tuple[fsspec.AbstractFileSystem, list[str
 
 
 @dataclass(frozen=True)
-class _SourceFile:
-    path: str  # as its filesystem names it
-    name: str  # as messages show it
-    schema: pa.Schema
-    num_rows: int
-    group_rows: tuple[int, ...]
-
-
-def _is_binary(data_type: pa.DataType) -> bool:
-    return (
-        pa.types.is_binary(data_type)
-        or pa.types.is_large_binary(data_type)
-        or pa.types.is_binary_view(data_type)
-        or pa.types.is_fixed_size_binary(data_type)
-    )
-
-
-def _is_string(data_type: pa.DataType) -> bool:
-    return (
-        pa.types.is_string(data_type)
-        or pa.types.is_large_string(data_type)
-        or pa.types.is_string_view(data_type)
-    )
-
-
-def _decoded(data_type: pa.DataType) -> pa.DataType:
-    """A dictionary-encoded column's value type (pandas categoricals are written that way)."""
-    return data_type.value_type if pa.types.is_dictionary(data_type) else data_type
-
-
-def _reason(error: BaseException) -> str:
-    """The first sentence of an error, so a message stays one sentence."""
-    return first_line(error).split(". ")[0].rstrip(".")
-
-
-def _read_footer(fs: fsspec.AbstractFileSystem, path: str) -> _SourceFile:
-    name = path if isinstance(fs, LocalFileSystem) else fs.unstrip_protocol(path)
-    try:
-        with fs.open(path, "rb") as handle:
-            parquet = pq.ParquetFile(handle, pre_buffer=False)
-            meta = parquet.metadata
-            group_rows = tuple(meta.row_group(g).num_rows for g in range(meta.num_row_groups))
-            return _SourceFile(path, name, parquet.schema_arrow, meta.num_rows, group_rows)
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as error:
-        raise ImgrecError(
-            f"source file {name} is not a readable parquet file: {_reason(error)}."
-        ) from error
-    except Exception as error:  # network and auth errors come in many types
-        raise ImgrecError(f"cannot read source file {name}: {_reason(error)}.") from error
-
-
-def _check_schema(file: _SourceFile, first: _SourceFile, labels_required: bool) -> None:
-    """One sentence naming the file and column unless `file` holds what fetch can write
-    (`first`: the first file with rows and labels)."""
-    schema = file.schema
-    for column in ("image", "label") if labels_required else ("image",):
-        if column not in schema.names:
-            raise ImgrecError(
-                f"source file {file.name} has no {column!r} column "
-                f"(it has: {', '.join(schema.names)}); expected the Hugging Face Image schema "
-                "with columns 'image' and 'label'."
-            )
-    if file.num_rows == 0:  # its types carry nothing (an empty list is null-typed)
-        return
-    image = schema.field("image").type
-    if pa.types.is_struct(image) and image.get_field_index("bytes") >= 0:
-        bytes_type = image.field("bytes").type
-        has_path = image.get_field_index("path") >= 0
-        path_type = image.field("path").type if has_path else pa.null()
-        if not _is_binary(bytes_type):
-            raise ImgrecError(
-                f"source file {file.name}: column 'image' field 'bytes' is {bytes_type}; "
-                "expected binary image bytes."
-            )
-        if not (_is_string(path_type) or pa.types.is_null(path_type)):
-            raise ImgrecError(
-                f"source file {file.name}: column 'image' field 'path' is {path_type}; "
-                "expected a string."
-            )
-    elif not _is_binary(image):
-        raise ImgrecError(
-            f"source file {file.name}: column 'image' is {image}; expected "
-            "struct<bytes: binary, path: string> or plain binary image bytes."
-        )
-    if "label" not in schema.names:  # a catalog's file without labels
-        return
-    label = _decoded(schema.field("label").type)
-    if not (_is_class_id(label) or _is_string(label)):
-        raise ImgrecError(
-            f"source file {file.name}: column 'label' is {label}; expected integer class ids "
-            "or string class names."
-        )
-    first_label = _decoded(first.schema.field("label").type)
-    if _is_class_id(label) != _is_class_id(first_label):
-        raise ImgrecError(
-            f"source file {file.name}: column 'label' is {label}, but {first.name} has "
-            f"{first_label}; every file must hold integer labels, or every file string labels."
-        )
-
-
-def _is_class_id(kind: pa.DataType) -> bool:
-    # pandas writes integer labels with missing values as float64, the missing ones NaN.
-    return pa.types.is_integer(kind) or pa.types.is_floating(kind)
-
-
-def to_hf_schema(batch: pa.Table) -> pa.Table:
-    """Normalise a batch to `image: struct<bytes, path>`; labels become int64 or string."""
-    image = batch.column("image")
-    if pa.types.is_struct(image.type):
-        chunks = [
-            pa.StructArray.from_arrays(
-                [chunk.field("bytes").cast(pa.binary()), _path_field(chunk)],
-                fields=list(IMAGE_TYPE),
-                mask=chunk.is_null(),
-            )
-            for chunk in image.chunks
-        ]
-    else:  # plain binary bytes, a common variant
-        chunks = [
-            pa.StructArray.from_arrays(
-                [chunk.cast(pa.binary()), pa.nulls(len(chunk), pa.string())],
-                fields=list(IMAGE_TYPE),
-                mask=chunk.is_null(),
-            )
-            for chunk in image.chunks
-        ]
-    label = batch.column("label")
-    label = label.cast(_decoded(label.type))
-    if pa.types.is_floating(label.type):
-        # NaN is "no label": null, which prepare skips as unlabeled. A fraction such as 0.5
-        # is no class id: the safe cast below refuses it.
-        label = pc.if_else(pc.is_nan(label), pa.scalar(None, label.type), label)
-    label = label.cast(pa.int64()) if _is_class_id(label.type) else label.cast(pa.string())
-    return pa.table({"image": pa.chunked_array(chunks, IMAGE_TYPE), "label": label})
-
-
-def _path_field(chunk: pa.StructArray) -> pa.Array:
-    if chunk.type.get_field_index("path") >= 0:
-        return chunk.field("path").cast(pa.string())
-    return pa.nulls(len(chunk), pa.string())
-
-
-@dataclass(frozen=True)
 class _Part:
     """Rows of one source row group: the first `rows` of them."""
 
@@ -299,7 +163,7 @@ class _Part:
 
 
 def _tasks(
-    files: list[_SourceFile], rows: int, label_type: pa.DataType | None = None
+    files: list[SourceFile], rows: int, label_type: pa.DataType | None = None
 ) -> Iterator[list[_Part]]:
     """The first `rows` rows of `files`, in order, as tasks: lists of parts.
 
@@ -360,7 +224,7 @@ def read_rows(fs: fsspec.AbstractFileSystem, task: list[_Part]) -> Iterator[pa.T
         except Exception as error:  # a corrupt page, a dropped connection, an odd value, ...
             raise ImgrecError(
                 f"cannot read source file {part.name} after {part.first_row + read} rows: "
-                f"{_reason(error)}."
+                f"{reason(error)}."
             ) from error
 
 
@@ -439,12 +303,12 @@ def _fetch(
     client: Any,
     labels_required: bool = True,
 ) -> FetchResult:
-    files = list(ordered_results(client, _read_footer, ((fs, path) for path in paths)))
+    files = list(ordered_results(client, read_footer, ((fs, path) for path in paths)))
     # Label types are compared with the first file that holds rows (and labels).
     labelled = [file for file in files if "label" in file.schema.names] or files
     first = next((file for file in labelled if file.num_rows), labelled[0])
     for file in files:
-        _check_schema(file, first, labels_required)
+        check_schema(file, first, labels_required)
     available = sum(file.num_rows for file in files)
     if available == 0:
         raise ImgrecError(f"source {source!r} has no rows.")
@@ -452,9 +316,7 @@ def _fetch(
     first_metadata = files[0].schema.metadata or {}
     class_names = class_names_from_metadata(first_metadata)
     metadata = {b"huggingface": first_metadata[b"huggingface"]} if class_names else None
-    if "label" in first.schema.names and not _is_class_id(
-        _decoded(first.schema.field("label").type)
-    ):
+    if "label" in first.schema.names and not is_class_id(decoded(first.schema.field("label").type)):
         label_type = pa.string()
     else:
         label_type = pa.int64()
@@ -478,7 +340,7 @@ def _fetch(
                 writer.close()
         Path(out_path).unlink(missing_ok=True)
         if isinstance(error, OSError):  # a full disk, a vanished folder
-            raise ImgrecError(f"cannot write {out_path}: {_reason(error)}.") from error
+            raise ImgrecError(f"cannot write {out_path}: {reason(error)}.") from error
         raise
     if written == 0:  # footers that promised rows the row groups did not hold
         raise ImgrecError(f"source {source!r} has no rows.")

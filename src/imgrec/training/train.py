@@ -1,3 +1,5 @@
+# size: past 400 lines, as the docstring says: three paths (one process, DDP, resumable)
+# share one loop, which keeps their bits equal.
 """Stage train: the loop (Adam, cross-entropy, ReduceLROnPlateau, early stopping on val
 loss), its DDP path and its resumable saves (the state itself is `train_state`'s). Past 400
 lines because those three paths share one loop, which is what keeps their bits equal."""
@@ -20,12 +22,12 @@ from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 from tqdm import tqdm
 
 from imgrec.config import ComputeConfig, param
+from imgrec.data.prepared import Prepared
 from imgrec.errors import ImgrecError, Stopped
-from imgrec.inference import memory_format, on_device, predict_logits, to_tensor
-from imgrec.model import CNNClassifier, ModelConfig, adam
-from imgrec.prepared import Prepared
-from imgrec.runtime import ONE_PROCESS, World
-from imgrec.train_state import (
+from imgrec.pipeline.runtime import ONE_PROCESS, World
+from imgrec.training.inference import memory_format, on_device, predict_logits, to_tensor
+from imgrec.training.model import CNNClassifier, ModelConfig, adam
+from imgrec.training.train_state import (
     RankState,
     ResumableSampler,
     Resume,
@@ -284,6 +286,209 @@ def validate(
     return loss_sum / count, correct / count
 
 
+def optimizer_and_scheduler(model: CNNClassifier, config: TrainConfig):
+    """The optimizer and its learning-rate schedule: the one place that chooses them."""
+    optimizer = adam(model.parameters(), config.lr)
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+        optimizer, mode="min", factor=config.lr_factor, patience=config.lr_patience
+    )
+    return optimizer, scheduler
+
+
+@dataclass
+class _Run:
+    """What one training run holds from its setup to its end, and its saves."""
+
+    model: CNNClassifier
+    data: Prepared
+    config: TrainConfig
+    generator: torch.Generator
+    device: torch.device
+    world: World
+    resume: Resume | None
+    resident: torch.Tensor | None
+    batch_size: int
+    sampler: ResumableSampler
+    loader: DataLoader
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.ReduceLROnPlateau
+    n_batches: int
+    result: TrainResult
+    stopping: EarlyStopping
+    network: torch.nn.Module | None = None
+    stops: StopRequests | None = None
+
+    def boundary(self, epoch: int, done: int, epoch_sums, epoch_generator, *, due: bool) -> None:
+        """At a batch boundary: save when due or asked to stop, then stop if asked. Under
+        DDP every rank calls it at the same boundaries (its steps are collectives)."""
+        world, stops = self.world, self.stops
+        asked = stops.any_rank(world, self.device)
+        if not (asked or due):
+            return
+        rng = capture_rng(self.generator)
+        this_rank = RankState(rng, list(plain_sums(epoch_sums)), epoch_generator)
+        ranks = [this_rank]
+        if world.size > 1:
+            ranks = [None] * world.size if world.is_main else None
+            dist.gather_object(this_rank, ranks, dst=0)
+        state = TrainState(
+            epoch, done, self.model.state_dict(), self.optimizer.state_dict(),
+            self.scheduler.state_dict(), self.stopping.state_dict(), self.result.history, ranks,
+        )  # fmt: skip
+        if world.is_main:
+            save_state(self.resume.path, state, self.resume.identity)
+        if asked:
+            if world.size > 1:
+                dist.barrier()  # no rank exits (and makes the launcher stop rank 0) mid-save
+            where = state.where(self.config.epochs, self.n_batches)
+            raise Stopped(f"stopped by {stops.received}, with the state saved at {where}")
+
+    def at_boundary(self, epoch: int, epoch_generator, done: int, epoch_sums) -> None:
+        """After batch `done` of `epoch`: a save is due every `checkpoint_every` batches,
+        counted over the whole run (so a value above an epoch's batches still saves)."""
+        every, step = self.config.checkpoint_every, (epoch - 1) * self.n_batches + done
+        due = every > 0 and step % every == 0
+        self.boundary(epoch, done, epoch_sums, epoch_generator, due=due)
+
+
+def _setup(model, data, config, generator, device, world, max_batches, resume) -> _Run:
+    """The model on its device, the batches, their order, the optimizer and its schedule."""
+    batch_size = rank_batch_size(config.batch_size, world.size)
+    model.to(device=device, memory_format=memory_format(config.channels_last))
+    resident = on_device(data.images, device)  # None on the CPU: batches from the array
+    if resident is None:
+        dataset = ArrayBatches(data.images, data.labels, data.train_index)
+    else:
+        labels = torch.from_numpy(data.labels).to(device)
+        dataset = DeviceBatches(resident, labels, data.train_index)
+    if world.size == 1:
+        order = RandomSampler(data.train_index, generator=generator)
+    else:
+        order = DistributedSampler(
+            dataset, num_replicas=world.size, rank=world.rank, shuffle=True, seed=config.seed
+        )
+    sampler = ResumableSampler(order)
+    optimizer, scheduler = optimizer_and_scheduler(model, config)
+    loader = DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        collate_fn=lambda batch: batch,  # __getitems__ already returns whole tensors
+    )
+    n_batches = len(loader) if max_batches is None else min(len(loader), max_batches)
+    return _Run(
+        model, data, config, generator, device, world, resume, resident, batch_size, sampler,
+        loader, optimizer, scheduler, n_batches, TrainResult(), EarlyStopping(config.patience),
+    )  # fmt: skip
+
+
+def _resume(run: _Run, on_epoch: Callable[[dict], None] | None) -> tuple[int, int, tuple]:
+    """(epoch, batch, the epoch's sums so far) to start at: the saved run's, restored into
+    `run`, or the beginning."""
+    resume, world, generator = run.resume, run.world, run.generator
+    saved = None if resume is None else load_state(resume.path, resume.identity, world)
+    if saved is None:
+        return 1, 0, (0.0, 0, 0)
+    sums = (0.0, 0, 0)
+    # Weights before DDP wraps the model: it copies rank 0's to every rank.
+    run.model.load_state_dict(saved.model)
+    run.optimizer.load_state_dict(saved.optimizer)
+    run.scheduler.load_state_dict(saved.scheduler)
+    run.stopping.load_state_dict(saved.stopping)
+    run.result.history = saved.history
+    start_epoch, start_batch = saved.epoch, saved.batch
+    mine = saved.ranks[world.rank]
+    if start_batch:  # mid-epoch: the epoch's order first, then the RNGs at the batch
+        sums = tuple(mine.epoch_sums)
+        generator.set_state(mine.epoch_generator)
+        run.sampler.resume_next_pass(
+            start_batch * run.batch_size, then=lambda: restore_rng(mine.rng, generator)
+        )
+    else:
+        restore_rng(mine.rng, generator)
+    if world.is_main:
+        where = saved.where(run.config.epochs, run.n_batches)
+        log.info("train: resuming at %s from %s", where, resume.path)
+    for record in run.result.history:
+        if on_epoch is not None:
+            on_epoch(record)  # dvclive's curves, rebuilt from the saved records
+    return start_epoch, start_batch, sums
+
+
+def _wrap_for_ranks(run: _Run) -> torch.nn.Module:
+    """The model each batch runs: DDP's wrapper under several ranks."""
+    if run.world.size == 1:
+        return run.model
+    # DDP copies rank 0's weights to every rank, then averages the gradients.
+    device = run.device
+    return DistributedDataParallel(
+        run.model, device_ids=[device.index] if device.type == "cuda" else None
+    )
+
+
+def _sync_batch_norm(run: _Run) -> None:
+    if run.world.size > 1:
+        # BatchNorm statistics drift apart in each rank's last batch: take rank 0's,
+        # so all ranks validate, and keep, the same model.
+        for buffer in run.model.buffers():
+            dist.broadcast(buffer, src=0)
+
+
+def _report_epoch(run: _Run, epoch: int, train_loss, train_acc, val_loss, val_acc) -> dict:
+    """The epoch's record, kept in the history and logged."""
+    record = {
+        "epoch": epoch,
+        "train_loss": train_loss,
+        "train_acc": train_acc,
+        "val_loss": val_loss,
+        "val_acc": val_acc,
+        "lr": run.optimizer.param_groups[0]["lr"],
+    }
+    run.result.history.append(record)
+    log.info(
+        "epoch %d/%d  train loss %.4f acc %.4f  val loss %.4f acc %.4f  lr %.2g",
+        epoch,
+        run.config.epochs,
+        train_loss,
+        train_acc,
+        val_loss,
+        val_acc,
+        record["lr"],
+    )
+    return record
+
+
+def _report_early_stop(run: _Run, epoch: int) -> None:
+    log.info(
+        "early stopping at epoch %d: val loss has not improved for %d epochs; "
+        "restoring the weights of epoch %d",
+        epoch,
+        run.config.patience,
+        run.stopping.best_epoch,
+    )
+
+
+def _report_late_stop(run: _Run) -> None:
+    if run.stops is not None and run.stops.received and run.world.is_main:
+        # Asked during the last epoch's end, where nothing is left to save for.
+        log.info("train: %s came after the last point to stop at; finishing", run.stops.received)
+
+
+def _finish(run: _Run) -> TrainResult:
+    """The result, and the model back at the best validation epoch's weights."""
+    result, stopping, config = run.result, run.stopping, run.config
+    result.best_epoch, result.best_val_loss = stopping.best_epoch, stopping.best_loss
+    if not result.stopped_early and result.history and stopping.best_epoch != config.epochs:
+        log.info(
+            "trained all %d epochs; keeping the weights of epoch %d, whose val loss was lowest",
+            config.epochs,
+            stopping.best_epoch,
+        )
+    if stopping.best_state is not None:
+        run.model.load_state_dict(stopping.best_state)
+    return result
+
+
 def train(
     model: CNNClassifier,
     data: Prepared,
@@ -306,171 +511,36 @@ def train(
     `checkpoint_every` batches, and on SIGTERM or Ctrl-C (then raising `Stopped`); the
     caller removes it (`Resume.finished`) once its outputs are written.
     """
-    batch_size = rank_batch_size(config.batch_size, world.size)
-    model.to(device=device, memory_format=memory_format(config.channels_last))
-    resident = on_device(data.images, device)  # None on the CPU: batches from the array
-    if resident is None:
-        dataset = ArrayBatches(data.images, data.labels, data.train_index)
-    else:
-        labels = torch.from_numpy(data.labels).to(device)
-        dataset = DeviceBatches(resident, labels, data.train_index)
-    if world.size == 1:
-        order = RandomSampler(data.train_index, generator=generator)
-    else:
-        order = DistributedSampler(
-            dataset, num_replicas=world.size, rank=world.rank, shuffle=True, seed=config.seed
-        )
-    sampler = ResumableSampler(order)
-    optimizer = adam(model.parameters(), config.lr)
-    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-        optimizer, mode="min", factor=config.lr_factor, patience=config.lr_patience
-    )
-    loader = DataLoader(
-        dataset,
-        batch_size=batch_size,
-        sampler=sampler,
-        collate_fn=lambda batch: batch,  # __getitems__ already returns whole tensors
-    )
-    n_batches = len(loader) if max_batches is None else min(len(loader), max_batches)
-    result, stopping = TrainResult(), EarlyStopping(config.patience)
-
-    start_epoch, start_batch, sums = 1, 0, (0.0, 0, 0)
-    saved = None if resume is None else load_state(resume.path, resume.identity, world)
-    if saved is not None:
-        # Weights before DDP wraps the model: it copies rank 0's to every rank.
-        model.load_state_dict(saved.model)
-        optimizer.load_state_dict(saved.optimizer)
-        scheduler.load_state_dict(saved.scheduler)
-        stopping.load_state_dict(saved.stopping)
-        result.history = saved.history
-        start_epoch, start_batch = saved.epoch, saved.batch
-        mine = saved.ranks[world.rank]
-        if start_batch:  # mid-epoch: the epoch's order first, then the RNGs at the batch
-            sums = tuple(mine.epoch_sums)
-            generator.set_state(mine.epoch_generator)
-            sampler.resume_next_pass(
-                start_batch * batch_size, then=lambda: restore_rng(mine.rng, generator)
-            )
-        else:
-            restore_rng(mine.rng, generator)
-        if world.is_main:
-            where = saved.where(config.epochs, n_batches)
-            log.info("train: resuming at %s from %s", where, resume.path)
-        for record in result.history:
-            if on_epoch is not None:
-                on_epoch(record)  # dvclive's curves, rebuilt from the saved records
-    network = model
-    if world.size > 1:
-        # DDP copies rank 0's weights to every rank, then averages the gradients.
-        network = DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None
-        )
-
-    def boundary(epoch: int, done: int, epoch_sums, epoch_generator, *, due: bool) -> None:
-        """At a batch boundary: save when due or asked to stop, then stop if asked. Under
-        DDP every rank calls it at the same boundaries (its steps are collectives)."""
-        asked = stops.any_rank(world, device)
-        if not (asked or due):
-            return
-        this_rank = RankState(capture_rng(generator), list(plain_sums(epoch_sums)), epoch_generator)
-        ranks = [this_rank]
-        if world.size > 1:
-            ranks = [None] * world.size if world.is_main else None
-            dist.gather_object(this_rank, ranks, dst=0)
-        state = TrainState(
-            epoch, done, model.state_dict(), optimizer.state_dict(), scheduler.state_dict(),
-            stopping.state_dict(), result.history, ranks,
-        )  # fmt: skip
-        if world.is_main:
-            save_state(resume.path, state, resume.identity)
-        if asked:
-            if world.size > 1:
-                dist.barrier()  # no rank exits (and makes the launcher stop rank 0) mid-save
-            where = state.where(config.epochs, n_batches)
-            raise Stopped(f"stopped by {stops.received}, with the state saved at {where}")
-
-    def at_boundary(epoch: int, epoch_generator, done: int, epoch_sums) -> None:
-        """After batch `done` of `epoch`: a save is due every `checkpoint_every` batches,
-        counted over the whole run (so a value above an epoch's batches still saves)."""
-        every, step = config.checkpoint_every, (epoch - 1) * n_batches + done
-        boundary(epoch, done, epoch_sums, epoch_generator, due=every > 0 and step % every == 0)
-
-    with StopRequests() if resume is not None else contextlib.nullcontext() as stops:
+    run = _setup(model, data, config, generator, device, world, max_batches, resume)
+    start_epoch, start_batch, sums = _resume(run, on_epoch)
+    run.network = _wrap_for_ranks(run)
+    with StopRequests() if resume is not None else contextlib.nullcontext() as run.stops:
         for epoch in range(start_epoch, config.epochs + 1):
             if world.size > 1:
-                sampler.set_epoch(epoch)  # a new order each epoch, the same on every rank
+                run.sampler.set_epoch(epoch)  # a new order each epoch, the same on every rank
             hook = None
             if resume is not None:  # the generator as the epoch begins decides its order
-                hook = functools.partial(at_boundary, epoch, generator.get_state())
+                hook = functools.partial(run.at_boundary, epoch, generator.get_state())
             train_loss, train_acc = train_epoch(
-                network,
-                loader,
-                optimizer,
-                config,
-                generator=generator,
-                device=device,
-                n_batches=n_batches,
-                desc=f"epoch {epoch}/{config.epochs}",
-                world=world,
-                start=start_batch,
-                sums=sums,
-                at_boundary=hook,
-            )
+                run.network, run.loader, run.optimizer, config, generator=generator,
+                device=device, n_batches=run.n_batches, desc=f"epoch {epoch}/{config.epochs}",
+                world=world, start=start_batch, sums=sums, at_boundary=hook,
+            )  # fmt: skip
             start_batch, sums = 0, (0.0, 0, 0)
-            if world.size > 1:
-                # BatchNorm statistics drift apart in each rank's last batch: take rank 0's,
-                # so all ranks validate, and keep, the same model.
-                for buffer in model.buffers():
-                    dist.broadcast(buffer, src=0)
-            val_loss, val_acc = validate(model, data, config, device, world, resident)
-            record = {
-                "epoch": epoch,
-                "train_loss": train_loss,
-                "train_acc": train_acc,
-                "val_loss": val_loss,
-                "val_acc": val_acc,
-                "lr": optimizer.param_groups[0]["lr"],
-            }
-            result.history.append(record)
-            log.info(
-                "epoch %d/%d  train loss %.4f acc %.4f  val loss %.4f acc %.4f  lr %.2g",
-                epoch,
-                config.epochs,
-                train_loss,
-                train_acc,
-                val_loss,
-                val_acc,
-                record["lr"],
-            )
+            _sync_batch_norm(run)
+            val_loss, val_acc = validate(model, data, config, device, world, run.resident)
+            record = _report_epoch(run, epoch, train_loss, train_acc, val_loss, val_acc)
             if on_epoch is not None:
                 on_epoch(record)
-            scheduler.step(val_loss)
+            run.scheduler.step(val_loss)
             # Patience running out at the last epoch is no early stop: the run ended anyway.
-            no_gain = stopping.should_stop(model, epoch, val_loss)
-            result.stopped_early = no_gain and epoch < config.epochs
-            if resume is not None and epoch < config.epochs and not result.stopped_early:
+            no_gain = run.stopping.should_stop(model, epoch, val_loss)
+            run.result.stopped_early = no_gain and epoch < config.epochs
+            if resume is not None and epoch < config.epochs and not run.result.stopped_early:
                 # The last epoch saves nothing: the stage writes the model right after.
-                boundary(epoch + 1, 0, (0.0, 0, 0), None, due=True)
-            if result.stopped_early:
-                log.info(
-                    "early stopping at epoch %d: val loss has not improved for %d epochs; "
-                    "restoring the weights of epoch %d",
-                    epoch,
-                    config.patience,
-                    stopping.best_epoch,
-                )
+                run.boundary(epoch + 1, 0, (0.0, 0, 0), None, due=True)
+            if run.result.stopped_early:
+                _report_early_stop(run, epoch)
                 break
-        if stops is not None and stops.received and world.is_main:
-            # Asked during the last epoch's end, where nothing is left to save for.
-            log.info("train: %s came after the last point to stop at; finishing", stops.received)
-
-    result.best_epoch, result.best_val_loss = stopping.best_epoch, stopping.best_loss
-    if not result.stopped_early and result.history and stopping.best_epoch != config.epochs:
-        log.info(
-            "trained all %d epochs; keeping the weights of epoch %d, whose val loss was lowest",
-            config.epochs,
-            stopping.best_epoch,
-        )
-    if stopping.best_state is not None:
-        model.load_state_dict(stopping.best_state)
-    return result
+        _report_late_stop(run)
+    return _finish(run)

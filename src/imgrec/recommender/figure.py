@@ -8,13 +8,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from imgrec.config import StageConfig
-from imgrec.plotting import neighbor_title, recommendation_figure
-from imgrec.prepared import Prepared
+from imgrec.data.prepared import Prepared
+from imgrec.recommender.plotting import neighbor_title, recommendation_figure
 
 if TYPE_CHECKING:
     import matplotlib.pyplot as plt
 
-    from imgrec.recommendations import Recommendations
+    from imgrec.recommender.recommendations import Recommendations
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
 openTSNE's FFT-accelerated t-SNE (Linderman et al. 2019) on each item's MAP_NEIGHBORS exact
 cosine neighbours (the same exact search the audit uses), PCA initialisation, the seed
-param's random state. Chosen by measurement (benchmarks/projection.py, RESULTS.md): at
+param's random state. Chosen by measurement (RESULTS.md, "The catalog map"): at
 40,000 items on 2 cores it keeps more of each item's true neighbours on the map than UMAP
 and scikit-learn's t-SNE, with trustworthiness alike, and it runs on both cores where UMAP,
 seeded, runs on one; PCA, the linear baseline, mixes the classes.
@@ -19,16 +19,16 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
-from imgrec.audit_report import AuditReport
 from imgrec.config import StageConfig, param
-from imgrec.map_coordinates import MapCoordinates, normalized
-from imgrec.neighbors import ExactIndex
-from imgrec.prepared import UNLABELED
+from imgrec.data.prepared import UNLABELED
+from imgrec.recommender.audit_report import AuditReport
+from imgrec.recommender.map_coordinates import MapCoordinates, normalized
+from imgrec.recommender.neighbors import ExactIndex
 
 if TYPE_CHECKING:
     import matplotlib.pyplot as plt
 
-    from imgrec.catalog import Catalog
+    from imgrec.recommender.catalog import Catalog
 
 log = logging.getLogger(__name__)
 

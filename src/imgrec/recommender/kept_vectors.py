@@ -32,15 +32,20 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from imgrec import kernels
 from imgrec.errors import first_line
 from imgrec.files import atomic_dir, read_json, write_json
+from imgrec.pipeline import kernels
 
 log = logging.getLogger(__name__)
 
 KEPT_KEYS = 2  # the current model's vectors and the one before's (`dvc exp` back and forth)
 # The package modules that turn pixels into vectors: an edit to any of them is a new key.
-VECTOR_CODE = ("embed.py", "inference.py", "kernels.py", "model.py")
+VECTOR_CODE = (
+    "recommender/embed.py",
+    "training/inference.py",
+    "pipeline/kernels.py",
+    "training/model.py",
+)  # under src/imgrec/; hashed by their file names, as when they sat side by side
 
 
 @dataclass(frozen=True)
@@ -54,10 +59,10 @@ class VectorKey:
 
     @classmethod
     def here(cls, model_md5: str, device: torch.device, kernels_mode: str) -> "VectorKey":
-        package = Path(__file__).parent
+        package = Path(__file__).parents[1]
         digest = hashlib.md5()
         for name in VECTOR_CODE:
-            digest.update(name.encode())
+            digest.update(Path(name).name.encode())
             digest.update((package / name).read_bytes())
         compute = f"device {device}, {torch.get_num_threads()} threads, {kernels_mode} kernels"
         if device.type == "cuda":  # another GPU or cuDNN computes other bits

@@ -16,7 +16,7 @@ import torch
 
 from imgrec.errors import ImgrecError, MissingOutput, first_line
 from imgrec.files import atomic_file
-from imgrec.model import CNNClassifier, ModelConfig
+from imgrec.training.model import CNNClassifier, ModelConfig
 
 # What `images.decode` + `inference.to_tensor` do to an image before the model sees it.
 PREPROCESSING = {"resample": "bilinear", "scale": "0..1"}

@@ -16,10 +16,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from imgrec.audit_report import AuditReport, DuplicateGroup, SuspectLabel, load_report
-from imgrec.corrections import Correction
+from imgrec.data.corrections import Correction
+from imgrec.data.prepared import Prepared, label_name, load_prepared
 from imgrec.errors import ImgrecError
-from imgrec.prepared import Prepared, label_name, load_prepared
+from imgrec.recommender.audit_report import AuditReport, DuplicateGroup, SuspectLabel, load_report
 
 
 @dataclass(frozen=True)

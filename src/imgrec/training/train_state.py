@@ -27,10 +27,10 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from imgrec import kernels
 from imgrec.errors import first_line
 from imgrec.files import atomic_file
-from imgrec.runtime import World
+from imgrec.pipeline import kernels
+from imgrec.pipeline.runtime import World
 
 log = logging.getLogger(__name__)
 

@@ -18,8 +18,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 from sklearn.metrics import ConfusionMatrixDisplay
 
+from imgrec.data.prepared import Prepared
 from imgrec.files import atomic_file
-from imgrec.prepared import Prepared
 
 # Per format, the metadata matplotlib would stamp (tool version, date): left out.
 _NO_STAMPS = {
