@@ -384,16 +384,10 @@ def prepare(
     counts = counts_of(decoded, len(class_names))
     log.info(
         "prepared %d images (%d skipped; %d duplicates in %d groups, %d dropped), "
-        "%d classes, %d train / %d val",
-        len(found.kept_rows),
-        counts["rows_skipped"],
-        counts["duplicate_rows"],
-        len(decoded.group_report),
-        decoded.dropped,
-        len(class_names),
-        len(train_index),
-        len(val_index),
-    )
+        "%d classes, %d train / %d val", len(found.kept_rows), counts["rows_skipped"],
+        counts["duplicate_rows"], len(decoded.group_report), decoded.dropped,
+        len(class_names), len(train_index), len(val_index),
+    )  # fmt: skip
     counts["train_images"], counts["val_images"] = len(train_index), len(val_index)
     planned = decoded.corrections  # by decision, and why each skipped one was skipped
     counts["corrections"] = {
