@@ -100,6 +100,7 @@ def test_the_model_grows_a_hash_group_only_by_copies_of_its_first_item():
     groups = embedding_groups(vectors, hash_groups, nearest, nearest_cosine, cut)
     assert groups.tolist() == [0, 0, 2, 3, 3, 5]
     assert duplicates.group_sizes(groups) == (4, 2)
+    assert duplicates.group_sizes(np.arange(5)) == (0, 0)  # no group: none is the largest
 
 
 def test_the_flipped_label_is_the_most_suspect_with_its_true_label_suggested(built):

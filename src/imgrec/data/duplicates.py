@@ -230,9 +230,10 @@ PLAUSIBLE_GROUPED_SHARE = 0.1
 
 
 def group_sizes(groups: np.ndarray) -> tuple[int, int]:
-    """(rows in groups of two or more, the largest group's size) of (N,) groups."""
+    """(rows in groups of two or more, the largest such group's size: 0 if none) of (N,) groups."""
     sizes = np.bincount(np.unique(groups, return_inverse=True)[1])
-    return int(sizes[sizes > 1].sum()), int(sizes.max(initial=0))
+    grouped = sizes[sizes > 1]
+    return int(grouped.sum()), int(grouped.max(initial=0))
 
 
 def implausible(groups: np.ndarray) -> str | None:
