@@ -1,8 +1,7 @@
-# size: past 400 lines, as the docstring says: three paths (one process, DDP, resumable)
+# size: past 400 lines because three paths (one process, DDP, resumable)
 # share one loop, which keeps their bits equal.
 """Stage train: the loop (Adam, cross-entropy, ReduceLROnPlateau, early stopping on val
-loss), its DDP path and its resumable saves (the state itself is `train_state`'s). Past 400
-lines because those three paths share one loop, which is what keeps their bits equal."""
+loss), its DDP path and its resumable saves (the state itself is `train_state`'s)."""
 
 import contextlib
 import copy
