@@ -8,6 +8,7 @@ import yaml
 from conftest import stage_configs
 
 from imgrec import stage_deps
+from imgrec.pipeline import lock
 from imgrec.stage_deps import derived_deps
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,6 +46,26 @@ def test_the_deps_command_rewrites_a_stale_list_and_nothing_else(tmp_path):
     assert stage_deps.main(["--root", str(tmp_path), "--write"]) == 0
     assert (tmp_path / "dvc.yaml").read_text() == text
     assert stage_deps.main(["--root", str(tmp_path)]) == 0
+
+
+def test_dvc_lock_records_the_code_and_params_committed_with_it(tmp_path):
+    """A source file or param changed after the last `dvc repro` is named; so CI fails in its
+    lint step, not after reproducing (a comment edit to train.py once cost a CI run)."""
+    assert lock.stale_entries(ROOT) == [], "run `dvc repro` and commit dvc.lock"
+    for name in ("dvc.lock", "params.yaml"):
+        (tmp_path / name).write_text((ROOT / name).read_text())
+    for name in ("src", "stages"):
+        (tmp_path / name).symlink_to(ROOT / name)
+    assert lock.main(["--root", str(tmp_path)]) == 0
+    edited = (ROOT / "dvc.lock").read_text().replace(
+        "path: src/imgrec/training/train.py\n      hash: md5\n      md5: ",
+        "path: src/imgrec/training/train.py\n      hash: md5\n      md5: 0", 1)  # fmt: skip
+    (tmp_path / "dvc.lock").write_text(edited)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(PARAMS | {"top_k": PARAMS["top_k"] + 1}))
+    assert lock.stale_entries(tmp_path) == [
+        "train: src/imgrec/training/train.py", "recommend: param top_k"
+    ]  # fmt: skip
+    assert lock.main(["--root", str(tmp_path)]) == 1
 
 
 @pytest.mark.parametrize("name", ["train", "evaluate", "embed"])
