@@ -17,12 +17,13 @@ from PIL import Image
 from tiny_project import (
     ROOT,
     TINY,
+    copy_of_the_tiny_project,
+    copy_project,
     declared_outputs,
     digest,
     dvc,
     dvc_env,
     ran_stages,
-    reproduced_tiny_project,
 )
 
 from imgrec.data.prepared import load_prepared
@@ -66,8 +67,9 @@ def check_parses(path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory) -> Path:
-    """A copy of the project with tiny params, reproduced once."""
-    return reproduced_tiny_project(tmp_path_factory.mktemp("project"))
+    """A copy of the project with tiny params, reproduced once; a test that changes it works in
+    a copy of its own."""
+    return copy_of_the_tiny_project(tmp_path_factory, "project")
 
 
 def test_every_stage_runs_portable_kernels_and_says_where(project):
@@ -139,37 +141,27 @@ def test_nothing_changed_means_nothing_to_do_but_the_catalog_check(project):
 
 
 @pytest.mark.parametrize(
-    ("param", "value", "expected_runs"),
+    ("param", "value", "changed"),
     [
-        # fetch_catalog always runs: it looks for rows appended to the catalog's source.
-        ("top_k", 3, {"fetch_catalog", "recommend", "figure"}),
-        (
-            "batch_size",
-            8,
-            {
-                "fetch_catalog",
-                "train",
-                "evaluate",
-                "embed",
-                "audit",
-                "catalog_map",
-                "recommend",
-                "figure",
-            },
-        ),
+        ("top_k", 3, {"recommend"}),
+        ("batch_size", 8, {"train"}),
+        ("img_size", 16, {"prepare", "prepare_catalog"}),
     ],
 )
-def test_a_param_change_reruns_only_what_depends_on_it(project, param, value, expected_runs):
+def test_a_param_change_changes_only_the_stages_that_read_it(project, param, value, changed):
+    """DVC reruns a stage whose params changed, and then what reads its outputs (the reviewed
+    correction and the grown catalog below see that chain run)."""
     params_file = project / "params.yaml"
     original = params_file.read_text()
     try:
         params_file.write_text(yaml.safe_dump(yaml.safe_load(original) | {param: value}))
-        output = dvc("repro", cwd=project).stdout
-        ran = set(ran_stages(output))
-        assert ran == expected_runs
+        status = json.loads(dvc("status", "--json", cwd=project).stdout)
     finally:
         params_file.write_text(original)
-        dvc("repro", cwd=project)  # back to the fixture's state (from DVC's run cache)
+    # fetch_catalog always runs: it looks for rows appended to the catalog's source.
+    assert set(status) == changed | {"fetch_catalog"}
+    for stage in changed:
+        assert status[stage] == [{"changed deps": {"params.yaml": {param: "modified"}}}], stage
 
 
 def test_forced_rerun_rewrites_identical_bytes(project):
@@ -198,8 +190,8 @@ def _reproduction_check(folder: Path, tolerances: Path) -> subprocess.CompletedP
 
 def test_the_check_tells_float_noise_from_a_regression(project, tmp_path):
     """Other kernels: within tolerance, and said so; a committed metric moved too far: fails."""
-    copy = tmp_path / "project"
-    shutil.copytree(project, copy, ignore=shutil.ignore_patterns("repro.log"))
+    copy = copy_project(project, tmp_path / "project")
+    (copy / "repro.log").unlink()
     (copy / ".gitignore").write_text("/data/\n/models/\n/.dvc/cache/\n/.dvc/tmp/\n")
     _git("init", "-q", cwd=copy)
     _git("add", "-A", cwd=copy)
@@ -284,54 +276,43 @@ def test_dvc_plots_show_draws_the_loss_curve_with_no_network(project, tmp_path):
     assert count((0x2C, 0xA0, 0x2C)) > 50, "the loss chart does not mark the best epoch"
 
 
-def test_a_reviewed_correction_is_applied_by_prepare_and_retrains(project):
+def test_a_reviewed_correction_is_applied_by_prepare_and_retrains(project, tmp_path):
     """The review loop's bar: suggestions accepted on the command line land in the
     corrections file; the next `dvc repro` applies them in prepare (counted), retrains, and
     the catalog and its map follow; a correction of a row that is not there is a skip."""
-    corrections = project / "labels/corrections.csv"
-    original = corrections.read_text()
     report = json.loads((project / "reports/audit.json").read_text())
     if not report["suspect_labels"]:
         pytest.skip("the tiny run's audit suggested no label to review")
-    env = dvc_env(project)
+    copy = copy_project(project, tmp_path / "project")
     review = [sys.executable, "-m", "imgrec", "review"]
-    subprocess.run([*review, "accept-all"], cwd=project, env=env, check=True)
-    with corrections.open("a") as handle:  # by hand: a row the data does not have
+    subprocess.run([*review, "accept-all"], cwd=copy, env=dvc_env(copy), check=True)
+    with (copy / "labels/corrections.csv").open("a") as handle:  # by hand: a row not there
         handle.write("99999,3,drop,\n")
-    try:
-        output = dvc("repro", cwd=project).stdout
-        ran = set(ran_stages(output))
-        assert {"prepare", "train", "evaluate", "embed", "audit", "catalog_map"} <= ran
-        applied = json.loads((project / "reports/prepare.json").read_text())["corrections"]
-        suggested = len(report["suspect_labels"])
-        assert (applied["applied"], applied["skipped"]) == (suggested, 1)
-        assert "correction drop of row 99999 skipped: no such row" in output
-        labels = {s["row_id"]: s["suggested"] for s in report["suspect_labels"]}
-        prepared = load_prepared(project / "data/prepared")
-        for row, label in labels.items():
-            position = int(np.searchsorted(prepared.row_ids, row))
-            assert prepared.class_names[prepared.labels[position]] == label, row
-    finally:
-        corrections.write_text(original)
-        dvc("repro", cwd=project)  # back to the fixture's state (from DVC's run cache)
+    output = dvc("repro", cwd=copy).stdout
+    ran = set(ran_stages(output))
+    assert {"prepare", "train", "evaluate", "embed", "audit", "catalog_map"} <= ran
+    applied = json.loads((copy / "reports/prepare.json").read_text())["corrections"]
+    assert (applied["applied"], applied["skipped"]) == (len(report["suspect_labels"]), 1)
+    assert "correction drop of row 99999 skipped: no such row" in output
+    labels = {s["row_id"]: s["suggested"] for s in report["suspect_labels"]}
+    prepared = load_prepared(copy / "data/prepared")
+    for row, label in labels.items():
+        position = int(np.searchsorted(prepared.row_ids, row))
+        assert prepared.class_names[prepared.labels[position]] == label, row
 
 
-def test_an_audit_gate_fails_the_stage_with_one_line(project):
+def test_an_audit_gate_fails_the_stage_with_one_line(project, tmp_path):
     found = json.loads((project / "reports/audit_counts.json").read_text())["suspect_labels"]
     if not found:
         pytest.skip("the tiny run's audit found no suspect label to gate on")
-    params_file = project / "params.yaml"
-    original = params_file.read_text()
-    try:
-        params_file.write_text(
-            original.replace("max_suspect_fraction: -1", "max_suspect_fraction: 0")
-        )
-        dvc_bin = str(Path(sys.executable).with_name("dvc"))
-        run = subprocess.run([dvc_bin, "repro", "audit"], cwd=project, capture_output=True,
-                             text=True, env=dvc_env(project))  # fmt: skip
-        assert run.returncode != 0
-        assert f"error: audit gate: {found} suspect labels in" in run.stderr
-        assert "more than max_suspect_fraction=0.0" in run.stderr
-    finally:
-        params_file.write_text(original)
-        dvc("repro", cwd=project)
+    copy = copy_project(project, tmp_path / "project")
+    params_file = copy / "params.yaml"
+    params_file.write_text(
+        params_file.read_text().replace("max_suspect_fraction: -1", "max_suspect_fraction: 0")
+    )
+    dvc_bin = str(Path(sys.executable).with_name("dvc"))
+    run = subprocess.run([dvc_bin, "repro", "audit"], cwd=copy, capture_output=True, text=True,
+                         env=dvc_env(copy))  # fmt: skip
+    assert run.returncode != 0
+    assert f"error: audit gate: {found} suspect labels in" in run.stderr
+    assert "more than max_suspect_fraction=0.0" in run.stderr

@@ -1,7 +1,9 @@
 """The project copied with tiny params and reproduced through real `dvc repro`: the helpers
-the test files that drive DVC share (each file builds its own copy, so that two pytest
-workers never write to one)."""
+the test files that drive DVC share. One pytest run reproduces it once; each file (and each
+test that changes it) works in a copy of its own, so that two pytest workers never write to
+one."""
 
+import fcntl
 import hashlib
 import os
 import re
@@ -51,9 +53,38 @@ def reproduced_tiny_project(folder: Path) -> Path:
     return folder
 
 
-def declared_outputs(dvc_yaml: dict) -> list[str]:
+def copy_of_the_tiny_project(tmp_path_factory, name: str) -> Path:
+    """A copy of this pytest run's one reproduced tiny project, in a new folder `name`N: the
+    first worker to ask reproduces it (any other waits on a lock), so two files' module
+    fixtures cost one `dvc repro`, not two."""
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base  # the run's own
+    built = shared / "tiny-project"
+    with (shared / "tiny-project.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (built / "repro.log").exists():  # written last: an unfinished build is redone
+            shutil.rmtree(built, ignore_errors=True)
+            built.mkdir()
+            reproduced_tiny_project(built)
+    return copy_project(built, tmp_path_factory.mktemp(name))
+
+
+def copy_project(project: Path, folder: Path, *, run_cache: bool = True) -> Path:
+    """`project` copied into `folder` (which may exist); without DVC's run cache, a changed
+    stage really runs rather than being restored."""
+    skip = {"runs"} if not run_cache else set()
+    shutil.copytree(project, folder, dirs_exist_ok=True, ignore=lambda where, names: (
+        skip & set(names) if Path(where) == project / ".dvc" / "cache" else set()
+    ))  # fmt: skip
+    return folder
+
+
+def declared_outputs(dvc_yaml: dict, stage_name: str | None = None) -> list[str]:
+    """The paths dvc.yaml declares as outputs (outs, metrics, plots): of one stage, or all."""
     paths = []
-    for stage in dvc_yaml["stages"].values():
+    for name, stage in dvc_yaml["stages"].items():
+        if stage_name not in (None, name):
+            continue
         for kind in ("outs", "metrics", "plots"):
             for entry in stage.get(kind, []):
                 paths.append(next(iter(entry)) if isinstance(entry, dict) else entry)
