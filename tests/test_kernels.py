@@ -134,3 +134,21 @@ def test_a_stage_that_loads_numpy_first_still_runs_portable_kernels(tmp_path):
 
 def test_a_bad_imgrec_kernels_falls_back_to_portable():
     assert "kernels portable" in _machine("fastest")
+
+
+def test_the_thread_param_wins_over_the_environment_in_every_pool():
+    """OMP_NUM_THREADS=1 in the environment (a cluster's, a container's): after pin_threads(2),
+    numpy's OpenBLAS, torch, and a pool loaded later all run 2 threads."""
+    code = (
+        "import imgrec, numpy, torch\n"
+        "from imgrec.pipeline import kernels\n"
+        "from threadpoolctl import threadpool_info\n"
+        "kernels.pin_threads(2)\n"
+        "import faiss\n"  # loads its own OpenMP after the pin
+        "print(sorted({i['num_threads'] for i in threadpool_info()}), torch.get_num_threads(),"
+        " faiss.omp_get_max_threads())\n"
+    )
+    one = dict.fromkeys(kernels.THREAD_VARIABLES, "1")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env=os.environ | one, check=True)  # fmt: skip
+    assert done.stdout.split() == ["[2]", "2", "2"], done.stdout

@@ -27,11 +27,13 @@ def dvc_env(project: Path) -> dict[str, str]:
     }
 
 
-def dvc(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+def dvc(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """Run dvc in `cwd` (with `env` added to its environment); fail the test if it fails."""
     dvc_bin = Path(sys.executable).with_name("dvc")
     result = subprocess.run(
-        [str(dvc_bin), *args], cwd=cwd, capture_output=True, text=True, env=dvc_env(cwd)
-    )
+        [str(dvc_bin), *args], cwd=cwd, capture_output=True, text=True,
+        env=dvc_env(cwd) | (env or {}),
+    )  # fmt: skip
     assert result.returncode == 0, f"dvc {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
     return result
 

@@ -98,6 +98,34 @@ def active() -> str:
     return os.environ.get(MODE_VARIABLE, "portable")
 
 
+# What the thread pools of OpenMP, OpenBLAS and MKL read when they load (OpenBLAS also reads
+# OMP_NUM_THREADS): a user's OMP_NUM_THREADS=1, or a 16-core default, must not reach them.
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def pin_threads(count: int) -> None:
+    """Every math library's thread pool at `count`, whatever the environment or the core
+    count says: a BLAS product splits its sums by thread, so the count changes bits (with
+    OMP_NUM_THREADS=1 the tiny pipeline's catalog_map and recommend wrote other bytes). The
+    pools loaded now are set through threadpoolctl and torch; those that load later (FAISS's
+    own OpenBLAS) read the variables."""
+    from threadpoolctl import threadpool_limits
+
+    for name in THREAD_VARIABLES:
+        os.environ[name] = str(count)
+    threadpool_limits(limits=count)  # applied now, for the process's life
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(count)
+
+
+def _blas_threads() -> str:
+    from threadpoolctl import threadpool_info
+
+    counts = {str(i["num_threads"]) for i in threadpool_info() if i["user_api"] == "blas"}
+    return "/".join(sorted(counts)) or "?"
+
+
 def in_force() -> dict[str, str]:
     """What the loaded libraries really use; a stage that never loads torch is not made to."""
     import numpy as np
@@ -114,7 +142,7 @@ def in_force() -> dict[str, str]:
     return {
         "torch_isa": torch.backends.cpu.get_cpu_capability() if torch else "not loaded",
         "blas": ", ".join(blas) or "none",
-        "threads": str(torch.get_num_threads() if torch else os.cpu_count()),
+        "threads": str(torch.get_num_threads()) if torch else _blas_threads(),
         "torch": torch.__version__ if torch else "not loaded",
         "numpy": np.__version__,
     }

@@ -27,15 +27,16 @@ def seed_everything(seed: int) -> torch.Generator:
 def make_deterministic(num_threads: int) -> None:
     """Deterministic kernels and a fixed thread count.
 
-    CPU convolutions split their reductions by thread, so the thread count
-    changes the last bits of the weights: it is a param, not the core count.
+    CPU convolutions and BLAS products split their reductions by thread, so the
+    thread count changes the last bits of the weights: it is a param, not the
+    core count or the environment's OMP_NUM_THREADS.
     On the CPU the flag costs little once torch's NaN fill is off (off/on
     images/s 1.08, CPU time per batch 1.02, within the noise of a shared 2-core
     CPU; 1.18 with the fill: benchmarks/RESULTS.md); on CUDA it also disables
     cuDNN autotuning and needs CUBLAS_WORKSPACE_CONFIG.
     """
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    torch.set_num_threads(num_threads)
+    kernels.pin_threads(num_threads)  # torch's and the BLAS and OpenMP pools
     torch.use_deterministic_algorithms(True)
     # With the flag, torch also fills every new tensor with NaN before the op that
     # writes it overwrites it: on the CPU that fill was the flag's whole cost in

@@ -107,6 +107,8 @@ def run(
                 kernels.check_portable()  # one sentence on what is wrong
             else:
                 _restart_with_kernels(wanted)
+        if hasattr(config, "num_threads"):  # the param, never the environment's count
+            kernels.pin_threads(config.num_threads)
         if not isinstance(config, ComputeConfig):  # those print it in `runtime.start`
             print(kernels.machine_line())
         main(args, config)

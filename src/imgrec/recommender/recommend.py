@@ -16,6 +16,8 @@ class RecommendConfig(IndexConfig):
     # A top-k lists no duplicate of its query, and no two duplicates of each other (the
     # audit's groups); false shows them.
     collapse_duplicates: bool = True
+    # The exact search's products run on BLAS threads, whose count changes the scores' bits.
+    num_threads: int = param(2, ge=1)
 
 
 def retrieval_metrics(neighbor_labels: np.ndarray, labels: np.ndarray) -> dict:
