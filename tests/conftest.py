@@ -23,6 +23,19 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 IMAGE_TYPE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
 
+# Files whose tests pytest-xdist may hand to either worker, one by one: each test is its own
+# subprocess run, or its module fixture is a copy of the one tiny project a run reproduces
+# (tiny_project.py). Every other file goes to one worker whole, so that its module fixtures
+# (a trained model, a started server) are built once (pyproject.toml: --dist loadgroup).
+SPREAD_FILES = {"test_benchmarks.py", "test_pipeline.py", "test_pipeline_reruns.py"}
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.path.name not in SPREAD_FILES and not item.get_closest_marker("xdist_group"):
+            item.add_marker(pytest.mark.xdist_group(item.path.name))
+
 
 @pytest.fixture(scope="session")
 def dask_scheduler() -> str:

@@ -104,9 +104,17 @@ def test_resume_smoke_run_prints_the_cost_of_saving(tmp_path: Path):
     assert float(rows["MB per saved state"][0]) > 30  # weights, Adam's two moments, best weights
 
 
-def test_serve_smoke_run_answers_every_request(tmp_path: Path):
-    command = [sys.executable, str(ROOT / "benchmarks" / "serve.py"), "--smoke"]
-    command += ["--data-dir", str(tmp_path / "data"), "--work-dir", str(tmp_path / "work")]
+@pytest.fixture(scope="module")
+def serve_folders(tmp_path_factory) -> list[str]:
+    """--data-dir and --work-dir for both serve benchmarks: their smoke runs serve the same
+    100 rows at 32 px, which the first builds and the second finds built."""
+    folder = tmp_path_factory.mktemp("serve")
+    return ["--data-dir", str(folder / "data"), "--work-dir", str(folder / "work")]
+
+
+@pytest.mark.xdist_group("serve_folders")
+def test_serve_smoke_run_answers_every_request(tmp_path: Path, serve_folders):
+    command = [sys.executable, str(ROOT / "benchmarks" / "serve.py"), "--smoke", *serve_folders]
     run = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, timeout=600)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
 
@@ -123,10 +131,10 @@ def test_serve_smoke_run_answers_every_request(tmp_path: Path):
     assert "identical bits: " in run.stdout
 
 
-@pytest.mark.slow
-def test_serve_hostile_smoke_run_answers_beside_idle_sockets(tmp_path: Path):
+@pytest.mark.xdist_group("serve_folders")
+def test_serve_hostile_smoke_run_answers_beside_idle_sockets(tmp_path: Path, serve_folders):
     command = [sys.executable, str(ROOT / "benchmarks" / "serve_hostile.py"), "--smoke"]
-    command += ["--data-dir", str(tmp_path / "data"), "--work-dir", str(tmp_path / "work")]
+    command += serve_folders
     run = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, timeout=900)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     rows = [line.strip(" |").split(" | ") for line in run.stdout.splitlines() if line[:2] == "| "]
