@@ -27,7 +27,20 @@ IMAGE_TYPE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
 # subprocess run, or its module fixture is a copy of the one tiny project a run reproduces
 # (tiny_project.py). Every other file goes to one worker whole, so that its module fixtures
 # (a trained model, a started server) are built once (pyproject.toml: --dist loadgroup).
-SPREAD_FILES = {"test_benchmarks.py", "test_pipeline.py", "test_pipeline_reruns.py"}
+PIPELINE_FILES = {"test_pipeline.py", "test_pipeline_reruns.py"}  # on the tiny project
+SPREAD_FILES = {"test_benchmarks.py", *PIPELINE_FILES}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _tiny_project_built_in_the_background(request, tmp_path_factory):
+    """Where the session runs a pipeline test, its tiny project is built from the start, beside
+    the other tests (tiny_project.start_building)."""
+    import tiny_project
+
+    if any(item.path.name in PIPELINE_FILES for item in request.session.items):
+        tiny_project.start_building(tmp_path_factory)
+    yield
+    tiny_project.stop_building()
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist reads the groups

@@ -1,7 +1,6 @@
-"""What a later `dvc repro` does after the tiny pipeline was killed mid-stage, or after its
-catalog grew: the same bytes as one uninterrupted, full run. A file of its own, with its own
-copy of the reproduced tiny project, so that pytest's two workers share the pipeline tests'
-load."""
+"""What a later `dvc repro` does after the tiny pipeline was killed mid-stage: the same bytes
+as one uninterrupted run. (A grown catalog's rerun is tested through its benchmark's smoke
+run, in test_benchmarks.py.)"""
 
 import json
 import os
@@ -12,13 +11,10 @@ import sys
 import time
 from pathlib import Path
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 import yaml
 from conftest import processes_in
 from tiny_project import (
-    TINY,
     copy_of_the_tiny_project,
     copy_project,
     declared_outputs,
@@ -34,58 +30,6 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def project(tmp_path_factory) -> Path:
     return copy_of_the_tiny_project(tmp_path_factory, "project")
-
-
-def write_catalog(path: Path, rows: range, unlabeled: set[int]) -> None:
-    """Rows of the built-in digits as a catalog file, the `unlabeled` ones without a label."""
-    from imgrec.data.fetch import digits_table
-
-    table = digits_table().slice(rows.start, len(rows))
-    labels = table.column("label").to_pylist()
-    labels = [None if row in unlabeled else label for row, label in zip(rows, labels, strict=True)]
-    pq.write_table(table.set_column(1, "label", pa.array(labels, pa.int64())), path)
-
-
-def test_a_grown_catalog_is_embedded_without_training_to_the_bytes_of_a_full_pass(
-    project, tmp_path
-):
-    """Issue 22's bar, tiny: the catalog becomes a source of its own, the training data's
-    200 rows and 40 more (two of them unlabeled); the catalog's stages rerun and not train,
-    only the 40 new rows are embedded (the 200 were, as the catalog before), and the
-    embeddings and recommendations are those a from-scratch pass gives."""
-    copy = copy_project(project, tmp_path / "project")
-    catalog = tmp_path / "catalog"
-    catalog.mkdir()
-    write_catalog(catalog / "0000.parquet", range(TINY["rows"]), unlabeled=set())
-    write_catalog(catalog / "0001.parquet", range(200, 240), unlabeled={203, 210})
-    params = yaml.safe_load((copy / "params.yaml").read_text())
-    params["catalog_source"] = str(catalog)
-    (copy / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    grown = dvc("repro", cwd=copy).stdout
-    assert ran_stages(grown) == [
-        "fetch_catalog", "prepare_catalog", "embed", "audit", "catalog_map", "recommend", "figure"
-    ]  # fmt: skip
-    assert "embedded 40 of 240 images; reused the vectors of 200 from" in grown
-    assert json.loads((copy / "reports/prepare_catalog.json").read_text())["unlabeled_images"] == 2
-    compared = ["data/embeddings", "data/recommendations.parquet"]
-    after_growth = digest(copy, compared)
-    unchanged = dvc("repro", cwd=copy).stdout
-    assert ran_stages(unchanged) == ["fetch_catalog"] and "up to date with its source" in unchanged
-    # The query command answers from the grown catalog: an appended image is found in it.
-    from imgrec.data.fetch import digits_table
-
-    (copy / "new.png").write_bytes(digits_table().column("image")[239].as_py()["bytes"])
-    query = subprocess.run(
-        [sys.executable, "-m", "imgrec", "recommend", "new.png", "--json"],
-        cwd=copy, capture_output=True, text=True, env=dvc_env(copy), check=True,
-    )  # fmt: skip
-    assert 239 in json.loads(query.stdout)[0]["duplicate_of"]  # catalog row 239 of 240
-
-    shutil.rmtree(copy / ".imgrec" / "vectors")
-    scratch = dvc("repro", "--force", "--single-item", "embed", cwd=copy).stdout
-    assert "embedded 240 of 240 images; none were in" in scratch
-    dvc("repro", "--force", "--single-item", "recommend", cwd=copy)
-    assert digest(copy, compared) == after_growth
 
 
 @pytest.mark.parametrize(

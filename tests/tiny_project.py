@@ -55,12 +55,14 @@ def reproduced_tiny_project(folder: Path) -> Path:
     return folder
 
 
-def copy_of_the_tiny_project(tmp_path_factory, name: str) -> Path:
-    """A copy of this pytest run's one reproduced tiny project, in a new folder `name`N: the
-    first worker to ask reproduces it (any other waits on a lock), so two files' module
-    fixtures cost one `dvc repro`, not two."""
+def _shared_folder(tmp_path_factory) -> Path:
+    """The pytest run's own temporary folder, which its xdist workers share."""
     base = tmp_path_factory.getbasetemp()
-    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base  # the run's own
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
+def build_shared(shared: Path) -> Path:
+    """`shared`/tiny-project, reproduced unless it already is; one builder at a time."""
     built = shared / "tiny-project"
     with (shared / "tiny-project.lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -68,6 +70,38 @@ def copy_of_the_tiny_project(tmp_path_factory, name: str) -> Path:
             shutil.rmtree(built, ignore_errors=True)
             built.mkdir()
             reproduced_tiny_project(built)
+    return built
+
+
+_builders: list[subprocess.Popen] = []
+
+
+def start_building(tmp_path_factory) -> None:
+    """Reproduce the run's tiny project in a subprocess now, with the environment the session
+    started with, while this worker runs other tests: the first test that needs it then waits
+    less, and no core idles while one worker builds and the other waits."""
+    shared = _shared_folder(tmp_path_factory)
+    log = shared / f"tiny-project-build-{os.getpid()}.log"
+    with log.open("w") as out:
+        process = subprocess.Popen([sys.executable, __file__, str(shared)], stdout=out,
+                                   stderr=subprocess.STDOUT, env=dict(os.environ))  # fmt: skip
+    _builders.append(process)
+
+
+def stop_building() -> None:
+    for process in _builders:
+        if process.poll() is None:
+            process.kill()
+        process.wait()
+
+
+def copy_of_the_tiny_project(tmp_path_factory, name: str) -> Path:
+    """A copy of this pytest run's one reproduced tiny project, in a new folder `name`N: built
+    once per run (start_building, else the first worker to ask; any other waits on a lock), so
+    two files' module fixtures and two workers cost one `dvc repro`, not four."""
+    for process in _builders:
+        process.wait()  # had it failed, build_shared rebuilds here and the test sees why
+    built = build_shared(_shared_folder(tmp_path_factory))
     return copy_project(built, tmp_path_factory.mktemp(name))
 
 
@@ -105,3 +139,7 @@ def digest(folder: Path, paths: list[str]) -> dict[str, str]:
 
 def ran_stages(output: str) -> list[str]:
     return re.findall(r"Running stage '(\w+)'", output)
+
+
+if __name__ == "__main__":  # start_building's subprocess
+    build_shared(Path(sys.argv[1]))
