@@ -61,6 +61,7 @@ def assert_same_weights(first: dict, second: dict) -> None:
         assert torch.equal(second[key], value), key
 
 
+@pytest.mark.slow  # 10-35 s here: training subprocesses, a cluster or a timeout
 def test_two_ranks_agree_and_repeat_bit_for_bit(prepared, tmp_path):
     rank0, rank1 = train_in_two_ranks(prepared, tmp_path / "first")
     # Same validation totals on both ranks: same LR steps, same early stop, same weights.
@@ -79,6 +80,7 @@ def run_stage(project: Path, prepared: Path, **params) -> subprocess.CompletedPr
     )  # fmt: skip
 
 
+@pytest.mark.slow  # 10-35 s here: training subprocesses, a cluster or a timeout
 def test_the_stage_trains_in_two_ranks_and_rank_0_alone_writes(prepared, tmp_path):
     result = run_stage(tmp_path, prepared, nproc=2)
     assert result.returncode == 0, result.stderr

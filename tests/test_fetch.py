@@ -411,6 +411,7 @@ def test_first_rows_of_a_huge_row_group_read_only_their_pages(tmp_path, monkeypa
     assert sum(bytes_read) < source.stat().st_size / 4
 
 
+@pytest.mark.slow  # 10-35 s here: training subprocesses, a cluster or a timeout
 def test_thousands_of_one_row_groups(tmp_path, dask_scheduler):
     count = 2000
     source = make_parquet(
@@ -635,6 +636,7 @@ def test_fetch_gives_the_same_bytes_on_any_scheduler(tmp_path, dask_scheduler):
     assert pq.read_table(outs[0]).column("label").to_pylist() == list(range(900))
 
 
+@pytest.mark.slow  # 10-35 s here: training subprocesses, a cluster or a timeout
 def test_an_unreachable_scheduler_is_one_sentence(three_files, tmp_path):
     with pytest.raises(ImgrecError, match=r"cannot reach the Dask scheduler at .*127\.0\.0\.1:9"):
         fetch(str(three_files), 3, tmp_path / "out.parquet", dask_scheduler="tcp://127.0.0.1:9")

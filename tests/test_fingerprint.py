@@ -73,6 +73,7 @@ def test_another_setup_changes_the_bits(tiny):
     assert "conv1.forward" in bf16.differing(tiny)
 
 
+@pytest.mark.slow  # 10-35 s here: training subprocesses, a cluster or a timeout
 def test_the_command_compares_with_a_file_and_fails_on_a_difference(tmp_dir, tiny):
     params = yaml.safe_load((ROOT / "params.yaml").read_text()) | {"img_size": 16, "batch_size": 4}
     (tmp_dir / "params.yaml").write_text(yaml.safe_dump(params))

@@ -259,6 +259,7 @@ print(step(adam), step(lambda params, lr: torch.optim.Adam(params, lr=lr)))
 """
 
 
+@pytest.mark.slow  # 10-35 s here: training subprocesses, a cluster or a timeout
 def test_adam_steps_to_the_same_bits_whichever_branch_mkl_takes():
     """MKL picks its code by CPU vendor as well as by MKL_CBWR; torch's default CPU step
     took its square root from MKL (so an Intel Xeon and an AMD EPYC Zen 4 trained apart).

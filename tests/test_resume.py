@@ -251,6 +251,7 @@ def mid_epoch(position) -> bool:
     return position is not None and position[1] >= 2
 
 
+@pytest.mark.slow  # 10-35 s here: training subprocesses, a cluster or a timeout
 def test_sigkill_mid_epoch_then_rerun_gives_the_uninterrupted_bytes(
     tiny_prepared, reference, tmp_path
 ):
@@ -263,6 +264,7 @@ def test_sigkill_mid_epoch_then_rerun_gives_the_uninterrupted_bytes(
     assert outputs(tmp_path) == reference
 
 
+@pytest.mark.slow  # 10-35 s here: training subprocesses, a cluster or a timeout
 def test_sigterm_saves_exits_in_one_line_and_the_rerun_resumes(tiny_prepared, reference, tmp_path):
     params = STAGE | {"checkpoint_every": 1}  # the first save, and so the signal, come early
     code, log = start_and_signal(
@@ -281,6 +283,7 @@ def test_sigterm_saves_exits_in_one_line_and_the_rerun_resumes(tiny_prepared, re
     assert outputs(tmp_path) == reference
 
 
+@pytest.mark.slow  # 10-35 s here: training subprocesses, a cluster or a timeout
 def test_two_ranks_resume_bit_for_bit_after_sigkill(tiny_prepared, tmp_path):
     params = STAGE | {"nproc": 2, "checkpoint_every": 1}
     run_to_end(tmp_path / "uninterrupted", tiny_prepared, params)
