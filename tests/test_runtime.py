@@ -1,6 +1,8 @@
 """Seeds and devices: one helper for each, as nanochat's common.py."""
 
 import random
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -121,6 +123,19 @@ def test_make_deterministic_keeps_the_flag_but_not_the_nan_fill(restores_determi
     assert torch.are_deterministic_algorithms_enabled()
     assert not torch.utils.deterministic.fill_uninitialized_memory
     assert torch.get_num_threads() == 1
+
+
+def test_make_deterministic_sets_the_flag_without_importing_inductor():
+    # A fresh process: this one may have imported inductor already. The import cost each
+    # stage 1.4 s; the flag must still be on, and as an error, not a warning.
+    probe = (
+        "import sys, torch; from imgrec.pipeline.runtime import make_deterministic;"
+        "make_deterministic(1);"
+        "print(torch.are_deterministic_algorithms_enabled(),"
+        " torch.is_deterministic_algorithms_warn_only_enabled(), 'torch._inductor' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["True", "False", "False"]
 
 
 def weights_after_two_steps() -> list[torch.Tensor]:

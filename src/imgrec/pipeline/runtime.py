@@ -37,7 +37,9 @@ def make_deterministic(num_threads: int) -> None:
     """
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     kernels.pin_threads(num_threads)  # torch's and the BLAS and OpenMP pools
-    torch.use_deterministic_algorithms(True)
+    # ATen's flag alone: torch.use_deterministic_algorithms also sets inductor's, and importing
+    # torch._inductor for it costs each stage process 1.4 s (of its 4); nothing here compiles.
+    torch._C._set_deterministic_algorithms(True)
     # With the flag, torch also fills every new tensor with NaN before the op that
     # writes it overwrites it: on the CPU that fill was the flag's whole cost in
     # training, and it changes no bit of the weights (benchmarks/RESULTS.md, "determinism").

@@ -16,7 +16,6 @@ matplotlib.use("Agg")  # figures are files; no display is needed or wanted
 
 import matplotlib.pyplot as plt
 import numpy as np
-from sklearn.metrics import ConfusionMatrixDisplay
 
 from imgrec.data.prepared import Prepared
 from imgrec.files import atomic_file
@@ -43,6 +42,9 @@ def save_figure(fig: plt.Figure, path: str | os.PathLike, dpi: int = 100) -> Non
 def confusion_matrix_figure(
     y_true: np.ndarray, y_pred: np.ndarray, class_names: list[str]
 ) -> plt.Figure:
+    # Here, not at the top: sklearn.metrics costs 1.3 s a process, and only evaluate draws this.
+    from sklearn.metrics import ConfusionMatrixDisplay
+
     size = max(6.0, 0.45 * len(class_names))
     fig, ax = plt.subplots(figsize=(size, size))
     ConfusionMatrixDisplay.from_predictions(
