@@ -2,6 +2,8 @@
 
 import hashlib
 import math
+import subprocess
+import sys
 
 import numpy as np
 import pyarrow as pa
@@ -683,3 +685,16 @@ def test_a_scheduler_without_workers_is_one_sentence(three_files, tmp_path, monk
     ):
         fetch(str(three_files), 3, out, dask_scheduler=empty.scheduler_address)
     assert not out.exists()
+
+
+def test_the_local_clusters_worker_processes_log_nothing_into_the_stages_output():
+    # A worker's heartbeat that races the cluster's close logs a traceback at ERROR, from the
+    # worker's process (dask/distributed#7105); a fresh process, for its stderr alone.
+    probe = (
+        "import logging; from imgrec.pipeline.dask_cluster import dask_client\n"
+        "with dask_client('local', processes=True, tasks=1) as client:\n"
+        "    client.run(lambda: logging.getLogger('distributed.worker').error('worker noise'))\n"
+        "print('done')"
+    )
+    run = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert (run.returncode, run.stdout, run.stderr) == (0, "done\n", "")

@@ -68,6 +68,8 @@ def dask_client(scheduler: str, *, processes: bool, tasks: int | None = None) ->
 
     # The scheduler and workers log their start and stop, and warn of slow shutdowns; a
     # stage's log is its own. A worker that dies still ends in one error (ordered_results).
+    # The worker processes log on their own handlers, silenced by `silence_logs`: else a
+    # heartbeat that races the cluster's close prints a traceback (dask/distributed#7105).
     logging.getLogger("distributed").setLevel(logging.ERROR)
     if scheduler == LOCAL:
         with contextlib.ExitStack() as stack:
@@ -78,6 +80,7 @@ def dask_client(scheduler: str, *, processes: bool, tasks: int | None = None) ->
                         threads_per_worker=1 if processes else cpu_count(),
                         processes=processes,
                         scheduler_kwargs=NO_DASHBOARD,
+                        silence_logs=logging.CRITICAL,
                     )
                 )
                 # Its worker processes end when this one does, even by SIGKILL: each
