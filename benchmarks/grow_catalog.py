@@ -133,6 +133,8 @@ def main() -> None:
         "source": str(base.resolve()), "rows": sizes["train_rows"], "epochs": 1,
         "img_size": sizes["img_size"], "catalog_source": str(catalog),
         "catalog_rows": 10 * (sizes["rows"] + sizes["append"]), "device": "cpu",
+        # --smoke: one thread, as run.py's smoke run (the test suite runs two side by side).
+        **({"num_threads": 1} if args.smoke else {}),
     })  # fmt: skip
     print(f"catalog {sizes['rows']} rows + {sizes['append']} appended; training rows "
           f"{sizes['train_rows']}, 1 epoch; img_size {sizes['img_size']}")  # fmt: skip
@@ -143,11 +145,9 @@ def main() -> None:
     report("3. append", *timed(project, "repro"))
     grown = digest(project)
     shutil.rmtree(project / ".imgrec" / "vectors")
-    stages, wall = [], 0.0
-    for stage in ("embed", "audit", "recommend"):
-        ran, seconds = timed(project, "repro", "--force", "--single-item", stage)
-        stages, wall = stages + ran, wall + seconds
-    report("4. from scratch (embed, audit, recommend)", stages, wall)
+    rerun = ("embed", "audit", "recommend")
+    ran = timed(project, "repro", "--force", "--single-item", *rerun)
+    report(f"4. from scratch ({', '.join(rerun)})", *ran)
     same = "yes" if digest(project) == grown else "NO"
     print(f"\n{', '.join(COMPARED)} after the append, byte-identical to from scratch: {same}")
 

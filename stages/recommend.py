@@ -1,6 +1,8 @@
 """Stage recommend: the top-k most similar items for every item, duplicates collapsed, and
 retrieval metrics."""
 
+import imgrec  # noqa: F401, I001 - first: it sets the portable kernels before numpy loads
+
 import numpy as np
 
 from imgrec.data.duplicates import collapsed_search

@@ -639,7 +639,10 @@ def test_fetch_gives_the_same_bytes_on_any_scheduler(tmp_path, dask_scheduler):
 
 
 @pytest.mark.slow  # 10-35 s here: training subprocesses, a cluster or a timeout
-def test_an_unreachable_scheduler_is_one_sentence(three_files, tmp_path):
+def test_an_unreachable_scheduler_is_one_sentence(three_files, tmp_path, monkeypatch):
+    from imgrec.pipeline import dask_cluster
+
+    monkeypatch.setattr(dask_cluster, "_CONNECT_TIMEOUT", "1s")  # distributed retries till then
     with pytest.raises(ImgrecError, match=r"cannot reach the Dask scheduler at .*127\.0\.0\.1:9"):
         fetch(str(three_files), 3, tmp_path / "out.parquet", dask_scheduler="tcp://127.0.0.1:9")
     assert not (tmp_path / "out.parquet").exists()
